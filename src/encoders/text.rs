@@ -1,0 +1,119 @@
+//! Text encoder: tokenizer → BERT → mean pooling over the attention mask → L2 norm.
+
+use std::time::Instant;
+
+use tract_onnx::prelude::*;
+
+use super::{inference_error, l2_normalize, ms, Embedding, ItemResult, LoadedModel, Timings};
+use crate::error::{InputError, ModelError};
+use crate::manifest::{read_verified, Manifest};
+use crate::preprocess::text::{mean_pool, Pooling, TextPreprocess, TextTokenizer};
+
+pub struct TextEncoder {
+    pub model: LoadedModel,
+    tokenizer: TextTokenizer,
+    pooling: Pooling,
+    normalize: bool,
+    max_batch: usize,
+}
+
+impl TextEncoder {
+    pub fn load(
+        manifest: &Manifest,
+        key: &str,
+        max_length: Option<usize>,
+        max_batch: usize,
+    ) -> Result<TextEncoder, ModelError> {
+        let model = LoadedModel::load(manifest, key)?;
+        let pre: TextPreprocess = model.spec.preprocess()?;
+        let tok_path = manifest.path_of(&pre.tokenizer);
+        let tok_bytes = read_verified(&tok_path, &pre.tokenizer_sha256)?;
+        let tokenizer =
+            TextTokenizer::from_bytes(&tok_bytes, &tok_path, max_length.unwrap_or(pre.max_length))?;
+        Ok(TextEncoder {
+            model,
+            tokenizer,
+            pooling: pre.pooling,
+            normalize: pre.normalize,
+            max_batch: max_batch.max(1),
+        })
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.tokenizer.max_length
+    }
+
+    /// Embed texts; each item fails or succeeds on its own (an empty text fails only itself).
+    pub fn embed(&self, texts: &[&str]) -> Vec<ItemResult> {
+        let mut results: Vec<Option<ItemResult>> = texts
+            .iter()
+            .map(|t| t.trim().is_empty().then_some(Err(InputError::EmptyText)))
+            .collect();
+        let valid: Vec<usize> = (0..texts.len()).filter(|&i| results[i].is_none()).collect();
+        for chunk in valid.chunks(self.max_batch) {
+            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+            match self.embed_batch(&batch) {
+                Ok(embs) => chunk
+                    .iter()
+                    .zip(embs)
+                    .for_each(|(&i, e)| results[i] = Some(Ok(e))),
+                Err(e) => chunk
+                    .iter()
+                    .for_each(|&i| results[i] = Some(Err(InputError::Inference(e.to_string())))),
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(InputError::Empty)))
+            .collect()
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Embedding>, InputError> {
+        let t0 = Instant::now();
+        let tb = self.tokenizer.encode_batch(texts)?;
+        let shape = [tb.batch, tb.seq];
+        let tensor = |v: &[i64]| -> Result<TValue, InputError> {
+            Ok(Tensor::from_shape(&shape, v)
+                .map_err(inference_error)?
+                .into())
+        };
+        let inputs = tvec![
+            tensor(&tb.input_ids)?,
+            tensor(&tb.attention_mask)?,
+            tensor(&tb.token_type_ids)?
+        ];
+        let pre_ms = ms(t0);
+        let t1 = Instant::now();
+        let outputs = self.model.run(inputs).map_err(inference_error)?;
+        let infer_ms = ms(t1);
+        let t2 = Instant::now();
+        let hidden = outputs[0]
+            .to_plain_array_view::<f32>()
+            .map_err(inference_error)?;
+        let dim = *hidden.shape().last().unwrap_or(&0);
+        let flat: Vec<f32> = hidden.iter().copied().collect();
+        let mut pooled = match self.pooling {
+            Pooling::Mean => mean_pool(&flat, &tb.attention_mask, tb.batch, tb.seq, dim),
+            Pooling::Cls => (0..tb.batch)
+                .map(|b| flat[b * tb.seq * dim..][..dim].to_vec())
+                .collect(),
+        };
+        if self.normalize {
+            pooled.iter_mut().for_each(|v| l2_normalize(v));
+        }
+        let n = texts.len() as f64;
+        let timings = Timings {
+            preprocess_ms: pre_ms / n,
+            inference_ms: infer_ms / n,
+            postprocess_ms: ms(t2) / n,
+        };
+        Ok(pooled
+            .into_iter()
+            .map(|vector| Embedding {
+                vector,
+                blocks: None,
+                timings,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,112 @@
+//! Vision encoder: decode/orient/resize/crop/normalise → ViT → CLS embedding → L2 norm.
+
+use std::time::Instant;
+
+use tract_onnx::prelude::*;
+
+use super::{inference_error, l2_normalize, ms, Embedding, ItemResult, LoadedModel, Timings};
+use crate::error::{InputError, ModelError};
+use crate::manifest::Manifest;
+use crate::preprocess::image::{preprocess, ImagePreprocess};
+
+pub struct VisionEncoder {
+    pub model: LoadedModel,
+    pub params: ImagePreprocess,
+    max_batch: usize,
+    max_pixels: u64,
+}
+
+impl VisionEncoder {
+    pub fn load(
+        manifest: &Manifest,
+        key: &str,
+        max_batch: usize,
+        max_pixels: u64,
+    ) -> Result<VisionEncoder, ModelError> {
+        let model = LoadedModel::load(manifest, key)?;
+        let params: ImagePreprocess = model.spec.preprocess()?;
+        Ok(VisionEncoder {
+            model,
+            params,
+            max_batch: max_batch.max(1),
+            max_pixels,
+        })
+    }
+
+    /// Embed encoded images (JPEG, PNG, WebP, …); a bad image fails only itself.
+    pub fn embed(&self, images: &[&[u8]]) -> Vec<ItemResult> {
+        let crop = self.params.crop as usize;
+        let per_image = 3 * crop * crop;
+        let mut results: Vec<Option<ItemResult>> = (0..images.len()).map(|_| None).collect();
+        let mut pending: Vec<(usize, Vec<f32>, f64)> = Vec::new();
+        for (i, bytes) in images.iter().enumerate() {
+            let t0 = Instant::now();
+            let mut buf = Vec::with_capacity(per_image);
+            match preprocess(bytes, &self.params, self.max_pixels, &mut buf) {
+                Ok(()) => pending.push((i, buf, ms(t0))),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        for chunk in pending.chunks(self.max_batch) {
+            let n = chunk.len();
+            let mut data = Vec::with_capacity(n * per_image);
+            chunk
+                .iter()
+                .for_each(|(_, buf, _)| data.extend_from_slice(buf));
+            match self.run(&data, n, crop) {
+                Ok((vectors, infer_ms, post_ms)) => {
+                    for ((i, _, pre_ms), vector) in chunk.iter().zip(vectors) {
+                        results[*i] = Some(Ok(Embedding {
+                            vector,
+                            blocks: None,
+                            timings: Timings {
+                                preprocess_ms: *pre_ms,
+                                inference_ms: infer_ms / n as f64,
+                                postprocess_ms: post_ms / n as f64,
+                            },
+                        }));
+                    }
+                }
+                Err(e) => chunk.iter().for_each(|(i, _, _)| {
+                    results[*i] = Some(Err(InputError::Inference(e.to_string())))
+                }),
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(InputError::Empty)))
+            .collect()
+    }
+
+    fn run(
+        &self,
+        data: &[f32],
+        n: usize,
+        crop: usize,
+    ) -> Result<(Vec<Vec<f32>>, f64, f64), InputError> {
+        let t1 = Instant::now();
+        let input = Tensor::from_shape(&[n, 3, crop, crop], data).map_err(inference_error)?;
+        let outputs = self
+            .model
+            .run(tvec![input.into()])
+            .map_err(inference_error)?;
+        let infer_ms = ms(t1);
+        let t2 = Instant::now();
+        let out = outputs[0]
+            .to_plain_array_view::<f32>()
+            .map_err(inference_error)?;
+        let dim = out.len() / n.max(1);
+        let flat: Vec<f32> = out.iter().copied().collect();
+        let vectors = flat
+            .chunks_exact(dim.max(1))
+            .map(|row| {
+                let mut v = row.to_vec();
+                if self.params.normalize {
+                    l2_normalize(&mut v);
+                }
+                v
+            })
+            .collect();
+        Ok((vectors, infer_ms, ms(t2)))
+    }
+}

@@ -1,0 +1,211 @@
+//! `models/manifest.toml`: where each model comes from, its sha256, its input/output facts and
+//! preprocessing constants. The fetch step and the daemon read the same file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::ModelError;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub schema: u32,
+    #[serde(default)]
+    pub packages: BTreeMap<String, Package>,
+    pub models: BTreeMap<String, ModelSpec>,
+    /// Directory the manifest was read from; model paths are relative to it.
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Package {
+    pub version: String,
+    pub wheel: String,
+    pub wheel_sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    pub modality: String,
+    pub package: String,
+    pub source: String,
+    pub source_sha256: String,
+    pub convert: String,
+    pub file: String,
+    pub sha256: String,
+    pub format: String,
+    pub quantization: String,
+    pub dim: usize,
+    pub license: String,
+    pub attribution: String,
+    #[serde(default)]
+    pub optional: bool,
+    /// A compressed variant names the manifest key of the model it was derived from.
+    #[serde(default)]
+    pub variant_of: Option<String>,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    #[serde(default)]
+    pub preprocess: toml::Table,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<Dim>,
+}
+
+/// One axis of a tensor: fixed, or a named symbol such as `batch` or `sequence`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Dim {
+    Fixed(usize),
+    Symbol(String),
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Symbol(s) => f.write_str(s),
+        }
+    }
+}
+
+impl TensorSpec {
+    /// `input_ids: i64[batch,sequence]`
+    pub fn describe(&self) -> String {
+        let dims: Vec<String> = self.shape.iter().map(ToString::to_string).collect();
+        format!("{}: {}[{}]", self.name, self.dtype, dims.join(","))
+    }
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Manifest, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ModelError::Manifest {
+                path: path.to_owned(),
+                message: "not found (pass --models DIR pointing at the models directory)".into(),
+            },
+            _ => ModelError::Io {
+                path: path.to_owned(),
+                source: e,
+            },
+        })?;
+        let mut manifest: Manifest = toml::from_str(&text).map_err(|e| ModelError::Manifest {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if manifest.schema != 1 {
+            return Err(ModelError::Manifest {
+                path: path.to_owned(),
+                message: format!("schema {} is not supported (expected 1)", manifest.schema),
+            });
+        }
+        manifest.dir = path.parent().unwrap_or(Path::new(".")).to_owned();
+        Ok(manifest)
+    }
+
+    pub fn model(&self, key: &str) -> Result<&ModelSpec, ModelError> {
+        self.models.get(key).ok_or_else(|| ModelError::Manifest {
+            path: self.dir.join("manifest.toml"),
+            message: format!(
+                "no model `{key}` (known: {})",
+                self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    pub fn path_of(&self, relative: &str) -> PathBuf {
+        self.dir.join(relative)
+    }
+}
+
+impl ModelSpec {
+    /// The preprocessing table deserialized into the modality's typed constants.
+    pub fn preprocess<T: serde::de::DeserializeOwned>(&self) -> Result<T, ModelError> {
+        self.preprocess
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| ModelError::Manifest {
+                path: PathBuf::from("manifest.toml"),
+                message: format!("models.{}.preprocess: {}", self.modality, e.message()),
+            })
+    }
+
+    pub fn sha256_prefix(&self) -> &str {
+        &self.sha256[..self.sha256.len().min(12)]
+    }
+}
+
+/// Read a file and check it against an expected sha256, returning its bytes.
+pub fn read_verified(path: &Path, expected: &str) -> Result<Vec<u8>, ModelError> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ModelError::Missing {
+            path: path.to_owned(),
+        },
+        _ => ModelError::Io {
+            path: path.to_owned(),
+            source: e,
+        },
+    })?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if !actual.eq_ignore_ascii_case(expected) {
+        return Err(ModelError::Checksum {
+            path: path.to_owned(),
+            expected: expected.to_owned(),
+            actual,
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_manifest() -> Manifest {
+        Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/manifest.toml"))
+            .expect("shipped manifest parses")
+    }
+
+    #[test]
+    fn shipped_manifest_names_every_default_modality() {
+        let m = repo_manifest();
+        for key in ["text", "vision", "audio", "vad"] {
+            let spec = m.model(key).expect(key);
+            assert_eq!(spec.sha256.len(), 64, "{key} sha256 is pinned");
+            assert!(!spec.inputs.is_empty() && !spec.outputs.is_empty());
+        }
+        assert_eq!(m.model("audio").unwrap().license, "CC-BY-4.0");
+    }
+
+    #[test]
+    fn unknown_model_key_lists_known_ones() {
+        let err = repo_manifest().model("nope").unwrap_err().to_string();
+        assert!(
+            err.contains("no model `nope`") && err.contains("text"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn checksum_mismatch_is_reported_with_both_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.onnx");
+        std::fs::write(&p, b"not a model").unwrap();
+        let err = read_verified(&p, &"0".repeat(64)).unwrap_err();
+        assert!(matches!(err, ModelError::Checksum { .. }));
+        assert!(err.to_string().contains("tampered"), "{err}");
+        let missing = read_verified(&dir.path().join("x.onnx"), "00").unwrap_err();
+        assert!(missing.to_string().contains("models/fetch"), "{missing}");
+    }
+}

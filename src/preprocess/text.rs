@@ -1,0 +1,139 @@
+//! Text: the model package's own `tokenizer.json` through the HF `tokenizers` crate.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::error::{InputError, ModelError};
+
+/// `[models.<text>.preprocess]` in the manifest.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TextPreprocess {
+    pub tokenizer: String,
+    pub max_length: usize,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    #[serde(default)]
+    pub tokenizer_source: Option<String>,
+    pub tokenizer_sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    Mean,
+    Cls,
+}
+
+/// A batch of token ids, padded to the longest member, row-major `[batch, seq]`.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    pub batch: usize,
+    pub seq: usize,
+    pub input_ids: Vec<i64>,
+    pub attention_mask: Vec<i64>,
+    pub token_type_ids: Vec<i64>,
+}
+
+pub struct TextTokenizer {
+    tokenizer: Tokenizer,
+    pub max_length: usize,
+}
+
+impl TextTokenizer {
+    /// Load `tokenizer.json` (already sha256-verified bytes) and set truncation to `max_length`
+    /// and padding to the longest sequence of each batch.
+    pub fn from_bytes(bytes: &[u8], path: &Path, max_length: usize) -> Result<Self, ModelError> {
+        let err = |message: String| ModelError::Tokenizer {
+            path: path.to_owned(),
+            message,
+        };
+        let mut tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| err(e.to_string()))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                ..Default::default()
+            }))
+            .map_err(|e| err(e.to_string()))?;
+        let pad_id = tokenizer.get_padding().map_or(0, |p| p.pad_id);
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            pad_id,
+            ..Default::default()
+        }));
+        Ok(TextTokenizer {
+            tokenizer,
+            max_length,
+        })
+    }
+
+    pub fn encode_batch(&self, texts: &[&str]) -> Result<TokenBatch, InputError> {
+        if texts.iter().any(|t| t.trim().is_empty()) {
+            return Err(InputError::EmptyText);
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| InputError::Inference(format!("tokenizer: {e}")))?;
+        let seq = encodings.first().map_or(0, |e| e.len());
+        let mut batch = TokenBatch {
+            batch: encodings.len(),
+            seq,
+            input_ids: Vec::with_capacity(encodings.len() * seq),
+            attention_mask: Vec::with_capacity(encodings.len() * seq),
+            token_type_ids: Vec::with_capacity(encodings.len() * seq),
+        };
+        for e in &encodings {
+            batch
+                .input_ids
+                .extend(e.get_ids().iter().map(|&x| x as i64));
+            batch
+                .attention_mask
+                .extend(e.get_attention_mask().iter().map(|&x| x as i64));
+            batch
+                .token_type_ids
+                .extend(e.get_type_ids().iter().map(|&x| x as i64));
+        }
+        Ok(batch)
+    }
+}
+
+/// Mean of `hidden[b, s, :]` over positions where `mask[b, s] == 1`.
+pub fn mean_pool(
+    hidden: &[f32],
+    mask: &[i64],
+    batch: usize,
+    seq: usize,
+    dim: usize,
+) -> Vec<Vec<f32>> {
+    (0..batch)
+        .map(|b| {
+            let mut acc = vec![0f32; dim];
+            let mut n = 0f32;
+            for s in 0..seq {
+                if mask[b * seq + s] != 0 {
+                    let row = &hidden[(b * seq + s) * dim..(b * seq + s + 1) * dim];
+                    acc.iter_mut().zip(row).for_each(|(a, x)| *a += x);
+                    n += 1.0;
+                }
+            }
+            let n = n.max(1.0);
+            acc.iter_mut().for_each(|a| *a /= n);
+            acc
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_pool_ignores_padding() {
+        // batch 1, seq 3, dim 2; last position is padding.
+        let hidden = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
+        let pooled = mean_pool(&hidden, &[1, 1, 0], 1, 3, 2);
+        assert_eq!(pooled, vec![vec![2.0, 3.0]]);
+    }
+}

@@ -1,0 +1,217 @@
+//! The `edgefuse` binary as a user runs it: JSON lines out, one clear error line, exit codes.
+
+mod util;
+
+use std::process::{Command, Output};
+
+use util::{models_dir, repo};
+
+fn edgefuse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgefuse"))
+        .args(args)
+        .current_dir(repo())
+        .env("EDGEFUSE_MODELS", models_dir())
+        .env_remove("EDGEFUSE_CONFIG")
+        .output()
+        .expect("edgefuse runs")
+}
+
+fn stdout_lines(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn embed_text_prints_one_unit_vector_per_input() {
+    let o = edgefuse(&[
+        "embed",
+        "text",
+        "A man plays guitar.",
+        "Someone is playing a guitar.",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = stdout_lines(&o);
+    assert_eq!(lines.len(), 2);
+    for (line, input) in lines
+        .iter()
+        .zip(["A man plays guitar.", "Someone is playing a guitar."])
+    {
+        assert_eq!(line["modality"], "text");
+        assert_eq!(line["input"], input);
+        assert_eq!(line["dim"], 384);
+        assert_eq!(line["model"]["name"], "all-MiniLM-L6-v2");
+        assert_eq!(line["model"]["quantization"], "fp32");
+        let v: Vec<f64> = serde_json::from_value(line["vector"].clone()).unwrap();
+        assert_eq!(v.len(), 384);
+        let n: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((n - 1.0).abs() < 1e-4, "norm {n}");
+    }
+}
+
+#[test]
+fn embed_image_and_audio_work_from_the_repository_root() {
+    let o = edgefuse(&["embed", "image", "tests/fixtures/images/coffee.jpg"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout_lines(&o)[0]["dim"], 384);
+    let o = edgefuse(&[
+        "embed",
+        "audio",
+        "--blocks",
+        "tests/fixtures/audio/pink_noise.wav",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = &stdout_lines(&o)[0];
+    assert_eq!(line["dim"], 512);
+    assert_eq!(line["blocks"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line_each_and_a_nonzero_exit() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["embed", "text", ""], "empty text"),
+        (
+            &["embed", "image", "tests/fixtures/images/not_an_image.jpg"],
+            "unsupported or unrecognised image format",
+        ),
+        (
+            &["embed", "image", "tests/fixtures/images/truncated.jpg"],
+            "corrupt image",
+        ),
+        (
+            &["embed", "audio", "tests/fixtures/audio/not_a_wav.wav"],
+            "not a WAV file",
+        ),
+        (
+            &["embed", "audio", "tests/fixtures/audio/truncated.wav"],
+            "truncated WAV",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = edgefuse(args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(want),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn good_inputs_are_still_printed_when_one_fails() {
+    let o = edgefuse(&[
+        "embed",
+        "image",
+        "tests/fixtures/images/coffee.jpg",
+        "tests/fixtures/images/no_such_file.jpg",
+    ]);
+    assert!(!o.status.success());
+    assert_eq!(stdout_lines(&o).len(), 1);
+    assert!(stderr(&o).contains("no_such_file.jpg"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_missing_model_says_to_run_the_fetch_step() {
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("models/manifest.toml"),
+        empty.path().join("manifest.toml"),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_edgefuse"))
+        .args(["embed", "text", "hello"])
+        .env("EDGEFUSE_MODELS", empty.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("missing") && err.contains("models/fetch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tampered_model_is_refused_with_a_checksum_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("models/manifest.toml"),
+        dir.path().join("manifest.toml"),
+    )
+    .unwrap();
+    let src = models_dir();
+    std::fs::create_dir_all(dir.path().join("text")).unwrap();
+    let mut bytes = std::fs::read(src.join("text/all-minilm-l6-v2.onnx")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(dir.path().join("text/all-minilm-l6-v2.onnx"), bytes).unwrap();
+    std::fs::copy(
+        src.join("text/tokenizer.json"),
+        dir.path().join("text/tokenizer.json"),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_edgefuse"))
+        .args(["embed", "text", "hello"])
+        .env("EDGEFUSE_MODELS", dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("sha256") && err.contains("tampered"), "{err}");
+}
+
+#[test]
+fn check_names_models_kernels_and_cpu_features() {
+    let o = edgefuse(&["check", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["cpu"]["arch"], std::env::consts::ARCH);
+    assert!(!r["cpu"]["tract_isa"].as_array().unwrap().is_empty());
+    let models = r["models"].as_array().unwrap();
+    assert_eq!(models.len(), 3);
+    for m in models {
+        assert!(m["error"].is_null(), "{m}");
+        assert_eq!(m["sha256"].as_str().unwrap().len(), 64);
+        let kernels = m["kernels"].as_array().unwrap();
+        assert!(!kernels.is_empty(), "{m}");
+        #[cfg(target_arch = "aarch64")]
+        for k in kernels {
+            let k = k.as_str().unwrap();
+            assert!(k.starts_with("arm64"), "not a NEON kernel: {k}");
+        }
+    }
+    let text = edgefuse(&["check"]);
+    assert!(text.status.success());
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        out.contains("mm kernels:") && out.contains("(verified)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_invalid_config_reports_every_problem_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "[encoders.text]\nmax_length = 0\n[encoders.vision]\nmax_batch = 0\n",
+    )
+    .unwrap();
+    let o = edgefuse(&["--config", p.to_str().unwrap(), "check"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("encoders.text.max_length") && err.contains("encoders.vision.max_batch"),
+        "{err}"
+    );
+}

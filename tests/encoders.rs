@@ -1,0 +1,254 @@
+//! Encoders against onnxruntime references (tests/golden/reference.json, made by
+//! tests/golden/make_reference.py), semantic sanity on real inputs, and bad-input errors.
+
+mod util;
+
+use std::sync::OnceLock;
+
+use edgefuse::config::Config;
+use edgefuse::encoders::EncoderSet;
+use edgefuse::error::InputError;
+use serde::Deserialize;
+use util::{cosine, fixture, models_dir, norm};
+
+const TEXT_AUDIO_MIN_COSINE: f32 = 0.999;
+const VISION_MIN_COSINE: f32 = 0.99;
+
+#[derive(Deserialize)]
+struct Reference {
+    text: Vec<Item>,
+    vision: Vec<Item>,
+    audio: Vec<Item>,
+}
+
+#[derive(Deserialize)]
+struct Item {
+    input: String,
+    vector: Vec<f32>,
+    #[serde(default)]
+    blocks: Option<Vec<Vec<f32>>>,
+}
+
+fn reference() -> &'static Reference {
+    static R: OnceLock<Reference> = OnceLock::new();
+    R.get_or_init(|| {
+        serde_json::from_slice(&fixture("tests/golden/reference.json"))
+            .expect("reference.json parses")
+    })
+}
+
+fn encoders() -> &'static EncoderSet {
+    static E: OnceLock<EncoderSet> = OnceLock::new();
+    E.get_or_init(|| {
+        EncoderSet::load(&Config::builtin(), &models_dir(), &[]).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+fn embed_text(texts: &[&str]) -> Vec<Vec<f32>> {
+    let enc = encoders().text.as_ref().unwrap();
+    enc.embed(texts)
+        .into_iter()
+        .map(|r| r.unwrap().vector)
+        .collect()
+}
+
+fn embed_images(paths: &[&str]) -> Vec<Vec<f32>> {
+    let bytes: Vec<Vec<u8>> = paths.iter().map(|p| fixture(p)).collect();
+    let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    let enc = encoders().vision.as_ref().unwrap();
+    enc.embed(&refs)
+        .into_iter()
+        .map(|r| r.unwrap().vector)
+        .collect()
+}
+
+fn embed_wav(path: &str) -> edgefuse::encoders::Embedding {
+    let enc = encoders().audio.as_ref().unwrap();
+    enc.embed_wavs(&[&fixture(path)]).remove(0).unwrap()
+}
+
+// ---------------------------------------------------------------- golden vs onnxruntime
+
+#[test]
+fn text_matches_onnxruntime_reference() {
+    let r = reference();
+    let texts: Vec<&str> = r.text.iter().map(|i| i.input.as_str()).collect();
+    let got = embed_text(&texts);
+    for (item, v) in r.text.iter().zip(&got) {
+        let c = cosine(v, &item.vector);
+        assert!((norm(v) - 1.0).abs() < 1e-4);
+        assert!(c >= TEXT_AUDIO_MIN_COSINE, "{:?}: cosine {c}", item.input);
+    }
+}
+
+#[test]
+fn text_batching_does_not_change_results() {
+    let r = reference();
+    let one = embed_text(&[&r.text[0].input]);
+    let many = embed_text(&r.text.iter().map(|i| i.input.as_str()).collect::<Vec<_>>());
+    assert!(cosine(&one[0], &many[0]) > 0.99999);
+}
+
+#[test]
+fn vision_matches_onnxruntime_reference() {
+    let r = reference();
+    let paths: Vec<&str> = r.vision.iter().map(|i| i.input.as_str()).collect();
+    let got = embed_images(&paths);
+    for (item, v) in r.vision.iter().zip(&got) {
+        let c = cosine(v, &item.vector);
+        assert!((norm(v) - 1.0).abs() < 1e-4);
+        assert!(c >= VISION_MIN_COSINE, "{}: cosine {c}", item.input);
+    }
+}
+
+#[test]
+fn audio_matches_onnxruntime_reference_for_clip_and_blocks() {
+    for item in &reference().audio {
+        let e = embed_wav(&item.input);
+        let c = cosine(&e.vector, &item.vector);
+        assert!((norm(&e.vector) - 1.0).abs() < 1e-4);
+        assert!(
+            c >= TEXT_AUDIO_MIN_COSINE,
+            "{}: clip cosine {c}",
+            item.input
+        );
+        let (got, want) = (e.blocks.unwrap(), item.blocks.as_ref().unwrap());
+        assert_eq!(got.len(), want.len(), "{}: block count", item.input);
+        for (g, w) in got.iter().zip(want) {
+            let c = cosine(g, w);
+            assert!(
+                c >= TEXT_AUDIO_MIN_COSINE,
+                "{}: block cosine {c}",
+                item.input
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- semantic sanity
+
+#[test]
+fn a_paraphrase_is_closer_than_unrelated_text() {
+    let v = embed_text(&[
+        "The cat sits on the mat.",
+        "A cat is sitting on a rug.",
+        "Quarterly revenue rose by twelve percent.",
+    ]);
+    assert!(cosine(&v[0], &v[1]) > cosine(&v[0], &v[2]) + 0.3);
+}
+
+#[test]
+fn the_same_photo_flipped_or_cropped_is_closer_than_another_photo() {
+    let cat = image::load_from_memory(&fixture("tests/fixtures/images/chelsea.jpg")).unwrap();
+    let encode = |img: image::DynamicImage| {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut buf, image::ImageFormat::Png).unwrap();
+        buf.into_inner()
+    };
+    let (w, h) = (cat.width(), cat.height());
+    let flipped = encode(cat.fliph());
+    let cropped = encode(cat.crop_imm(w / 10, h / 10, w * 8 / 10, h * 8 / 10));
+    let original = fixture("tests/fixtures/images/chelsea.jpg");
+    let other = fixture("tests/fixtures/images/rocket.jpg");
+    let enc = encoders().vision.as_ref().unwrap();
+    let v: Vec<Vec<f32>> = enc
+        .embed(&[&original, &flipped, &cropped, &other])
+        .into_iter()
+        .map(|r| r.unwrap().vector)
+        .collect();
+    let to_other = cosine(&v[0], &v[3]);
+    assert!(cosine(&v[0], &v[1]) > to_other + 0.3, "flipped");
+    assert!(cosine(&v[0], &v[2]) > to_other + 0.3, "cropped");
+}
+
+#[test]
+fn exif_orientation_is_applied() {
+    let v = embed_images(&[
+        "tests/fixtures/images/chelsea.jpg",
+        "tests/fixtures/images/chelsea_exif6.jpg",
+    ]);
+    assert!(cosine(&v[0], &v[1]) > 0.99);
+}
+
+#[test]
+fn speech_clips_are_closer_to_each_other_than_to_noise() {
+    let speech = ["speech_fox", "speech_lights", "speech_lights2"]
+        .map(|n| embed_wav(&format!("tests/fixtures/audio/{n}.wav")).vector);
+    let noise = ["white_noise", "pink_noise"]
+        .map(|n| embed_wav(&format!("tests/fixtures/audio/{n}.wav")).vector);
+    let min_speech = (0..3)
+        .flat_map(|i| (i + 1..3).map(move |j| (i, j)))
+        .map(|(i, j)| cosine(&speech[i], &speech[j]))
+        .fold(f32::MAX, f32::min);
+    let max_noise = speech
+        .iter()
+        .flat_map(|s| noise.iter().map(move |n| cosine(s, n)))
+        .fold(f32::MIN, f32::max);
+    assert!(
+        min_speech > max_noise + 0.1,
+        "speech {min_speech} vs noise {max_noise}"
+    );
+}
+
+#[test]
+fn one_recording_in_any_wav_format_embeds_alike() {
+    let base = embed_wav("tests/fixtures/audio/speech_lights.wav").vector;
+    for variant in ["48k_stereo_s24", "16k_f32", "8k_s32", "11k_u8"] {
+        let v = embed_wav(&format!("tests/fixtures/audio/speech_lights_{variant}.wav")).vector;
+        assert!(cosine(&base, &v) > 0.95, "{variant}");
+    }
+}
+
+// ---------------------------------------------------------------- bad input
+
+#[test]
+fn empty_text_is_an_error_for_that_item_only() {
+    let enc = encoders().text.as_ref().unwrap();
+    let r = enc.embed(&["hello", "   ", ""]);
+    assert!(r[0].is_ok());
+    assert!(matches!(r[1], Err(InputError::EmptyText)));
+    assert!(matches!(r[2], Err(InputError::EmptyText)));
+}
+
+#[test]
+fn corrupt_images_are_errors_and_do_not_spoil_the_batch() {
+    let enc = encoders().vision.as_ref().unwrap();
+    let good = fixture("tests/fixtures/images/coffee.jpg");
+    let truncated = fixture("tests/fixtures/images/truncated.jpg");
+    let text = fixture("tests/fixtures/images/not_an_image.jpg");
+    let r = enc.embed(&[&truncated, &good, &text]);
+    assert!(
+        matches!(r[0], Err(InputError::CorruptImage(_))),
+        "{:?}",
+        r[0]
+    );
+    assert!(r[1].is_ok());
+    assert!(
+        matches!(r[2], Err(InputError::UnknownImageFormat)),
+        "{:?}",
+        r[2]
+    );
+}
+
+#[test]
+fn non_wav_and_truncated_wav_are_errors() {
+    let enc = encoders().audio.as_ref().unwrap();
+    let r = enc.embed_wavs(&[
+        &fixture("tests/fixtures/audio/not_a_wav.wav"),
+        &fixture("tests/fixtures/audio/truncated.wav"),
+    ]);
+    assert!(matches!(r[0], Err(InputError::NotWav(_))), "{:?}", r[0]);
+    assert!(
+        matches!(r[1], Err(InputError::TruncatedWav(_))),
+        "{:?}",
+        r[1]
+    );
+}
+
+#[test]
+fn long_text_is_truncated_to_the_configured_length() {
+    let enc = encoders().text.as_ref().unwrap();
+    assert_eq!(enc.max_length(), 256);
+    let long = "word ".repeat(2000);
+    assert_eq!(enc.embed(&[&long])[0].as_ref().unwrap().vector.len(), 384);
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Compare two reference.json files: same inputs, vectors equal within tolerance.
+
+Used by tests/run to show that make_reference.py reruns and reproduces the committed vectors.
+"""
+import json
+import sys
+
+import numpy as np
+
+TOL = 1e-4  # cosine distance; reruns on other CPUs/BLAS builds differ in the last bits
+
+
+def main(a_path: str, b_path: str) -> int:
+    a, b = json.load(open(a_path)), json.load(open(b_path))
+    bad = 0
+    for modality in ("text", "vision", "audio"):
+        if [i["input"] for i in a[modality]] != [i["input"] for i in b[modality]]:
+            print(f"{modality}: inputs differ")
+            bad += 1
+            continue
+        for x, y in zip(a[modality], b[modality]):
+            u, v = np.asarray(x["vector"]), np.asarray(y["vector"])
+            cos = float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+            if 1 - cos > TOL:
+                print(f"{modality} {x['input'][:40]!r}: cosine {cos:.6f}")
+                bad += 1
+    n = sum(len(a[m]) for m in ("text", "vision", "audio"))
+    print(f"reference rerun: {n - bad} of {n} vectors reproduced")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:3]))
