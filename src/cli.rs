@@ -29,6 +29,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: MQTT in and out, live sources, fusion (until SIGTERM/SIGINT).
+    Run,
+    /// Validate the configuration and print it with defaults filled in.
+    Config,
     /// Embed inputs and print one JSON object per input, one per line.
     Embed(EmbedArgs),
     /// Print the config, each model (path, sha256, format, input facts, kernels) and the CPU.

@@ -12,10 +12,290 @@ pub const DEFAULT_TOML: &str = include_str!("../configs/default.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Names this device in topics; empty means the hostname.
+    #[serde(default)]
+    pub device_id: String,
+    /// Holds persistent state (enrolled label prototypes). Relative to the working directory.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     #[serde(default)]
     pub models: ModelsConfig,
     #[serde(default)]
     pub encoders: EncodersConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub queues: QueuesConfig,
+    #[serde(default)]
+    pub sources: SourcesConfig,
+    #[serde(default)]
+    pub fusion: FusionConfig,
+    #[serde(default)]
+    pub stats: StatsConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub debug: DebugConfig,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// JSON with the vector as an array of numbers.
+    Json,
+    /// Little-endian IEEE f16 vector; metadata in MQTT 5 user properties.
+    F16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `embedded` (start rumqttd on `embedded_listen`) or `mqtt://host:port`.
+    pub broker: String,
+    pub embedded_listen: String,
+    pub client_id: String,
+    pub topic_prefix: String,
+    pub keepalive_s: u64,
+    pub qos: u8,
+    pub clean_start: bool,
+    pub username: String,
+    /// File holding the password (e.g. a systemd credential); never the password itself.
+    pub password_file: String,
+    pub payload: PayloadFormat,
+    pub max_payload_bytes: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            broker: "embedded".into(),
+            embedded_listen: "127.0.0.1:1883".into(),
+            client_id: String::new(),
+            topic_prefix: "edgefuse".into(),
+            keepalive_s: 30,
+            qos: 1,
+            clean_start: true,
+            username: String::new(),
+            password_file: String::new(),
+            payload: PayloadFormat::Json,
+            max_payload_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Capacity of each modality's request queue (MQTT inputs). When full, intake waits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueuesConfig {
+    pub text: usize,
+    pub vision: usize,
+    pub audio: usize,
+    pub results: usize,
+}
+
+impl Default for QueuesConfig {
+    fn default() -> Self {
+        QueuesConfig {
+            text: 64,
+            vision: 16,
+            audio: 16,
+            results: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    pub mic: MicConfig,
+    pub image_dir: ImageDirConfig,
+    pub snapshot: SnapshotConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MicConfig {
+    pub enabled: bool,
+    /// Device name as ALSA/cpal lists it; empty or `default` for the default input.
+    pub device: String,
+    pub window_s: f64,
+    pub hop_s: f64,
+    /// Windows quieter than this RMS level (dBFS) are skipped before any model runs.
+    pub energy_gate_dbfs: f32,
+    /// Also require Silero VAD speech probability ≥ `vad_threshold`.
+    pub vad: bool,
+    pub vad_model: String,
+    pub vad_threshold: f32,
+    /// Live windows waiting for the encoder; the oldest is dropped when full.
+    pub queue: usize,
+    pub group: String,
+}
+
+impl Default for MicConfig {
+    fn default() -> Self {
+        MicConfig {
+            enabled: false,
+            device: String::new(),
+            window_s: 2.32,
+            hop_s: 1.16,
+            energy_gate_dbfs: -50.0,
+            vad: false,
+            vad_model: "vad".into(),
+            vad_threshold: 0.5,
+            queue: 4,
+            group: "default".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageDirConfig {
+    pub enabled: bool,
+    pub path: PathBuf,
+    pub poll_ms: u64,
+    /// Files waiting for the encoder; when full the watcher waits (files are durable).
+    pub queue: usize,
+    pub group: String,
+}
+
+impl Default for ImageDirConfig {
+    fn default() -> Self {
+        ImageDirConfig {
+            enabled: false,
+            path: PathBuf::new(),
+            poll_ms: 1000,
+            queue: 8,
+            group: "default".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    pub enabled: bool,
+    pub url: String,
+    pub interval_s: f64,
+    pub timeout_s: f64,
+    /// Snapshots waiting for the encoder; the oldest is dropped when full.
+    pub queue: usize,
+    pub group: String,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            enabled: false,
+            url: String::new(),
+            interval_s: 10.0,
+            timeout_s: 5.0,
+            queue: 2,
+            group: "default".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FusionConfig {
+    /// An embedding joins a fused record while it is at most this old.
+    pub window_ms: u64,
+    pub weights: ModalityWeights,
+    /// Optional linear projection per modality: a JSON file `{"matrix": [[...], ...]}`.
+    pub projection: ModalityPaths,
+    /// Past fused vectors the novelty score compares against.
+    pub novelty_history: usize,
+    /// Nearest enrolled examples listed per label and modality.
+    pub nearest: usize,
+    /// Labels reported per record.
+    pub top_k: usize,
+    pub zero_shot: ZeroShotConfig,
+}
+
+impl Default for FusionConfig {
+    fn default() -> Self {
+        FusionConfig {
+            window_ms: 5000,
+            weights: ModalityWeights::default(),
+            projection: ModalityPaths::default(),
+            novelty_history: 256,
+            nearest: 2,
+            top_k: 5,
+            zero_shot: ZeroShotConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModalityWeights {
+    pub text: f32,
+    pub vision: f32,
+    pub audio: f32,
+}
+
+impl Default for ModalityWeights {
+    fn default() -> Self {
+        ModalityWeights {
+            text: 1.0,
+            vision: 1.0,
+            audio: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModalityPaths {
+    pub text: Option<PathBuf>,
+    pub vision: Option<PathBuf>,
+    pub audio: Option<PathBuf>,
+}
+
+/// Zero-shot labels scored by cosine against the text encoder's embedding of each label, for
+/// modalities whose encoder shares the text encoder's space (CLIP/CLAP-style models).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZeroShotConfig {
+    pub labels: Vec<String>,
+    pub modalities: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// Seconds between `stats` messages; 0 disables them.
+    pub interval_s: u64,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig { interval_s: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    pub timeout_s: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { timeout_s: 10 }
+    }
+}
+
+/// Privacy: raw audio and images never leave the device unless this is switched on.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    pub publish_raw_inputs: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -270,13 +550,220 @@ impl Config {
         if !(e.text.enabled || e.vision.enabled || e.audio.enabled) {
             p.add("encoders", "every encoder is disabled; enable at least one");
         }
+        self.mqtt_problems(&mut p);
+        self.source_problems(&mut p);
+        self.fusion_problems(&mut p);
+        p.range("queues.text", self.queues.text, 1, 100_000);
+        p.range("queues.vision", self.queues.vision, 1, 100_000);
+        p.range("queues.audio", self.queues.audio, 1, 100_000);
+        p.range("queues.results", self.queues.results, 1, 100_000);
+        p.range("shutdown.timeout_s", self.shutdown.timeout_s, 1, 3600);
+        if !valid_topic_level(&self.device_id) && !self.device_id.is_empty() {
+            p.add(
+                "device_id",
+                format!(
+                    "{:?} cannot be a topic level (no '/', '+', '#')",
+                    self.device_id
+                ),
+            );
+        }
         p.0
+    }
+
+    fn mqtt_problems(&self, p: &mut Problems) {
+        let m = &self.mqtt;
+        if m.broker != "embedded" {
+            if let Err(e) = crate::mqtt::BrokerAddr::parse(&m.broker) {
+                p.add("mqtt.broker", format!("{:?}: {e}", m.broker));
+            }
+        } else if m.embedded_listen.parse::<std::net::SocketAddr>().is_err() {
+            p.add(
+                "mqtt.embedded_listen",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:1883",
+                    m.embedded_listen
+                ),
+            );
+        }
+        if m.broker == "embedded" && m.payload == PayloadFormat::F16 {
+            p.add(
+                "mqtt.payload",
+                "\"f16\" puts its metadata in MQTT 5 user properties, which the embedded broker \
+                 cannot pass to MQTT 3.1.1 clients; use an MQTT 5 broker (mqtt.broker = \
+                 \"mqtt://host:1883\", e.g. mosquitto) or payload = \"json\"",
+            );
+        }
+        p.range("mqtt.qos", m.qos, 0, 2);
+        p.range("mqtt.keepalive_s", m.keepalive_s, 5, 3600);
+        p.range(
+            "mqtt.max_payload_bytes",
+            m.max_payload_bytes,
+            1024,
+            256 * 1024 * 1024,
+        );
+        if m.topic_prefix.is_empty() || m.topic_prefix.contains(['+', '#']) {
+            p.add(
+                "mqtt.topic_prefix",
+                format!("{:?} must be non-empty without '+' or '#'", m.topic_prefix),
+            );
+        }
+        if !m.password_file.is_empty() && m.username.is_empty() {
+            p.add("mqtt.password_file", "is set but mqtt.username is empty");
+        }
+    }
+
+    fn source_problems(&self, p: &mut Problems) {
+        let s = &self.sources;
+        if s.mic.enabled {
+            p.range("sources.mic.window_s", s.mic.window_s, 0.1, 60.0);
+            p.range("sources.mic.hop_s", s.mic.hop_s, 0.05, 60.0);
+            p.range(
+                "sources.mic.energy_gate_dbfs",
+                s.mic.energy_gate_dbfs,
+                -120.0,
+                0.0,
+            );
+            p.range("sources.mic.vad_threshold", s.mic.vad_threshold, 0.0, 1.0);
+            p.range("sources.mic.queue", s.mic.queue, 1, 1000);
+            if !self.encoders.audio.enabled {
+                p.add(
+                    "sources.mic.enabled",
+                    "true needs encoders.audio.enabled = true",
+                );
+            }
+        }
+        if s.image_dir.enabled {
+            if s.image_dir.path.as_os_str().is_empty() {
+                p.add(
+                    "sources.image_dir.path",
+                    "must be set when the source is enabled",
+                );
+            }
+            p.range(
+                "sources.image_dir.poll_ms",
+                s.image_dir.poll_ms,
+                50,
+                3_600_000,
+            );
+            p.range("sources.image_dir.queue", s.image_dir.queue, 1, 1000);
+            if !self.encoders.vision.enabled {
+                p.add(
+                    "sources.image_dir.enabled",
+                    "true needs encoders.vision.enabled = true",
+                );
+            }
+        }
+        if s.snapshot.enabled {
+            if !(s.snapshot.url.starts_with("http://") || s.snapshot.url.starts_with("https://")) {
+                p.add(
+                    "sources.snapshot.url",
+                    format!("{:?} is not an http(s) URL", s.snapshot.url),
+                );
+            }
+            p.range(
+                "sources.snapshot.interval_s",
+                s.snapshot.interval_s,
+                0.1,
+                86_400.0,
+            );
+            p.range(
+                "sources.snapshot.timeout_s",
+                s.snapshot.timeout_s,
+                0.1,
+                600.0,
+            );
+            p.range("sources.snapshot.queue", s.snapshot.queue, 1, 1000);
+            if !self.encoders.vision.enabled {
+                p.add(
+                    "sources.snapshot.enabled",
+                    "true needs encoders.vision.enabled = true",
+                );
+            }
+        }
+        for (path, group) in [
+            ("sources.mic.group", &s.mic.group),
+            ("sources.image_dir.group", &s.image_dir.group),
+            ("sources.snapshot.group", &s.snapshot.group),
+        ] {
+            if !valid_topic_level(group) {
+                p.add(
+                    path,
+                    format!("{group:?} must be a non-empty name without '/', '+', '#'"),
+                );
+            }
+        }
+    }
+
+    fn fusion_problems(&self, p: &mut Problems) {
+        let f = &self.fusion;
+        p.range("fusion.window_ms", f.window_ms, 1, 86_400_000);
+        p.range("fusion.novelty_history", f.novelty_history, 1, 100_000);
+        p.range("fusion.nearest", f.nearest, 0, 100);
+        p.range("fusion.top_k", f.top_k, 1, 1000);
+        for (name, w) in [
+            ("text", f.weights.text),
+            ("vision", f.weights.vision),
+            ("audio", f.weights.audio),
+        ] {
+            p.range(&format!("fusion.weights.{name}"), w, 0.0, 1000.0);
+        }
+        for (i, m) in f.zero_shot.modalities.iter().enumerate() {
+            if !["vision", "audio"].contains(&m.as_str()) {
+                p.add(
+                    &format!("fusion.zero_shot.modalities[{i}]"),
+                    format!(
+                        "{m:?} must be \"vision\" or \"audio\" (text is the label space itself)"
+                    ),
+                );
+            }
+        }
+        if !f.zero_shot.modalities.is_empty() && f.zero_shot.labels.is_empty() {
+            p.add(
+                "fusion.zero_shot.labels",
+                "is empty but zero_shot.modalities is set",
+            );
+        }
+        for (i, l) in f.zero_shot.labels.iter().enumerate() {
+            if l.trim().is_empty() {
+                p.add(
+                    &format!("fusion.zero_shot.labels[{i}]"),
+                    "must not be empty",
+                );
+            }
+        }
+    }
+
+    /// The device id in force: the configured one or the hostname.
+    pub fn device_id(&self) -> String {
+        if !self.device_id.is_empty() {
+            return self.device_id.clone();
+        }
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let cleaned: String = host
+            .chars()
+            .map(|c| {
+                if matches!(c, '/' | '+' | '#') || c.is_whitespace() {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        if cleaned.is_empty() {
+            "edgefuse".into()
+        } else {
+            cleaned
+        }
     }
 
     /// `models.dir`, with `--models` taking precedence.
     pub fn models_dir(&self, override_dir: Option<&Path>) -> PathBuf {
         override_dir.map_or_else(|| self.models.dir.clone(), Path::to_owned)
     }
+}
+
+fn valid_topic_level(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['/', '+', '#']) && !s.contains(char::is_whitespace)
 }
 
 /// Turn a serde/TOML error into a problem located by TOML path (table + key) and line.
@@ -360,6 +847,43 @@ mod tests {
                     [encoders.audio]\nenabled=false\n";
         let err = Config::from_toml(toml, "t").unwrap_err();
         assert_eq!(err.problems[0].path, "encoders");
+    }
+
+    #[test]
+    fn daemon_sections_report_each_problem() {
+        let toml = r#"
+device_id = "a/b"
+[mqtt]
+broker = "tcp://nowhere"
+qos = 3
+[sources.mic]
+enabled = true
+hop_s = 0
+[sources.snapshot]
+enabled = true
+url = "ftp://cam"
+[fusion.zero_shot]
+modalities = ["text"]
+"#;
+        let err = Config::from_toml(toml, "t").unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "device_id",
+            "mqtt.broker",
+            "mqtt.qos",
+            "sources.mic.hop_s",
+            "sources.snapshot.url",
+            "fusion.zero_shot.modalities[0]",
+            "fusion.zero_shot.labels",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+    }
+
+    #[test]
+    fn device_id_defaults_to_a_topic_safe_hostname() {
+        let id = Config::builtin().device_id();
+        assert!(!id.is_empty() && valid_topic_level(&id), "{id}");
     }
 
     #[test]

@@ -2,11 +2,18 @@
 //!
 //! Data flows left to right: sources → [`preprocess`] → [`encoders`] → fusion → sinks.
 
+pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod cpu;
 pub mod encoders;
 pub mod error;
+pub mod fusion;
 pub mod manifest;
+pub mod mqtt;
+pub mod pipeline;
 pub mod preprocess;
+pub mod sinks;
+pub mod sources;
+pub mod stats;

@@ -8,6 +8,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
     let result = match &cli.command {
+        Command::Run => commands::run::run(&cli),
+        Command::Config => commands::run::print_config(&cli),
         Command::Embed(args) => commands::embed::run(&cli, args),
         Command::Check(args) => commands::check::run(&cli, args),
     };

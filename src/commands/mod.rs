@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod embed;
+pub mod run;
 
 use anyhow::Context;
 

@@ -1,0 +1,596 @@
+//! `edgefuse run`: start-up order (config → models → broker → MQTT → workers → sources),
+//! MQTT intake, the stats task, and graceful shutdown on SIGTERM/SIGINT.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, MicConfig};
+use crate::encoders::{EncoderSet, Modality, ModelInfo};
+use crate::fusion::{Fusion, LabelStore};
+use crate::mqtt::client::{connect, ConnectSettings};
+use crate::mqtt::payload::{now_rfc3339, SCHEMA};
+use crate::mqtt::topics::Route;
+use crate::mqtt::{broker, BrokerAddr, Incoming, MqttHandle, Topics};
+use crate::pipeline::queue::DropOldest;
+use crate::pipeline::worker::{EncoderRef, Worker};
+use crate::pipeline::{Body, Event, Purpose, Request};
+use crate::sinks::publisher::Publisher;
+use crate::sources;
+use crate::sources::mic::vad::Vad;
+use crate::stats::{rss_bytes, Stats};
+
+/// What the microphone thread needs.
+pub struct MicContext {
+    pub config: MicConfig,
+    pub queue: Arc<DropOldest<Request>>,
+    pub vad: Option<Arc<Vad>>,
+    pub cancel: CancellationToken,
+}
+
+/// Per-modality queues, for intake and for stats.
+struct Queues {
+    requests: BTreeMap<Modality, mpsc::Sender<Request>>,
+    live: BTreeMap<Modality, Arc<DropOldest<Request>>>,
+}
+
+/// Run the daemon until `shutdown` resolves, then stop gracefully.
+pub async fn run(
+    config: Config,
+    models_dir: PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let device_id = config.device_id();
+    let topics = Topics::new(&config.mqtt.topic_prefix, &device_id);
+    tracing::info!(%device_id, base = %topics.base, "starting");
+
+    // 1. Models, off the runtime: loading and optimising takes seconds.
+    let cfg = config.clone();
+    let dir = models_dir.clone();
+    let set = tokio::task::spawn_blocking(move || EncoderSet::load(&cfg, &dir, &[]))
+        .await
+        .context("model loading task failed")??;
+    let vad = if config.sources.mic.enabled && config.sources.mic.vad {
+        let key = config.sources.mic.vad_model.clone();
+        let manifest = set.manifest.clone();
+        Some(Arc::new(
+            tokio::task::spawn_blocking(move || Vad::load(&manifest, &key)).await??,
+        ))
+    } else {
+        None
+    };
+    let models: BTreeMap<Modality, ModelInfo> = Modality::ALL
+        .iter()
+        .filter_map(|m| set.model(*m).map(|l| (*m, ModelInfo::of(l))))
+        .collect();
+    let dims: BTreeMap<Modality, usize> = Modality::ALL
+        .iter()
+        .filter_map(|m| set.model(*m).map(|l| (*m, l.spec.dim)))
+        .collect();
+
+    // 2. Fusion state: zero-shot label embeddings and the persisted few-shot labels.
+    let zero_shot = zero_shot_labels(&config, &set)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    let labels = LabelStore::open(Some(&config.state_dir.join("labels.json")))?;
+    tracing::info!(labels = labels.label_count(), "label store loaded");
+    let fusion =
+        Fusion::new(&config.fusion, &dims, labels, zero_shot).map_err(anyhow::Error::msg)?;
+
+    // 3. Broker and MQTT connection.
+    let addr = if config.mqtt.broker == "embedded" {
+        let listen = config
+            .mqtt
+            .embedded_listen
+            .parse()
+            .context("mqtt.embedded_listen")?;
+        let b = tokio::task::spawn_blocking({
+            let max = config.mqtt.max_payload_bytes;
+            move || broker::start(listen, max)
+        })
+        .await??;
+        BrokerAddr {
+            host: b.internal.ip().to_string(),
+            port: b.internal.port(),
+        }
+    } else {
+        BrokerAddr::parse(&config.mqtt.broker).map_err(anyhow::Error::msg)?
+    };
+    let credentials = credentials(&config)?;
+    let mqtt_stop = CancellationToken::new();
+    let client_id = if config.mqtt.client_id.is_empty() {
+        format!("edgefuse-{device_id}")
+    } else {
+        config.mqtt.client_id.clone()
+    };
+    let (mqtt, incoming, mqtt_task) = connect(
+        ConnectSettings {
+            host: addr.host.clone(),
+            port: addr.port,
+            client_id,
+            keepalive: Duration::from_secs(config.mqtt.keepalive_s),
+            clean_start: config.mqtt.clean_start,
+            credentials,
+            qos: config.mqtt.qos,
+            max_payload_bytes: config.mqtt.max_payload_bytes,
+            incoming_capacity: 16,
+            properties: config.mqtt.broker != "embedded",
+        },
+        topics.clone(),
+        mqtt_stop.clone(),
+    );
+
+    // 4. Queues, workers, publisher.
+    let stats = Arc::new(Stats::default());
+    let (events_tx, events_rx) = mpsc::channel::<Event>(config.queues.results);
+    let mut queues = Queues {
+        requests: BTreeMap::new(),
+        live: BTreeMap::new(),
+    };
+    let s = &config.sources;
+    if s.mic.enabled {
+        queues
+            .live
+            .insert(Modality::Audio, Arc::new(DropOldest::new(s.mic.queue)));
+    }
+    if s.snapshot.enabled {
+        queues.live.insert(
+            Modality::Vision,
+            Arc::new(DropOldest::new(s.snapshot.queue)),
+        );
+    }
+    let mut workers = Vec::new();
+    let mut dir_tx = None;
+    let encoders: Vec<(EncoderRef, usize, usize)> = [
+        set.text.map(|e| {
+            (
+                EncoderRef::Text(Arc::new(e)),
+                config.encoders.text.max_batch,
+                config.queues.text,
+            )
+        }),
+        set.vision.map(|e| {
+            (
+                EncoderRef::Vision(Arc::new(e)),
+                config.encoders.vision.max_batch,
+                config.queues.vision,
+            )
+        }),
+        set.audio.map(|e| {
+            (
+                EncoderRef::Audio(Arc::new(e)),
+                config.encoders.audio.max_batch,
+                config.queues.audio,
+            )
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut text_encoder = None;
+    for (encoder, max_batch, capacity) in encoders {
+        let m = encoder.modality();
+        if let EncoderRef::Text(t) = &encoder {
+            text_encoder = Some(t.clone());
+        }
+        let (tx, rx) = mpsc::channel(capacity);
+        if m == Modality::Vision && s.image_dir.enabled {
+            dir_tx = Some(tx.clone());
+        }
+        queues.requests.insert(m, tx);
+        let worker = Worker {
+            encoder,
+            requests: rx,
+            live: queues.live.get(&m).cloned(),
+            events: events_tx.clone(),
+            max_batch,
+            stats: stats.clone(),
+        };
+        workers.push(tokio::spawn(worker.run()));
+    }
+    drop(text_encoder);
+    let publisher = Publisher {
+        mqtt: mqtt.clone(),
+        fusion,
+        models,
+        format: config.mqtt.payload,
+        publish_raw_inputs: config.debug.publish_raw_inputs,
+        fused_count: 0,
+    };
+    let publisher_task = tokio::spawn(publisher.run(events_rx));
+
+    // 5. Sources.
+    let sources_cancel = CancellationToken::new();
+    let mut source_tasks = Vec::new();
+    if let (Some(tx), true) = (dir_tx, s.image_dir.enabled) {
+        source_tasks.push(tokio::spawn(sources::image_dir::run(
+            s.image_dir.clone(),
+            tx,
+            sources_cancel.clone(),
+        )));
+    }
+    #[cfg(feature = "snapshot")]
+    if s.snapshot.enabled {
+        if let Some(q) = queues.live.get(&Modality::Vision).cloned() {
+            source_tasks.push(tokio::spawn(sources::snapshot::run(
+                s.snapshot.clone(),
+                config.mqtt.max_payload_bytes,
+                q,
+                sources_cancel.clone(),
+            )));
+        }
+    }
+    #[cfg(not(feature = "snapshot"))]
+    if s.snapshot.enabled {
+        anyhow::bail!("sources.snapshot is enabled but this build has no snapshot support (feature `snapshot`)");
+    }
+    if s.mic.enabled {
+        if let Some(q) = queues.live.get(&Modality::Audio).cloned() {
+            sources::mic::spawn(MicContext {
+                config: s.mic.clone(),
+                queue: q,
+                vad,
+                cancel: sources_cancel.clone(),
+            })?;
+        }
+    }
+
+    // 6. Intake and stats.
+    let intake_cancel = CancellationToken::new();
+    let queues = Arc::new(queues);
+    let intake = tokio::spawn(intake(
+        incoming,
+        topics.clone(),
+        Arc::clone(&queues),
+        events_tx.clone(),
+        config.mqtt.max_payload_bytes,
+        intake_cancel.clone(),
+    ));
+    drop(events_tx);
+    let stats_task = (config.stats.interval_s > 0).then(|| {
+        tokio::spawn(publish_stats(
+            mqtt.clone(),
+            stats.clone(),
+            Arc::clone(&queues),
+            Duration::from_secs(config.stats.interval_s),
+            mqtt_stop.clone(),
+        ))
+    });
+    tracing::info!("ready");
+
+    // 7. Run until asked to stop, then stop in order: sources, intake, workers, publisher.
+    shutdown.await;
+    tracing::info!("shutting down");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(config.shutdown.timeout_s);
+    sources_cancel.cancel();
+    for q in queues.live.values() {
+        q.close();
+    }
+    mqtt.unsubscribe_all().await;
+    intake_cancel.cancel();
+    let _ = intake.await;
+    // The stats task holds the queue senders: stop it so the workers see their inputs close.
+    if let Some(t) = stats_task {
+        t.abort();
+        let _ = t.await;
+    }
+    drop(queues);
+    let stages: Vec<(&str, tokio::task::JoinHandle<()>)> = source_tasks
+        .into_iter()
+        .map(|t| ("source", t))
+        .chain(workers.into_iter().map(|t| ("encoder worker", t)))
+        .chain(std::iter::once(("publisher", publisher_task)))
+        .collect();
+    let mut clean = true;
+    for (name, mut task) in stages {
+        loop {
+            tokio::select! {
+                _ = &mut task => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::warn!("shutdown deadline passed while waiting for the {name}; abandoning it");
+                        task.abort();
+                        clean = false;
+                        break;
+                    }
+                    tracing::info!("shutdown: still waiting for the {name}");
+                }
+            }
+        }
+    }
+    mqtt.stop().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_task).await;
+    mqtt_stop.cancel();
+    tracing::info!(clean, "stopped");
+    Ok(())
+}
+
+fn credentials(config: &Config) -> anyhow::Result<Option<(String, String)>> {
+    let m = &config.mqtt;
+    if m.username.is_empty() {
+        return Ok(None);
+    }
+    let password = if m.password_file.is_empty() {
+        String::new()
+    } else {
+        std::fs::read_to_string(&m.password_file)
+            .with_context(|| format!("cannot read mqtt.password_file {}", m.password_file))?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned()
+    };
+    Ok(Some((m.username.clone(), password)))
+}
+
+fn zero_shot_labels(config: &Config, set: &EncoderSet) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
+    let zs = &config.fusion.zero_shot;
+    if zs.modalities.is_empty() {
+        return Ok(Vec::new());
+    }
+    let text = set
+        .text
+        .as_ref()
+        .context("fusion.zero_shot needs encoders.text.enabled = true")?;
+    let refs: Vec<&str> = zs.labels.iter().map(String::as_str).collect();
+    zs.labels
+        .iter()
+        .zip(text.embed(&refs))
+        .map(|(l, r)| {
+            Ok((
+                l.clone(),
+                r.with_context(|| format!("zero-shot label {l:?}"))?.vector,
+            ))
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct TextJson {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    text: String,
+    #[serde(default)]
+    group: Option<String>,
+}
+
+/// Guess the modality of an `enroll/<label>` payload from its bytes.
+fn sniff(payload: &[u8]) -> Modality {
+    if payload.len() >= 12 && &payload[0..4] == b"RIFF" && &payload[8..12] == b"WAVE" {
+        Modality::Audio
+    } else if image::guess_format(payload).is_ok() {
+        Modality::Vision
+    } else {
+        Modality::Text
+    }
+}
+
+fn correlation_id(c: &Option<Bytes>) -> Option<String> {
+    let c = c.as_ref()?;
+    Some(match std::str::from_utf8(c) {
+        Ok(s) if !s.is_empty() && !s.contains(char::is_control) => s.to_owned(),
+        _ => c.iter().map(|b| format!("{b:02x}")).collect(),
+    })
+}
+
+/// What an incoming message becomes.
+#[derive(Debug)]
+pub enum Parsed {
+    Request(Box<Request>),
+    Forget { label: String, id: String },
+}
+
+/// Parse one incoming message into a request, or a refusal `(id, reason)`.
+pub fn parse_incoming(
+    msg: &Incoming,
+    topics: &Topics,
+    max_payload: usize,
+) -> Result<Parsed, (String, String)> {
+    let route = topics.route(&msg.topic);
+    let fallback_id = correlation_id(&msg.correlation).unwrap_or_else(|| sources::new_id("mqtt"));
+    let refuse = |id: &str, reason: String| Err((id.to_owned(), reason));
+    if msg.payload.len() > max_payload {
+        return refuse(
+            &fallback_id,
+            format!(
+                "payload of {} bytes exceeds the limit of {max_payload}",
+                msg.payload.len()
+            ),
+        );
+    }
+    let (modality, purpose) = match route {
+        Route::Input(m) => (m, Purpose::Embed),
+        Route::Enroll(label) => (sniff(&msg.payload), Purpose::Enroll(label)),
+        Route::Forget(label) => {
+            return Ok(Parsed::Forget {
+                label,
+                id: fallback_id,
+            })
+        }
+        Route::Unknown(t) => return refuse(&fallback_id, format!("unknown topic {t}")),
+    };
+    if msg.payload.is_empty() {
+        return refuse(&fallback_id, "empty payload".into());
+    }
+    let mut id = fallback_id;
+    let mut group = "default".to_owned();
+    let body = match modality {
+        Modality::Text => {
+            let Ok(text) = std::str::from_utf8(&msg.payload) else {
+                return refuse(&id, "text is not valid UTF-8".into());
+            };
+            let is_json = msg.content_type.as_deref() == Some("application/json")
+                || text.trim_start().starts_with('{');
+            if is_json {
+                match serde_json::from_str::<TextJson>(text) {
+                    Ok(j) => {
+                        if let Some(v) = j.id {
+                            id = match v {
+                                serde_json::Value::String(s) => s,
+                                other => other.to_string(),
+                            };
+                        }
+                        if let Some(g) = j.group.filter(|g| !g.is_empty()) {
+                            group = g;
+                        }
+                        Body::Text(j.text)
+                    }
+                    Err(e) => return refuse(&id, format!("malformed JSON: {e}")),
+                }
+            } else {
+                Body::Text(text.to_owned())
+            }
+        }
+        Modality::Vision | Modality::Audio => Body::Encoded(msg.payload.clone()),
+    };
+    Ok(Parsed::Request(Box::new(Request {
+        id,
+        modality,
+        purpose,
+        body,
+        source: "mqtt".into(),
+        group,
+        topic: msg.topic.clone(),
+        response_topic: msg.response_topic.clone(),
+        correlation: msg.correlation.clone(),
+        received: tokio::time::Instant::now(),
+    })))
+}
+
+async fn intake(
+    mut incoming: mpsc::Receiver<Incoming>,
+    topics: Topics,
+    queues: Arc<Queues>,
+    events: mpsc::Sender<Event>,
+    max_payload: usize,
+    cancel: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            m = incoming.recv() => match m { Some(m) => m, None => break },
+        };
+        let event = match parse_incoming(&msg, &topics, max_payload) {
+            Ok(Parsed::Request(request)) => {
+                let request = *request;
+                match queues.requests.get(&request.modality) {
+                    // Back-pressure: wait for room rather than drop a request.
+                    Some(q) => {
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            r = q.send(request) => if r.is_err() { break },
+                        }
+                        continue;
+                    }
+                    None => Event::Rejected {
+                        id: request.id,
+                        topic: msg.topic.clone(),
+                        reason: format!(
+                            "the {} encoder is disabled in this configuration",
+                            request.modality
+                        ),
+                    },
+                }
+            }
+            Ok(Parsed::Forget { label, id }) => Event::Forget {
+                label,
+                id,
+                topic: msg.topic.clone(),
+            },
+            Err((id, reason)) => Event::Rejected {
+                id,
+                topic: msg.topic.clone(),
+                reason,
+            },
+        };
+        if events.send(event).await.is_err() {
+            break;
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct StatsRecord {
+    schema: u32,
+    ts: String,
+    uptime_s: f64,
+    rss_bytes: u64,
+    modalities: BTreeMap<Modality, crate::stats::ModalitySnapshot>,
+}
+
+async fn publish_stats(
+    mqtt: MqttHandle,
+    stats: Arc<Stats>,
+    queues: Arc<Queues>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let mut modalities = BTreeMap::new();
+        for (m, q) in &queues.requests {
+            let live = queues.live.get(m);
+            let depth = q.max_capacity() - q.capacity() + live.map_or(0, |l| l.len());
+            let drops = live.map_or(0, |l| l.dropped());
+            modalities.insert(*m, stats.snapshot(*m, drops, depth));
+        }
+        let rec = StatsRecord {
+            schema: SCHEMA,
+            ts: now_rfc3339(),
+            uptime_s: stats.uptime_s(),
+            rss_bytes: rss_bytes(),
+            modalities,
+        };
+        if let Ok(body) = serde_json::to_vec(&rec) {
+            let props = PublishProperties {
+                content_type: Some("application/json".into()),
+                ..Default::default()
+            };
+            if let Err(e) = mqtt
+                .publish(mqtt.topics.at("stats"), body, false, props)
+                .await
+            {
+                tracing::warn!("cannot publish stats: {e}");
+            }
+        }
+    }
+}
+
+/// Resolve when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// The models directory for `run`: `--models`, else `models.dir` of the config.
+pub fn models_dir(config: &Config, cli_override: Option<&Path>) -> PathBuf {
+    config.models_dir(cli_override)
+}

@@ -1,0 +1,31 @@
+//! `edgefuse run` and `edgefuse config`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::load_config;
+use crate::cli::Cli;
+
+pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(cli)?;
+    let models_dir = config.models_dir(cli.models.as_deref());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("edgefuse")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(crate::app::run(
+        config,
+        models_dir,
+        crate::app::shutdown_signal(),
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn print_config(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(cli)?;
+    println!("# valid; device_id in force: {}", config.device_id());
+    println!("{config:#?}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,91 @@
+//! The topic layout under `<prefix>/<device_id>/`. Documented in docs/mqtt.md.
+
+use crate::encoders::Modality;
+
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub base: String,
+}
+
+/// What an incoming topic asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Input(Modality),
+    Enroll(String),
+    Forget(String),
+    Unknown(String),
+}
+
+impl Topics {
+    pub fn new(prefix: &str, device_id: &str) -> Topics {
+        Topics {
+            base: format!("{}/{device_id}", prefix.trim_end_matches('/')),
+        }
+    }
+
+    pub fn at(&self, suffix: &str) -> String {
+        format!("{}/{suffix}", self.base)
+    }
+
+    pub fn embedding(&self, m: Modality) -> String {
+        self.at(&format!("embedding/{m}"))
+    }
+
+    pub fn available(&self) -> String {
+        self.at("available")
+    }
+
+    /// Filters the daemon subscribes to.
+    pub fn subscriptions(&self) -> [String; 3] {
+        [self.at("in/+"), self.at("enroll/+"), self.at("forget/+")]
+    }
+
+    pub fn route(&self, topic: &str) -> Route {
+        let Some(rest) = topic
+            .strip_prefix(&self.base)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return Route::Unknown(topic.to_owned());
+        };
+        match rest.split_once('/') {
+            Some(("in", "text")) => Route::Input(Modality::Text),
+            Some(("in", "image")) => Route::Input(Modality::Vision),
+            Some(("in", "audio")) => Route::Input(Modality::Audio),
+            Some(("enroll", label)) if !label.is_empty() => Route::Enroll(label.to_owned()),
+            Some(("forget", label)) if !label.is_empty() => Route::Forget(label.to_owned()),
+            _ => Route::Unknown(topic.to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_route_by_suffix() {
+        let t = Topics::new("edgefuse", "pi");
+        assert_eq!(
+            t.embedding(Modality::Vision),
+            "edgefuse/pi/embedding/vision"
+        );
+        assert_eq!(
+            t.route("edgefuse/pi/in/image"),
+            Route::Input(Modality::Vision)
+        );
+        assert_eq!(t.route("edgefuse/pi/in/text"), Route::Input(Modality::Text));
+        assert_eq!(
+            t.route("edgefuse/pi/enroll/kitchen"),
+            Route::Enroll("kitchen".into())
+        );
+        assert_eq!(
+            t.route("edgefuse/pi/forget/kitchen"),
+            Route::Forget("kitchen".into())
+        );
+        assert!(matches!(t.route("edgefuse/pi/in/video"), Route::Unknown(_)));
+        assert!(matches!(
+            t.route("edgefuse/other/in/text"),
+            Route::Unknown(_)
+        ));
+    }
+}

@@ -1,0 +1,76 @@
+//! The pipeline between sources and sinks: per-modality queues, micro-batching workers that
+//! run inference off the async runtime, and the events they hand to the publisher.
+
+pub mod queue;
+pub mod worker;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::encoders::{Embedding, Modality};
+use crate::error::InputError;
+
+/// What a request asks for once embedded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purpose {
+    /// Publish the embedding and fuse it.
+    Embed,
+    /// Add the embedding as an example of a label.
+    Enroll(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum Body {
+    Text(String),
+    /// Encoded image or WAV bytes.
+    Encoded(Bytes),
+    /// Mono samples from a live source.
+    Samples {
+        samples: Arc<Vec<f32>>,
+        rate: u32,
+    },
+}
+
+/// One item to embed and where its result goes.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: String,
+    pub modality: Modality,
+    pub purpose: Purpose,
+    pub body: Body,
+    /// `mqtt`, `mic`, `image_dir:<file>`, `snapshot`.
+    pub source: String,
+    pub group: String,
+    pub topic: String,
+    pub response_topic: Option<String>,
+    pub correlation: Option<Bytes>,
+    pub received: Instant,
+}
+
+/// A request's outcome, with its queue wait.
+#[derive(Debug)]
+pub struct Outcome {
+    pub request: Request,
+    pub result: Result<Embedding, InputError>,
+    pub queue_ms: f64,
+    pub total_ms: f64,
+}
+
+/// What the publisher is told.
+#[derive(Debug)]
+pub enum Event {
+    Embedded(Box<Outcome>),
+    Forget {
+        label: String,
+        id: String,
+        topic: String,
+    },
+    /// A request refused before it reached an encoder.
+    Rejected {
+        id: String,
+        topic: String,
+        reason: String,
+    },
+}

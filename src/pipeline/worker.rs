@@ -1,0 +1,169 @@
+//! One worker per modality: takes requests (back-pressured) and live items (drop-oldest),
+//! micro-batches whatever is queued, and runs the encoder on the blocking pool, so a slow
+//! model never stalls the async runtime or another modality's worker.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::queue::DropOldest;
+use super::{Body, Event, Outcome, Request};
+use crate::encoders::{AudioEncoder, ItemResult, Modality, TextEncoder, VisionEncoder};
+use crate::error::InputError;
+use crate::stats::Stats;
+
+/// The loaded encoder of one modality (one instance per model, shared by reference).
+#[derive(Clone)]
+pub enum EncoderRef {
+    Text(Arc<TextEncoder>),
+    Vision(Arc<VisionEncoder>),
+    Audio(Arc<AudioEncoder>),
+}
+
+impl EncoderRef {
+    pub fn modality(&self) -> Modality {
+        match self {
+            EncoderRef::Text(_) => Modality::Text,
+            EncoderRef::Vision(_) => Modality::Vision,
+            EncoderRef::Audio(_) => Modality::Audio,
+        }
+    }
+
+    /// Embed a batch; every request gets its own result.
+    pub fn embed(&self, batch: &[Request]) -> Vec<ItemResult> {
+        let wrong = || {
+            Err(InputError::Inference(
+                "body does not match the modality".into(),
+            ))
+        };
+        match self {
+            EncoderRef::Text(enc) => {
+                let texts: Vec<Option<&str>> = batch
+                    .iter()
+                    .map(|r| match &r.body {
+                        Body::Text(t) => Some(t.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                let valid: Vec<&str> = texts.iter().flatten().copied().collect();
+                let mut out = enc.embed(&valid).into_iter();
+                texts
+                    .iter()
+                    .map(|t| match t {
+                        Some(_) => out.next().unwrap_or_else(wrong),
+                        None => wrong(),
+                    })
+                    .collect()
+            }
+            EncoderRef::Vision(enc) => {
+                let bytes: Vec<Option<&[u8]>> = batch
+                    .iter()
+                    .map(|r| match &r.body {
+                        Body::Encoded(b) => Some(b.as_ref()),
+                        _ => None,
+                    })
+                    .collect();
+                let valid: Vec<&[u8]> = bytes.iter().flatten().copied().collect();
+                let mut out = enc.embed(&valid).into_iter();
+                bytes
+                    .iter()
+                    .map(|b| match b {
+                        Some(_) => out.next().unwrap_or_else(wrong),
+                        None => wrong(),
+                    })
+                    .collect()
+            }
+            // Audio items are long (many blocks each); they are embedded one by one.
+            EncoderRef::Audio(enc) => batch
+                .iter()
+                .map(|r| match &r.body {
+                    Body::Encoded(b) => enc.embed_wavs(&[b.as_ref()]).remove(0),
+                    Body::Samples { samples, rate } => enc.embed_samples(samples, *rate),
+                    Body::Text(_) => wrong(),
+                })
+                .collect(),
+        }
+    }
+}
+
+pub struct Worker {
+    pub encoder: EncoderRef,
+    pub requests: mpsc::Receiver<Request>,
+    pub live: Option<Arc<DropOldest<Request>>>,
+    pub events: mpsc::Sender<Event>,
+    pub max_batch: usize,
+    pub stats: Arc<Stats>,
+}
+
+impl Worker {
+    /// Run until both inputs are closed and drained.
+    pub async fn run(mut self) {
+        let modality = self.encoder.modality();
+        let mut requests_open = true;
+        let mut live_open = self.live.is_some();
+        while requests_open || live_open {
+            let live = self.live.clone();
+            let first = tokio::select! {
+                biased;
+                r = self.requests.recv(), if requests_open => match r {
+                    Some(r) => r,
+                    None => { requests_open = false; continue; }
+                },
+                r = async { live.as_ref()?.pop().await }, if live_open => match r {
+                    Some(r) => r,
+                    None => { live_open = false; continue; }
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.max_batch {
+                if let Ok(r) = self.requests.try_recv() {
+                    batch.push(r);
+                } else if let Some(r) = self.live.as_ref().and_then(|q| q.try_pop()) {
+                    batch.push(r);
+                } else {
+                    break;
+                }
+            }
+            let started = Instant::now();
+            let queue_ms: Vec<f64> = batch
+                .iter()
+                .map(|r| started.duration_since(r.received).as_secs_f64() * 1e3)
+                .collect();
+            let encoder = self.encoder.clone();
+            let joined = tokio::task::spawn_blocking(move || {
+                let results = encoder.embed(&batch);
+                (batch, results)
+            })
+            .await;
+            let (batch, results) = match joined {
+                Ok(x) => x,
+                Err(e) => {
+                    // A panic inside an encoder is a bug; it must not take the daemon down.
+                    tracing::error!(%modality, "encoder task failed: {e}");
+                    continue;
+                }
+            };
+            for ((request, result), queue_ms) in batch.into_iter().zip(results).zip(queue_ms) {
+                let total_ms = request.received.elapsed().as_secs_f64() * 1e3;
+                self.stats.record(modality, &result, queue_ms, total_ms);
+                let outcome = Outcome {
+                    request,
+                    result,
+                    queue_ms,
+                    total_ms,
+                };
+                if self
+                    .events
+                    .send(Event::Embedded(Box::new(outcome)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            self.stats.heartbeat();
+        }
+        tracing::debug!(%modality, "worker finished");
+    }
+}

@@ -1,0 +1,3 @@
+//! Sinks: where results go. Today that is MQTT (embeddings, fused records, labels, errors).
+
+pub mod publisher;

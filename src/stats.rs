@@ -1,0 +1,175 @@
+//! Counters and latency percentiles for the `stats` topic, and the pipeline heartbeat.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::encoders::{ItemResult, Modality};
+
+const WINDOW: usize = 1024;
+
+#[derive(Default)]
+struct Latencies {
+    queue: VecDeque<f64>,
+    preprocess: VecDeque<f64>,
+    inference: VecDeque<f64>,
+    postprocess: VecDeque<f64>,
+    total: VecDeque<f64>,
+}
+
+fn push(q: &mut VecDeque<f64>, v: f64) {
+    if q.len() == WINDOW {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
+#[derive(Default)]
+struct PerModality {
+    items: AtomicU64,
+    errors: AtomicU64,
+    latencies: Mutex<Latencies>,
+}
+
+/// Shared by workers (recording) and the stats publisher (reading).
+pub struct Stats {
+    started: Instant,
+    per: [PerModality; 3],
+    heartbeat_ms: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            started: Instant::now(),
+            per: Default::default(),
+            heartbeat_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+fn index(m: Modality) -> usize {
+    match m {
+        Modality::Text => 0,
+        Modality::Vision => 1,
+        Modality::Audio => 2,
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModalitySnapshot {
+    pub items: u64,
+    pub errors: u64,
+    pub drops: u64,
+    pub queue_depth: usize,
+    pub latency_ms: BTreeMap<&'static str, Percentiles>,
+}
+
+impl Stats {
+    pub fn record(&self, m: Modality, result: &ItemResult, queue_ms: f64, total_ms: f64) {
+        let p = &self.per[index(m)];
+        match result {
+            Ok(e) => {
+                p.items.fetch_add(1, Ordering::Relaxed);
+                let mut l = p.latencies.lock().unwrap_or_else(|e| e.into_inner());
+                push(&mut l.queue, queue_ms);
+                push(&mut l.preprocess, e.timings.preprocess_ms);
+                push(&mut l.inference, e.timings.inference_ms);
+                push(&mut l.postprocess, e.timings.postprocess_ms);
+                push(&mut l.total, total_ms);
+            }
+            Err(_) => {
+                p.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Workers call this after every batch; the watchdog reads it.
+    pub fn heartbeat(&self) {
+        self.heartbeat_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn uptime_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    pub fn items(&self, m: Modality) -> u64 {
+        self.per[index(m)].items.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self, m: Modality, drops: u64, queue_depth: usize) -> ModalitySnapshot {
+        let p = &self.per[index(m)];
+        let l = p.latencies.lock().unwrap_or_else(|e| e.into_inner());
+        let mut latency_ms = BTreeMap::new();
+        for (name, q) in [
+            ("queue", &l.queue),
+            ("preprocess", &l.preprocess),
+            ("inference", &l.inference),
+            ("postprocess", &l.postprocess),
+            ("total", &l.total),
+        ] {
+            latency_ms.insert(name, percentiles(q));
+        }
+        ModalitySnapshot {
+            items: p.items.load(Ordering::Relaxed),
+            errors: p.errors.load(Ordering::Relaxed),
+            drops,
+            queue_depth,
+            latency_ms,
+        }
+    }
+}
+
+pub fn percentiles(values: &VecDeque<f64>) -> Percentiles {
+    if values.is_empty() {
+        return Percentiles { p50: 0.0, p95: 0.0 };
+    }
+    let mut v: Vec<f64> = values.iter().copied().collect();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[(((v.len() - 1) as f64) * q).round() as usize];
+    Percentiles {
+        p50: at(0.5),
+        p95: at(0.95),
+    }
+}
+
+/// Resident set size of this process in bytes (Linux), 0 where unknown.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_series() {
+        let v: VecDeque<f64> = (1..=100).map(f64::from).collect();
+        let p = percentiles(&v);
+        assert_eq!(p.p50, 51.0);
+        assert_eq!(p.p95, 95.0);
+        assert_eq!(percentiles(&VecDeque::new()).p50, 0.0);
+    }
+
+    #[test]
+    fn rss_is_reported_on_linux() {
+        assert!(rss_bytes() > 1024 * 1024);
+    }
+}
