@@ -1,0 +1,409 @@
+//! The daemon against a real mosquitto on loopback, driven by the independent mosquitto_pub
+//! and mosquitto_sub clients; and the embedded broker.
+
+mod util;
+
+use std::path::Path;
+use std::time::Duration;
+
+use util::{free_port, models_dir, publish, repo, Daemon, Mosquitto, Sub};
+
+const T: Duration = Duration::from_secs(60);
+
+fn fixture(rel: &str) -> String {
+    repo().join(rel).display().to_string()
+}
+
+/// A config for `device_id = "test"`; `mqtt_extra` lines go into the `[mqtt]` table.
+fn write_config(dir: &Path, broker: &str, mqtt_extra: &str) -> std::path::PathBuf {
+    let p = dir.join("edgefuse.toml");
+    let state = dir.join("state");
+    std::fs::write(
+        &p,
+        format!(
+            "device_id = \"test\"\nstate_dir = \"{}\"\n[models]\ndir = \"{}\"\n\
+             [stats]\ninterval_s = 1\n[mqtt]\nbroker = \"{broker}\"\n{mqtt_extra}\n",
+            state.display(),
+            models_dir().display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn unit_norm(v: &serde_json::Value) -> f64 {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap().powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+#[test]
+fn every_topic_round_trips_through_mosquitto() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("mqtt://127.0.0.1:{}", broker.port), "");
+    let mut sub = Sub::start(broker.port, "#");
+    let daemon = Daemon::start(&config);
+    sub.expect("edgefuse/test/available", T, |m| m.payload == "online");
+
+    // Text, as JSON with an id; the result carries it.
+    publish(
+        broker.port,
+        "edgefuse/test/in/text",
+        &["-m", r#"{"id":"t-1","text":"The cat sits on the mat."}"#],
+    );
+    let e = sub.expect("embedding/text", T, |_| true).json();
+    assert_eq!(e["id"], "t-1");
+    assert_eq!(e["schema"], 1);
+    assert_eq!(e["dim"], 384);
+    assert_eq!(e["model"]["name"], "all-MiniLM-L6-v2");
+    assert_eq!(e["model"]["sha256"].as_str().unwrap().len(), 12);
+    assert!((unit_norm(&e["vector"]) - 1.0).abs() < 1e-3);
+    for stage in ["queue", "preprocess", "inference", "postprocess", "total"] {
+        assert!(e["timings_ms"][stage].as_f64().unwrap() >= 0.0, "{stage}");
+    }
+    let f = sub.expect("/fused", T, |_| true).json();
+    assert_eq!(f["items"]["text"]["id"], "t-1");
+
+    // Image with MQTT 5 correlation data and a response topic.
+    publish(
+        broker.port,
+        "edgefuse/test/in/image",
+        &[
+            "-f",
+            &fixture("tests/fixtures/images/chelsea.jpg"),
+            "-D",
+            "publish",
+            "correlation-data",
+            "img-42",
+            "-D",
+            "publish",
+            "response-topic",
+            "replies/me",
+        ],
+    );
+    let e = sub.expect("embedding/vision", T, |_| true);
+    assert_eq!(e.json()["id"], "img-42");
+    assert_eq!(e.content_type, "application/json");
+    let reply = sub.expect("replies/me", T, |_| true);
+    assert_eq!(reply.correlation, "img-42");
+    assert_eq!(reply.json()["dim"], 384);
+    let f = sub
+        .expect("/fused", T, |m| {
+            m.json()["items"]["vision"]["id"] == "img-42"
+        })
+        .json();
+    assert_eq!(
+        f["items"]["text"]["id"], "t-1",
+        "text and image fused within the window"
+    );
+    assert_eq!(f["dim"], 384 + 384 + 512);
+
+    // Audio.
+    publish(
+        broker.port,
+        "edgefuse/test/in/audio",
+        &["-f", &fixture("tests/fixtures/audio/speech_fox.wav")],
+    );
+    let e = sub.expect("embedding/audio", T, |_| true).json();
+    assert_eq!(e["dim"], 512);
+    assert_eq!(e["blocks"], 1);
+
+    // Bad payloads are answered on `error` with the id and the input topic.
+    publish(
+        broker.port,
+        "edgefuse/test/in/image",
+        &[
+            "-m",
+            "not an image",
+            "-D",
+            "publish",
+            "correlation-data",
+            "bad-1",
+        ],
+    );
+    let err = sub.expect("/error", T, |_| true).json();
+    assert_eq!(err["id"], "bad-1");
+    assert_eq!(err["topic"], "edgefuse/test/in/image");
+    assert!(err["reason"].as_str().unwrap().contains("image"), "{err}");
+    publish(
+        broker.port,
+        "edgefuse/test/in/text",
+        &["-m", "{\"text\": 5}"],
+    );
+    let err = sub.expect("/error", T, |_| true).json();
+    assert!(
+        err["reason"].as_str().unwrap().contains("malformed JSON"),
+        "{err}"
+    );
+    publish(
+        broker.port,
+        "edgefuse/test/in/audio",
+        &["-f", &fixture("tests/fixtures/audio/truncated.wav")],
+    );
+    let err = sub.expect("/error", T, |_| true).json();
+    assert!(
+        err["reason"].as_str().unwrap().contains("truncated WAV"),
+        "{err}"
+    );
+    publish(broker.port, "edgefuse/test/in/video", &["-m", "x"]);
+    let err = sub.expect("/error", T, |_| true).json();
+    assert!(
+        err["reason"].as_str().unwrap().contains("unknown topic"),
+        "{err}"
+    );
+
+    // Periodic stats.
+    let s = sub
+        .expect("/stats", T, |m| {
+            m.json()["modalities"]["text"]["items"].as_u64() >= Some(1)
+        })
+        .json();
+    assert!(s["rss_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        s["modalities"]["vision"]["latency_ms"]["inference"]["p50"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(s["modalities"]["vision"]["errors"].as_u64().unwrap() >= 1);
+
+    // A clean stop says so and exits 0.
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    sub.expect("edgefuse/test/available", T, |m| m.payload == "stopped");
+}
+
+#[test]
+fn last_will_says_offline_when_the_daemon_dies() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("mqtt://127.0.0.1:{}", broker.port),
+        "keepalive_s = 5",
+    );
+    let mut sub = Sub::start(broker.port, "edgefuse/test/available");
+    let daemon = Daemon::start(&config);
+    sub.expect("available", T, |m| m.payload == "online");
+    daemon.kill();
+    sub.expect("available", T, |m| m.payload == "offline");
+}
+
+#[test]
+fn enrolled_labels_survive_a_restart_and_can_be_forgotten() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("mqtt://127.0.0.1:{}", broker.port), "");
+    let mut sub = Sub::start(broker.port, "edgefuse/test/#");
+    let daemon = Daemon::start(&config);
+    sub.expect("available", T, |m| m.payload == "online");
+    publish(
+        broker.port,
+        "edgefuse/test/enroll/cat",
+        &[
+            "-f",
+            &fixture("tests/fixtures/images/chelsea_exif6.jpg"),
+            "-D",
+            "publish",
+            "correlation-data",
+            "ex-cat",
+        ],
+    );
+    let ack = sub.expect("/enrolled", T, |_| true).json();
+    assert_eq!(
+        (
+            ack["label"].as_str(),
+            ack["modality"].as_str(),
+            ack["examples"].as_u64()
+        ),
+        (Some("cat"), Some("vision"), Some(1))
+    );
+    publish(
+        broker.port,
+        "edgefuse/test/enroll/rocket",
+        &[
+            "-f",
+            &fixture("tests/fixtures/images/rocket.jpg"),
+            "-D",
+            "publish",
+            "correlation-data",
+            "ex-rocket",
+        ],
+    );
+    sub.expect("/enrolled", T, |m| m.json()["label"] == "rocket");
+    publish(
+        broker.port,
+        "edgefuse/test/enroll/kitchen",
+        &["-m", "turn on the kitchen lights"],
+    );
+    sub.expect("/enrolled", T, |m| m.json()["modality"] == "text");
+    assert!(daemon.terminate().success());
+    assert!(dir.path().join("state/labels.json").exists());
+
+    let daemon = Daemon::start(&config);
+    sub.expect("available", T, |m| m.payload == "online");
+    publish(
+        broker.port,
+        "edgefuse/test/in/image",
+        &[
+            "-f",
+            &fixture("tests/fixtures/images/chelsea.jpg"),
+            "-D",
+            "publish",
+            "correlation-data",
+            "q-1",
+        ],
+    );
+    let labels = sub.expect("/labels", T, |_| true).json();
+    let best = &labels["labels"][0];
+    assert_eq!(best["label"], "cat", "{labels}");
+    assert_eq!(best["modalities"]["vision"]["nearest"][0], "ex-cat");
+    assert!(best["score"].as_f64().unwrap() > labels["labels"][1]["score"].as_f64().unwrap());
+    assert_eq!(labels["items"]["vision"]["id"], "q-1");
+
+    publish(broker.port, "edgefuse/test/forget/cat", &["-n"]);
+    let gone = sub.expect("/forgotten", T, |_| true).json();
+    assert_eq!(
+        (gone["label"].as_str(), gone["existed"].as_bool()),
+        (Some("cat"), Some(true))
+    );
+    publish(
+        broker.port,
+        "edgefuse/test/in/image",
+        &["-f", &fixture("tests/fixtures/images/chelsea.jpg")],
+    );
+    let labels = sub.expect("/labels", T, |_| true).json();
+    assert!(
+        labels["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["label"] != "cat"),
+        "{labels}"
+    );
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn f16_payloads_carry_metadata_in_user_properties() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("mqtt://127.0.0.1:{}", broker.port),
+        "payload = \"f16\"",
+    );
+    // Hex payload and user properties for the binary topic.
+    let child = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-V",
+            "5",
+            "-C",
+            "1",
+            "-W",
+            "60",
+        ])
+        .args(["-t", "edgefuse/test/embedding/text", "-F", "%C|%P|%x"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut sub = Sub::start(broker.port, "edgefuse/test/available");
+    let daemon = Daemon::start(&config);
+    sub.expect("available", T, |m| m.payload == "online");
+    publish(broker.port, "edgefuse/test/in/text", &["-m", "hello f16"]);
+    let out = child.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    let mut parts = line.trim().splitn(3, '|');
+    let (ct, props, hex) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    assert_eq!(ct, "application/x-edgefuse-f16");
+    assert!(
+        props.contains("dim:384") && props.contains("model:all-MiniLM-L6-v2"),
+        "{props}"
+    );
+    assert_eq!(hex.len(), 384 * 2 * 2, "384 f16 values as hex");
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let v = edgefuse::mqtt::payload::from_f16_le(&bytes);
+    let n: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((n - 1.0).abs() < 1e-2, "{n}");
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn embedded_broker_serves_plain_mosquitto_clients() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "embedded",
+        &format!("embedded_listen = \"127.0.0.1:{port}\""),
+    );
+    let daemon = Daemon::start(&config);
+    util::wait_port(port, T);
+    // MQTT 3.1.1 clients, as a new user would run them.
+    let sub = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "edgefuse/test/embedding/text",
+            "-C",
+            "1",
+            "-W",
+            "60",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let status = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "edgefuse/test/in/text",
+            "-m",
+            "hello embedded",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = sub.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON embedding");
+    assert_eq!(v["dim"], 384);
+
+    // A second daemon on the same port fails with a clear message naming the port.
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_edgefuse"))
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("EDGEFUSE_MODELS", models_dir())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("already in use"),
+        "{err}"
+    );
+    assert!(daemon.terminate().success());
+}
