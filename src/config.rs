@@ -803,6 +803,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_shipped_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "expected the default and the Pi example");
+    }
+
+    #[test]
     fn builtin_default_parses_and_is_valid() {
         let c = Config::builtin();
         assert!(c.problems().is_empty());
