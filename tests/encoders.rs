@@ -252,3 +252,37 @@ fn long_text_is_truncated_to_the_configured_length() {
     let long = "word ".repeat(2000);
     assert_eq!(enc.embed(&[&long])[0].as_ref().unwrap().vector.len(), 384);
 }
+
+// ---------------------------------------------------------------- microphone gates
+
+#[test]
+fn silero_vad_passes_speech_and_gates_noise_and_silence() {
+    use edgefuse::preprocess::wav;
+    use edgefuse::sources::mic::vad::Vad;
+    let vad = Vad::load(&encoders().manifest, "vad").unwrap();
+    let speech = wav::decode(&fixture("tests/fixtures/audio/speech_lights.wav"), 60.0).unwrap();
+    let noise = wav::decode(&fixture("tests/fixtures/audio/white_noise.wav"), 60.0).unwrap();
+    let p_speech = vad
+        .speech_probability(&speech.samples, speech.sample_rate)
+        .unwrap();
+    let p_noise = vad
+        .speech_probability(&noise.samples, noise.sample_rate)
+        .unwrap();
+    let p_silence = vad.speech_probability(&vec![0.0; 32000], 16000).unwrap();
+    assert!(p_speech > 0.8, "speech {p_speech}");
+    assert!(p_noise < 0.5, "noise {p_noise}");
+    assert!(p_silence < 0.2, "silence {p_silence}");
+}
+
+#[test]
+fn microphone_samples_embed_like_the_same_wav() {
+    use edgefuse::preprocess::wav;
+    let enc = encoders().audio.as_ref().unwrap();
+    let bytes = fixture("tests/fixtures/audio/speech_lights_16k_f32.wav");
+    let decoded = wav::decode(&bytes, 60.0).unwrap();
+    let from_samples = enc
+        .embed_samples(&decoded.samples, decoded.sample_rate)
+        .unwrap();
+    let from_wav = enc.embed_wavs(&[&bytes]).remove(0).unwrap();
+    assert!(cosine(&from_samples.vector, &from_wav.vector) > 0.99999);
+}
