@@ -51,8 +51,10 @@ pub async fn run(
     let device_id = config.device_id();
     let topics = Topics::new(&config.mqtt.topic_prefix, &device_id);
     tracing::info!(%device_id, base = %topics.base, "starting");
+    let service = crate::systemd::Service::from_env(&config.watchdog);
 
     // 1. Models, off the runtime: loading and optimising takes seconds.
+    service.status("loading models");
     let cfg = config.clone();
     let dir = models_dir.clone();
     let set = tokio::task::spawn_blocking(move || EncoderSet::load(&cfg, &dir, &[]))
@@ -77,6 +79,7 @@ pub async fn run(
         .collect();
 
     // 2. Fusion state: zero-shot label embeddings and the persisted few-shot labels.
+    service.status("loading labels");
     let zero_shot = zero_shot_labels(&config, &set)?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
@@ -86,6 +89,7 @@ pub async fn run(
         Fusion::new(&config.fusion, &dims, labels, zero_shot).map_err(anyhow::Error::msg)?;
 
     // 3. Broker and MQTT connection.
+    service.status("starting MQTT");
     let addr = if config.mqtt.broker == "embedded" {
         let listen = config
             .mqtt
@@ -129,6 +133,7 @@ pub async fn run(
     );
 
     // 4. Queues, workers, publisher.
+    service.status("starting workers");
     let stats = Arc::new(Stats::default());
     let (events_tx, events_rx) = mpsc::channel::<Event>(config.queues.results);
     let mut queues = Queues {
@@ -194,7 +199,7 @@ pub async fn run(
             max_batch,
             stats: stats.clone(),
         };
-        workers.push(tokio::spawn(worker.run()));
+        workers.push((m, tokio::spawn(worker.run())));
     }
     drop(text_encoder);
     let publisher = Publisher {
@@ -264,11 +269,20 @@ pub async fn run(
             mqtt_stop.clone(),
         ))
     });
+    let health = crate::systemd::Health::new(stats.clone(), service.max_batch());
+    let health = workers
+        .iter()
+        .fold(health, |h, (m, t)| h.watch(format!("{m} worker"), t));
+    let health = health
+        .watch("publisher", &publisher_task)
+        .watch("MQTT intake", &intake);
+    let service = service.ready(health);
     tracing::info!("ready");
 
     // 7. Run until asked to stop, then stop in order: sources, intake, workers, publisher.
     shutdown.await;
     tracing::info!("shutting down");
+    service.stopping();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(config.shutdown.timeout_s);
     sources_cancel.cancel();
     for q in queues.live.values() {
@@ -286,7 +300,7 @@ pub async fn run(
     let stages: Vec<(&str, tokio::task::JoinHandle<()>)> = source_tasks
         .into_iter()
         .map(|t| ("source", t))
-        .chain(workers.into_iter().map(|t| ("encoder worker", t)))
+        .chain(workers.into_iter().map(|(_, t)| ("encoder worker", t)))
         .chain(std::iter::once(("publisher", publisher_task)))
         .collect();
     let mut clean = true;

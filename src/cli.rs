@@ -23,6 +23,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "EDGEFUSE_LOG", default_value = "warn")]
     pub log: String,
 
+    /// Log format: `auto` is `journal` when stderr is the systemd journal, else `text`.
+    #[arg(
+        long,
+        global = true,
+        env = "EDGEFUSE_LOG_FORMAT",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub log_format: crate::logging::LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }

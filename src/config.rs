@@ -35,6 +35,8 @@ pub struct Config {
     #[serde(default)]
     pub shutdown: ShutdownConfig,
     #[serde(default)]
+    pub watchdog: crate::systemd::WatchdogConfig,
+    #[serde(default)]
     pub debug: DebugConfig,
 }
 
@@ -558,6 +560,13 @@ impl Config {
         p.range("queues.audio", self.queues.audio, 1, 100_000);
         p.range("queues.results", self.queues.results, 1, 100_000);
         p.range("shutdown.timeout_s", self.shutdown.timeout_s, 1, 3600);
+        p.range("watchdog.max_batch_s", self.watchdog.max_batch_s, 1, 86_400);
+        p.range(
+            "watchdog.status_interval_s",
+            self.watchdog.status_interval_s,
+            1,
+            86_400,
+        );
         if !valid_topic_level(&self.device_id) && !self.device_id.is_empty() {
             p.add(
                 "device_id",

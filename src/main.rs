@@ -6,7 +6,7 @@ use edgefuse::commands;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log);
+    edgefuse::logging::init(&cli.log, cli.log_format);
     let result = match &cli.command {
         Command::Run => commands::run::run(&cli),
         Command::Config => commands::run::print_config(&cli),
@@ -17,17 +17,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One clear line: the error and its causes.
-            eprintln!("error: {e:#}");
+            eprintln!("{}error: {e:#}", edgefuse::logging::error_prefix());
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

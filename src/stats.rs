@@ -3,7 +3,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::Duration;
+
+// tokio's clock (std's outside tests) so paused-clock tests can drive the watchdog.
+use tokio::time::Instant;
 
 use serde::Serialize;
 
@@ -32,6 +35,8 @@ struct PerModality {
     items: AtomicU64,
     errors: AtomicU64,
     latencies: Mutex<Latencies>,
+    /// When the batch now in inference started, as ms since start + 1; 0 when idle.
+    busy_since_ms: AtomicU64,
 }
 
 /// Shared by workers (recording) and the stats publisher (reading).
@@ -97,6 +102,36 @@ impl Stats {
     pub fn heartbeat(&self) {
         self.heartbeat_ms
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Workers call this just before a batch goes to inference.
+    pub fn batch_started(&self, m: Modality) {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        self.per[index(m)]
+            .busy_since_ms
+            .store(now, Ordering::Relaxed);
+    }
+
+    /// Workers call this when a batch's inference has returned (or failed).
+    pub fn batch_finished(&self, m: Modality) {
+        self.per[index(m)].busy_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the batch now in inference has been running; `None` when idle.
+    pub fn busy_for(&self, m: Modality) -> Option<Duration> {
+        let since = self.per[index(m)].busy_since_ms.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        (since > 0).then(|| Duration::from_millis(now.saturating_sub(since)))
+    }
+
+    /// Time since the last completed batch (since start when none has completed).
+    pub fn since_heartbeat(&self) -> Duration {
+        let beat = self.heartbeat_ms.load(Ordering::Relaxed);
+        Duration::from_millis((self.started.elapsed().as_millis() as u64).saturating_sub(beat))
+    }
+
+    pub fn errors(&self, m: Modality) -> u64 {
+        self.per[index(m)].errors.load(Ordering::Relaxed)
     }
 
     pub fn uptime_s(&self) -> f64 {

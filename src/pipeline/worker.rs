@@ -131,11 +131,13 @@ impl Worker {
                 .map(|r| started.duration_since(r.received).as_secs_f64() * 1e3)
                 .collect();
             let encoder = self.encoder.clone();
+            self.stats.batch_started(modality);
             let joined = tokio::task::spawn_blocking(move || {
                 let results = encoder.embed(&batch);
                 (batch, results)
             })
             .await;
+            self.stats.batch_finished(modality);
             let (batch, results) = match joined {
                 Ok(x) => x,
                 Err(e) => {
