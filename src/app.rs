@@ -2,7 +2,7 @@
 //! MQTT intake, the stats task, and graceful shutdown on SIGTERM/SIGINT.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,12 +180,8 @@ pub async fn run(
     .into_iter()
     .flatten()
     .collect();
-    let mut text_encoder = None;
     for (encoder, max_batch, capacity) in encoders {
         let m = encoder.modality();
-        if let EncoderRef::Text(t) = &encoder {
-            text_encoder = Some(t.clone());
-        }
         let (tx, rx) = mpsc::channel(capacity);
         if m == Modality::Vision && s.image_dir.enabled {
             dir_tx = Some(tx.clone());
@@ -201,7 +197,6 @@ pub async fn run(
         };
         workers.push((m, tokio::spawn(worker.run())));
     }
-    drop(text_encoder);
     let publisher = Publisher {
         mqtt: mqtt.clone(),
         fusion,
@@ -602,9 +597,4 @@ pub async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-}
-
-/// The models directory for `run`: `--models`, else `models.dir` of the config.
-pub fn models_dir(config: &Config, cli_override: Option<&Path>) -> PathBuf {
-    config.models_dir(cli_override)
 }
