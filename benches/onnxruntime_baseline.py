@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """tract vs onnxruntime on the same ONNX files and input shapes, measured in one run.
 
-For each modality in turn this script runs the criterion benches of that modality
-(`cargo bench --bench encoders`, tract, one thread) and then onnxruntime on the same ONNX
-files (sha256-checked against models/manifest.toml) with the input shapes of the criterion
-`*/infer/*` benches, once with 1 intra-op thread and once with onnxruntime's default thread
-count. Interleaving per modality keeps the tract and onnxruntime numbers of one model minutes
-apart on the same machine.
+It builds the criterion benches once (`cargo bench --bench encoders --no-run`, nice'd), then
+for each modality in turn runs that executable on the modality's benches (tract, one thread)
+and then onnxruntime on the same ONNX files (sha256-checked against models/manifest.toml)
+with the input shapes of the criterion `*/infer/*` benches, once with 1 intra-op thread and
+once with onnxruntime's default thread count. Interleaving per modality keeps the tract and
+onnxruntime numbers of one model minutes apart on the same machine.
 
 Both sides are reported as median and 95th percentile in milliseconds per call. onnxruntime:
 over single timed `session.run` calls. tract: over criterion's samples (`sample.json`, time
@@ -342,8 +342,8 @@ onnxruntime on the very same ONNX files and input shapes.
 `benches/run` does everything in one command: it creates a Python venv
 (`models/.venv-bench`, or `EDGEFUSE_BENCH_VENV`) with `benches/requirements.txt`, builds the
 criterion benches in release mode, then runs `benches/onnxruntime_baseline.py`, which for each
-modality runs the criterion benches (`cargo bench --bench encoders`, tract, single-threaded)
-and straight afterwards onnxruntime with one intra-op thread and with its default thread
+modality runs that bench executable on the modality's benches (tract, single-threaded) and
+straight afterwards onnxruntime with one intra-op thread and with its default thread
 count, so both runtimes are measured back to back on the same machine. It rewrites the section
 between the markers below.
 

@@ -2,9 +2,11 @@
 # The ARM part of CI (called by .ci/run). For aarch64 and armv7: a release build against glibc
 # 2.31 (cargo-zigbuild, as cross/build), then under qemu-user on emulated Pi/Jetson cores:
 #   1. glibc floor: the highest GLIBC_ version each binary needs (objdump -T) is ≤ 2.31;
-#   2. the golden encoder tests (tests/encoders.rs `matches_onnxruntime`: every reference input,
-#      cosine ≥ 0.999 text/audio, ≥ 0.99 vision against onnxruntime) and tests/arm.rs (kernels,
-#      f16 path), via cross/test;
+#   2. tests/arm.rs via cross/test: NEON kernels per core, the f16 path, and golden comparisons
+#      against the onnxruntime references (every reference text, 2 images, 3 audio clips with
+#      their blocks; cosine ≥ 0.999 text/audio, ≥ 0.99 vision, as tests/encoders.rs). The golden
+#      tests of tests/encoders.rs itself take ~26 min per target under qemu on 2 cores, so they
+#      run only with EDGEFUSE_ARM_ENCODERS=golden (or =all);
 #   3. `edgefuse check --json`: aarch64 under cortex-a53, -a72 and -a76 uses only arm64simd_*
 #      matmul kernels; cortex-a76 with TRACT_CPU_ISA=+fp16 has fp16 in tract's ISA; armv7 with
 #      TRACT_CPU_ARM32_NEON=true uses only armv7neon_*;
@@ -14,13 +16,15 @@
 # packages, rustup targets, zig from PyPI) if missing.
 #
 # Env: CARGO_TARGET_DIR (honoured; sharing it with the x86 build reuses tests/run's binary),
-# EDGEFUSE_ARM_TARGETS (default "aarch64 armv7"), EDGEFUSE_X86_BIN (an x86-64 edgefuse to
+# EDGEFUSE_ARM_TARGETS (default "aarch64 armv7"), EDGEFUSE_ARM_ENCODERS (none|golden|all, how
+# much of tests/encoders.rs runs under qemu; default none), EDGEFUSE_X86_BIN (an x86-64 edgefuse to
 # compare with; default: target/debug/edgefuse as `cargo test` builds it, i.e. tests/run's).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
 
 targets=${EDGEFUSE_ARM_TARGETS:-aarch64 armv7}
+encoders=${EDGEFUSE_ARM_ENCODERS:-none}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export EDGEFUSE_MODELS=${EDGEFUSE_MODELS:-$REPO/models}
 tdir=${CARGO_TARGET_DIR:-$REPO/target}
@@ -96,7 +100,7 @@ emulate() { # emulate NAME: everything under qemu; results appended to $work/pas
 
   case "$TRIPLE" in
     aarch64*)
-      check "$TRIPLE tests" cross/test --run-only --golden-only --cpus "cortex-a72 cortex-a76" "$1"
+      check "$TRIPLE tests" cross/test --run-only --encoders "$encoders" --cpus "cortex-a72 cortex-a76" "$1"
       say "$TRIPLE: kernels in edgefuse check --json"
       for cpu in cortex-a53 cortex-a72 cortex-a76; do
         check "$TRIPLE $cpu kernels" kernels "$TRIPLE $cpu" QEMU_CPU=$cpu -- arm64simd_
@@ -107,7 +111,7 @@ emulate() { # emulate NAME: everything under qemu; results appended to $work/pas
       local embed_env=(QEMU_CPU=cortex-a72)
       ;;
     armv7*)
-      check "$TRIPLE tests" cross/test --run-only --golden-only --cpus cortex-a7 "$1"
+      check "$TRIPLE tests" cross/test --run-only --encoders "$encoders" --cpus cortex-a7 "$1"
       say "$TRIPLE: kernels in edgefuse check --json"
       check "$TRIPLE NEON kernels" kernels "$TRIPLE cortex-a7 TRACT_CPU_ARM32_NEON=true" \
         QEMU_CPU=cortex-a7 TRACT_CPU_ARM32_NEON=true -- armv7neon_ --isa-has neon

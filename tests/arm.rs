@@ -1,19 +1,39 @@
-//! ARM-only checks: which tract-linalg kernels the models get, and the f16 path. Run natively
-//! on a device (`cargo test --release --test arm`) or under qemu-user by `cross/test` and
-//! `cross/ci.sh` (see docs/arm.md). On other architectures this file compiles to nothing.
+//! ARM-only checks: which tract-linalg kernels the models get, the f16 path, and a subset of
+//! the golden comparisons that is affordable under emulation. Run natively on a device
+//! (`cargo test --release --test arm`) or under qemu-user by `cross/test` and `cross/ci.sh`
+//! (see docs/arm.md). On other architectures this file compiles to nothing.
 //!
 //! The kernel a model gets depends on what tract detects: on aarch64 it reads fp16 and the core
 //! type from /proc/cpuinfo and dotprod/SVE from the auxiliary vector; on armv7 it reads NEON from
 //! /proc/cpuinfo. Under qemu-user /proc/cpuinfo is the host's, so cross/test stands in for the
 //! device with tract's `TRACT_CPU_ISA=+fp16` and `TRACT_CPU_ARM32_NEON=true`.
+//!
+//! The golden tests of tests/encoders.rs embed every reference input, the texts in one padded
+//! batch: about 26 minutes under qemu on 2 cores. The `golden_*` tests here compare a subset,
+//! each text on its own, against the same onnxruntime references with the same tolerances.
 #![cfg(any(target_arch = "aarch64", target_arch = "arm"))]
 
 mod util;
 
-use edgefuse::encoders::runtime::matmul_kernels;
-use edgefuse::encoders::LoadedModel;
+use std::sync::OnceLock;
+
+use edgefuse::config::Config;
+use edgefuse::encoders::{EncoderSet, LoadedModel};
 use edgefuse::manifest::Manifest;
-use util::models_dir;
+use serde::Deserialize;
+use util::{cosine, fixture, models_dir, norm};
+
+const TEXT_AUDIO_MIN_COSINE: f32 = 0.999;
+const VISION_MIN_COSINE: f32 = 0.99;
+const VISION_SUBSET: [&str; 2] = [
+    "tests/fixtures/images/coffee.jpg",
+    "tests/fixtures/images/astronaut.webp",
+];
+const AUDIO_SUBSET: [&str; 3] = [
+    "tests/fixtures/audio/speech_fox.wav",
+    "tests/fixtures/audio/speech_lights_48k_stereo_s24.wav",
+    "tests/fixtures/audio/pink_noise.wav",
+];
 
 fn manifest() -> Manifest {
     Manifest::load(&models_dir().join("manifest.toml")).unwrap_or_else(|e| panic!("{e}"))
@@ -25,11 +45,47 @@ fn tract_has(feature: &str) -> bool {
         .any(|i| i.name() == feature)
 }
 
+#[derive(Deserialize)]
+struct Reference {
+    text: Vec<Item>,
+    vision: Vec<Item>,
+    audio: Vec<Item>,
+}
+
+#[derive(Deserialize)]
+struct Item {
+    input: String,
+    vector: Vec<f32>,
+    #[serde(default)]
+    blocks: Option<Vec<Vec<f32>>>,
+}
+
+fn reference() -> &'static Reference {
+    static R: OnceLock<Reference> = OnceLock::new();
+    R.get_or_init(|| serde_json::from_slice(&fixture("tests/golden/reference.json")).unwrap())
+}
+
+fn encoders() -> &'static EncoderSet {
+    static E: OnceLock<EncoderSet> = OnceLock::new();
+    E.get_or_init(|| {
+        EncoderSet::load(&Config::builtin(), &models_dir(), &[]).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+fn find<'a>(items: &'a [Item], input: &str) -> &'a Item {
+    items
+        .iter()
+        .find(|i| i.input == input)
+        .unwrap_or_else(|| panic!("{input} is not in tests/golden/reference.json"))
+}
+
+// ---------------------------------------------------------------- kernels
+
 /// The f32 models run on tract's NEON kernels (`arm64simd_*`), not a generic fallback: the Pi and
 /// Jetson cores have no SVE, so on them (and under qemu's cortex-a53/a72/a76) nothing else applies.
 #[cfg(target_arch = "aarch64")]
 #[test]
-fn f32_models_use_neon_kernels_on_aarch64() {
+fn kernels_of_f32_models_are_neon_on_aarch64() {
     let m = manifest();
     let sve = tract_has("sve2");
     for key in ["text", "vision", "audio"] {
@@ -50,7 +106,7 @@ fn f32_models_use_neon_kernels_on_aarch64() {
 /// `TRACT_CPU_ARM32_NEON=true` under qemu), the VFP fallback otherwise.
 #[cfg(target_arch = "arm")]
 #[test]
-fn f32_models_use_neon_kernels_on_armv7_when_neon_is_detected() {
+fn kernels_of_f32_models_are_neon_on_armv7_when_neon_is_detected() {
     let m = manifest();
     let want = if tract_has("neon") {
         "armv7neon_"
@@ -67,6 +123,8 @@ fn f32_models_use_neon_kernels_on_armv7_when_neon_is_detected() {
     }
 }
 
+// ---------------------------------------------------------------- f16
+
 /// The f16 path. edgefuse ships no f16 model yet, so the fp32 all-MiniLM-L6-v2 is converted in
 /// memory with tract's `f32_to_f16` transform and run on one sentence. With fp16 in tract's ISA
 /// (ARMv8.2 FP16: Pi 5, Jetson Orin; or `TRACT_CPU_ISA=+fp16` under qemu's cortex-a76) every
@@ -75,6 +133,7 @@ fn f32_models_use_neon_kernels_on_armv7_when_neon_is_detected() {
 #[cfg(target_arch = "aarch64")]
 #[test]
 fn f16_text_model_uses_fp16_kernels_when_available_and_matches_f32() {
+    use edgefuse::encoders::runtime::matmul_kernels;
     use tract_onnx::prelude::*;
 
     let m = manifest();
@@ -122,8 +181,8 @@ fn f16_text_model_uses_fp16_kernels_when_available_and_matches_f32() {
         .unwrap()
         .expect("tract has the f32_to_f16 transform");
     let (k16, v16) = run(f16.transform_into(typed().unwrap()).unwrap()).unwrap();
-    let cosine = util::cosine(&v32, &v16);
-    eprintln!("f32 kernels: {k32:?}\nf16 kernels: {k16:?}\ncosine f16 vs f32: {cosine}");
+    let c = cosine(&v32, &v16);
+    eprintln!("f32 kernels: {k32:?}\nf16 kernels: {k16:?}\ncosine f16 vs f32: {c}");
 
     assert!(!k16.is_empty(), "the f16 model has no matmul");
     if tract_has("fp16") {
@@ -136,5 +195,51 @@ fn f16_text_model_uses_fp16_kernels_when_available_and_matches_f32() {
             "no fp16 in tract's ISA but fp16 kernels picked: {k16:?}"
         );
     }
-    assert!(cosine >= 0.999, "f16 vs f32 cosine {cosine}");
+    assert!(c >= TEXT_AUDIO_MIN_COSINE, "f16 vs f32 cosine {c}");
+}
+
+// ---------------------------------------------------------------- golden subset
+
+/// Every reference text, each embedded on its own (no padding to the longest).
+#[test]
+fn golden_text_each_reference_sentence() {
+    let enc = encoders().text.as_ref().unwrap();
+    for item in &reference().text {
+        let v = enc.embed(&[&item.input]).remove(0).unwrap().vector;
+        let c = cosine(&v, &item.vector);
+        eprintln!("text {:.40}: cosine {c:.7}", item.input);
+        assert!((norm(&v) - 1.0).abs() < 1e-4);
+        assert!(c >= TEXT_AUDIO_MIN_COSINE, "{:?}: cosine {c}", item.input);
+    }
+}
+
+#[test]
+fn golden_vision_subset() {
+    let enc = encoders().vision.as_ref().unwrap();
+    for path in VISION_SUBSET {
+        let item = find(&reference().vision, path);
+        let v = enc.embed(&[&fixture(path)]).remove(0).unwrap().vector;
+        let c = cosine(&v, &item.vector);
+        eprintln!("vision {path}: cosine {c:.7}");
+        assert!((norm(&v) - 1.0).abs() < 1e-4);
+        assert!(c >= VISION_MIN_COSINE, "{path}: cosine {c}");
+    }
+}
+
+#[test]
+fn golden_audio_subset_clip_and_blocks() {
+    let enc = encoders().audio.as_ref().unwrap();
+    for path in AUDIO_SUBSET {
+        let item = find(&reference().audio, path);
+        let e = enc.embed_wavs(&[&fixture(path)]).remove(0).unwrap();
+        let c = cosine(&e.vector, &item.vector);
+        eprintln!("audio {path}: cosine {c:.7}");
+        assert!(c >= TEXT_AUDIO_MIN_COSINE, "{path}: clip cosine {c}");
+        let (got, want) = (e.blocks.unwrap(), item.blocks.as_ref().unwrap());
+        assert_eq!(got.len(), want.len(), "{path}: block count");
+        for (g, w) in got.iter().zip(want) {
+            let c = cosine(g, w);
+            assert!(c >= TEXT_AUDIO_MIN_COSINE, "{path}: block cosine {c}");
+        }
+    }
 }
