@@ -68,8 +68,8 @@ def main(argv):
         failures += not ok
         worst[modality] = min(worst.get(modality, 1.0), low)
         extra = f" ({len(cosines) - 1} blocks)" if len(cosines) > 1 else ""
-        print(f"{'ok  ' if ok else 'FAIL'} {modality:6} {short:48} min cosine {low:.7f}{extra}")
-    summary = ", ".join(f"{m} {v:.7f}" for m, v in sorted(worst.items()))
+        print(f"{'ok  ' if ok else 'FAIL'} {modality:6} {short:48} min cosine {low:.9f} (1-cos {1 - low:.1e}){extra}")
+    summary = ", ".join(f"{m} {v:.9f}" for m, v in sorted(worst.items()))
     print(f"{label}: {len(ref) - failures} of {len(ref)} inputs within tolerance; worst: {summary}")
     return 1 if failures else 0
 
