@@ -41,8 +41,8 @@ ensure_zig
 [ -f "$EDGEFUSE_MODELS/text/all-minilm-l6-v2.onnx" ] || models/fetch
 timings+=("setup: $((SECONDS - t0)) s")
 
-# Sample inputs for the x86-vs-ARM comparison. Every golden input is also checked against
-# onnxruntime by tests/encoders.rs under qemu; these go through the CLI, the way users run it.
+# Sample inputs for the x86-vs-ARM comparison, through the CLI the way users run it. The
+# comparison against onnxruntime is tests/arm.rs's golden subset (run by cross/test).
 texts=("A man plays guitar." "Someone is playing a guitar." "Crème brûlée et café au lait.")
 images=(tests/fixtures/images/coffee.jpg)
 audio=(tests/fixtures/audio/speech_fox.wav tests/fixtures/audio/pink_noise.wav)

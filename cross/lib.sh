@@ -60,18 +60,33 @@ ensure_debian_packages() {
     dpkg --print-foreign-architectures | grep -qx "$a" || sudo_ dpkg --add-architecture "$a"
   done
   apt_retry update -qq
-  # Multi-arch "same" libraries must be at one version across architectures: a host liblzma5
-  # older than the :arm64 one in the archive makes apt refuse libasound2-dev:arm64 ("not going to
-  # be installed"). Pin every such library that is installed for the host to the candidate
-  # version for all three architectures in the same transaction.
-  local same=() lib v
-  for lib in liblzma5 libzstd1 zlib1g libgcc-s1 libstdc++6 libc6 libselinux1 libpcre2-8-0; do
-    dpkg -s "$lib" >/dev/null 2>&1 || continue
-    v=$(apt-cache policy "$lib" | awk '/Candidate:/ {print $2}')
-    [ -n "$v" ] && [ "$v" != "(none)" ] || continue
-    same+=("$lib=$v" "$lib:arm64=$v" "$lib:armhf=$v")
+  DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq --no-install-recommends "${pkgs[@]}" && return 0
+  # Multi-Arch "same" libraries must be at one version across architectures. When the host has
+  # one the foreign index lacks (e.g. liblzma5 from bookworm-security for amd64 only), apt
+  # refuses the :arm64/:armhf packages ("not going to be installed"). Retry with every such
+  # library pinned, for all three architectures, to the highest version all three indexes have.
+  echo "apt-get refused; pinning multiarch libraries to a version common to all architectures" >&2
+  local host same=() lib v
+  host=$(dpkg --print-architecture)
+  for lib in libc6 libgcc-s1 gcc-12-base libstdc++6 liblzma5 libzstd1 zlib1g libbz2-1.0 \
+    liblz4-1 libselinux1 libpcre2-8-0 libcap2 libgcrypt20 libgpg-error0 libmd0 libcrypt1 \
+    libsystemd0 libudev1; do
+    dpkg -s "$lib:$host" >/dev/null 2>&1 || continue
+    v=$(common_version "$lib" "$host" "${archs[@]}")
+    # Never downgrade the host's C library.
+    [ "$lib" = libc6 ] && [ "$v" != "$(dpkg-query -W -f '${Version}' "libc6:$host")" ] && continue
+    [ -n "$v" ] && same+=("$lib:$host=$v" "$lib:arm64=$v" "$lib:armhf=$v")
   done
-  apt_retry install -y -qq --no-install-recommends "${same[@]}" "${pkgs[@]}"
+  # --no-remove: fail rather than remove host packages (e.g. liblzma-dev) to make room.
+  apt_retry install -y -qq --no-install-recommends --no-remove --allow-downgrades "${same[@]}" "${pkgs[@]}"
+}
+
+# common_version LIB ARCH…: the highest version of LIB that every ARCH's index has.
+common_version() {
+  local lib=$1 a; shift
+  for a in "$@"; do
+    apt-cache madison "$lib:$a" | awk -F'|' '{gsub(/ /, "", $2); print $2}' | sort -u
+  done | sort | uniq -c | awk -v n=$# '$1 == n {print $2}' | sort -V | tail -1
 }
 
 ensure_rust_targets() {
