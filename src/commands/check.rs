@@ -40,6 +40,11 @@ struct ModelReport {
     format: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     quantization: Option<String>,
+    /// Manifest key of the original this variant was derived from (absent for originals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant_of: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    optimize: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dim: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,6 +68,8 @@ impl ModelReport {
             sha256: Some(m.spec.sha256.clone()),
             format: Some(m.spec.format.clone()),
             quantization: Some(m.spec.quantization.clone()),
+            variant_of: m.spec.variant_of.clone(),
+            optimize: m.spec.optimize_method().map(str::to_owned),
             dim: Some(m.spec.dim),
             license: Some(m.spec.license.clone()),
             inputs: m.spec.inputs.iter().map(|t| t.describe()).collect(),
@@ -82,6 +89,8 @@ impl ModelReport {
             sha256: None,
             format: None,
             quantization: None,
+            variant_of: None,
+            optimize: None,
             dim: None,
             license: None,
             inputs: vec![],
@@ -166,6 +175,14 @@ fn print_text(r: &Report) {
             m.dim.unwrap_or(0),
             opt(&m.license)
         );
+        match (&m.variant_of, &m.optimize) {
+            (Some(base), method) => println!(
+                "  variant:      {} of `{base}` ({})",
+                m.key,
+                method.as_deref().unwrap_or("?")
+            ),
+            (None, _) => println!("  variant:      {} (original)", m.key),
+        }
         println!("  inputs:       {}", m.inputs.join("; "));
         println!("  tract facts:  {}", m.input_facts.join("; "));
         println!("  mm kernels:   {}", join_or_none(&m.kernels));
