@@ -8,10 +8,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use edgefuse::encoders::{cosine, AudioEncoder, Modality, TextEncoder, VisionEncoder};
+use edgefuse::encoders::quality::agreement;
+use edgefuse::encoders::{AudioEncoder, Modality, TextEncoder, VisionEncoder};
 use edgefuse::manifest::Manifest;
 
 const BEGIN: &str = "<!-- models/report: begin (generated, do not edit) -->";
@@ -140,19 +140,17 @@ impl Enc {
         };
         // Batched stages share their time equally among items: the sum is the batch's time.
         let per_item: f64 = emb.iter().map(|e| e.timings.inference_ms).sum();
-        Ok(match self {
-            Enc::Audio(_) => per_item,
-            _ => per_item,
-        })
+        Ok(per_item)
     }
 }
 
 fn inputs(repo: &Path) -> Result<Inputs> {
-    let texts: Vec<String> = std::fs::read_to_string(repo.join("tests/fixtures/eval/sentences.txt"))?
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect();
+    let texts: Vec<String> =
+        std::fs::read_to_string(repo.join("tests/fixtures/eval/sentences.txt"))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect();
     let read = |p: PathBuf| std::fs::read(&p).with_context(|| p.display().to_string());
     let images = IMAGES
         .iter()
@@ -198,44 +196,6 @@ fn median(v: &mut [f64]) -> f64 {
     } else {
         v[v.len() / 2]
     }
-}
-
-/// Spearman correlation of two equally long samples (average ranks for ties).
-pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
-    fn ranks(x: &[f64]) -> Vec<f64> {
-        let mut ix: Vec<usize> = (0..x.len()).collect();
-        ix.sort_by(|&i, &j| x[i].total_cmp(&x[j]));
-        let mut r = vec![0.0; x.len()];
-        let mut i = 0;
-        while i < ix.len() {
-            let mut j = i;
-            while j + 1 < ix.len() && x[ix[j + 1]] == x[ix[i]] {
-                j += 1;
-            }
-            for &k in &ix[i..=j] {
-                r[k] = (i + j) as f64 / 2.0;
-            }
-            i = j + 1;
-        }
-        r
-    }
-    let (ra, rb) = (ranks(a), ranks(b));
-    let n = ra.len() as f64;
-    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
-    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
-    cov / (va * vb).sqrt()
-}
-
-fn pairwise(v: &[Vec<f32>]) -> Vec<f64> {
-    let mut out = Vec::new();
-    for i in 0..v.len() {
-        for j in i + 1..v.len() {
-            out.push(f64::from(cosine(&v[i], &v[j])));
-        }
-    }
-    out
 }
 
 struct Row {
@@ -335,7 +295,6 @@ fn main() -> Result<()> {
             .iter()
             .map(|e| e.evaluate(&inp))
             .collect::<Result<_>>()?;
-        let teacher_pairs = pairwise(&evals[0]);
         // Interleaved timing: every variant once per repetition, so drift hits all alike.
         let bs = batches(modality);
         let mut times = vec![vec![Vec::new(); bs.len()]; encs.len()];
@@ -368,11 +327,7 @@ fn main() -> Result<()> {
             let mut it = text.split_whitespace().map(|s| s.parse::<f64>());
             let load_ms = it.next().context("load_ms")??;
             let rss_mb = it.next().context("rss")??;
-            let cos: Vec<f64> = evals[0]
-                .iter()
-                .zip(&evals[i])
-                .map(|(a, b)| f64::from(cosine(a, b)))
-                .collect();
+            let q = agreement(&evals[0], &evals[i]);
             rows.push(Row {
                 key: key.clone(),
                 method: spec.optimize_method().unwrap_or("original").to_owned(),
@@ -381,9 +336,9 @@ fn main() -> Result<()> {
                 load_ms,
                 lat: times[i].iter_mut().map(|t| median(t)).collect(),
                 rss_mb,
-                mean_cos: cos.iter().sum::<f64>() / cos.len() as f64,
-                min_cos: cos.iter().copied().fold(f64::INFINITY, f64::min),
-                spearman: spearman(&teacher_pairs, &pairwise(&evals[i])),
+                mean_cos: q.mean_cosine,
+                min_cos: q.min_cosine,
+                spearman: q.spearman,
             });
             eprintln!("[report]   {key}: done");
         }
@@ -476,6 +431,3 @@ fn cpu_model() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".to_owned())
 }
-
-#[allow(dead_code)]
-fn _unused(_: Instant) {}

@@ -45,6 +45,10 @@ np = onnx = helper = numpy_helper = TensorProto = None
 
 def _import_heavy() -> None:
     global np, onnx, helper, numpy_helper, TensorProto
+    # One BLAS thread: reductions in a fixed order (same bytes every run), and no spinning
+    # threads fighting for a small shared CPU.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
     import numpy as np  # noqa: F811
     import onnx  # noqa: F811
     from onnx import TensorProto, helper, numpy_helper  # noqa: F811
@@ -261,9 +265,31 @@ _WHEN = ["yesterday afternoon", "before the rain started", "after breakfast", "l
          "in a hurry", "with great care"]
 
 
-def calibration_sentences(n_generated: int = 350) -> list[str]:
+def docstring_sentences(limit: int) -> list[str]:
+    """Prose sentences from numpy's own docstrings: varied wording, fixed by the pinned numpy."""
+    import re
+
+    seen, out = set(), []
+    for name in sorted(dir(np)):
+        doc = getattr(getattr(np, name, None), "__doc__", None)
+        if not isinstance(doc, str):
+            continue
+        for para in re.split(r"\n\s*\n", doc):
+            text = " ".join(para.split())
+            for sent in re.split(r"(?<=[.!?])\s+", text):
+                words = sent.split()
+                if (6 <= len(words) <= 40 and sent[0].isupper() and sent.endswith(".")
+                        and not re.search(r"[>=_\[\]{}()`|*]", sent) and sent not in seen):
+                    seen.add(sent)
+                    out.append(sent)
+                    if len(out) >= limit:
+                        return out
+    return out
+
+
+def calibration_sentences(n_generated: int = 350, n_docs: int = 0) -> list[str]:
     rng = np.random.default_rng(20240601)
-    out = list(CALIB_SENTENCES)
+    out = list(CALIB_SENTENCES) + docstring_sentences(n_docs)
     for _ in range(n_generated):
         s, v, o, w = (int(rng.integers(len(x))) for x in (_SUBJ, _VERB, _OBJ, _WHEN))
         out.append(f"{_SUBJ[s]} {_VERB[v]} {_OBJ[o]} {_WHEN[w]}.")
@@ -393,7 +419,9 @@ def prune_bert(src: bytes, opts: dict, cfg: dict) -> bytes:
     tok = Tokenizer.from_file(str(HERE / cfg["preprocess"]["tokenizer"]))
     tok.no_padding()
     tok.no_truncation()
-    seqs = [np.array(e.ids) for e in tok.encode_batch(calibration_sentences())]
+    sents = calibration_sentences(int(opts.get("templated", 350)), int(opts.get("docstrings", 0)))
+    seqs = [np.array(e.ids) for e in tok.encode_batch(sents)]
+    ridge = float(opts.get("ridge", 1e-3))
     L = lambda i, k: W[f"encoder.layer.{i}.{k}"]  # noqa: E731
 
     def embed(ids):
@@ -438,7 +466,7 @@ def prune_bert(src: bytes, opts: dict, cfg: dict) -> bytes:
         X = np.vstack([c[:, hsel].reshape(len(c), -1) for c in ctx_s])
         # Target: what makes the student's residual sum equal the teacher's.
         Y = np.vstack([ta + xt - xs for ta, xt, xs in zip(t_att, teacher, student)])
-        wo_new, bo_new = ridge_refit(X, Y, wo[cols], bo)
+        wo_new, bo_new = ridge_refit(X, Y, wo[cols], bo, ridge)
         ln_w, ln_b = L(i, "attention.output.LayerNorm.weight"), L(i, "attention.output.LayerNorm.bias")
         t_mid = [_ln(ta + xt, ln_w, ln_b, eps) for ta, xt in zip(t_att, teacher)]
         s_mid, off = [], 0
@@ -461,7 +489,7 @@ def prune_bert(src: bytes, opts: dict, cfg: dict) -> bytes:
         keep = np.sort(np.argsort(-imp, kind="stable")[:ffn_keep])
         t_ffn = [gelu(x @ w1 + b1) @ w2 + b2 for x in t_mid]
         Y = np.vstack([tf + xt - xs for tf, xt, xs in zip(t_ffn, t_mid, s_mid)])
-        w2_new, b2_new = ridge_refit(H[:, keep], Y, w2[keep], b2)
+        w2_new, b2_new = ridge_refit(H[:, keep], Y, w2[keep], b2, ridge)
         ln_w, ln_b = L(i, "output.LayerNorm.weight"), L(i, "output.LayerNorm.bias")
         teacher = [_ln(tf + xt, ln_w, ln_b, eps) for tf, xt in zip(t_ffn, t_mid)]
         student, off = [], 0

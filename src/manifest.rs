@@ -171,11 +171,7 @@ impl ModelSpec {
 /// A variant (`variant_of = "KEY"`) inherits every key of its base model that it does not set,
 /// so the manifest names only what compression changes (file, sha256, quantization, ...).
 fn inherit_variants(models: &mut toml::Table) -> Result<(), String> {
-    fn resolved(
-        models: &toml::Table,
-        key: &str,
-        depth: usize,
-    ) -> Result<toml::Table, String> {
+    fn resolved(models: &toml::Table, key: &str, depth: usize) -> Result<toml::Table, String> {
         let Some(toml::Value::Table(spec)) = models.get(key) else {
             return Err(format!("models.{key}: not a table"));
         };

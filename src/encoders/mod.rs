@@ -2,6 +2,7 @@
 //! Each is synchronous (call it from a blocking thread) and batches its inputs.
 
 pub mod audio;
+pub mod quality;
 pub mod runtime;
 pub mod set;
 pub mod text;

@@ -62,9 +62,13 @@ impl LoadedModel {
                 .map_err(tract_err("set the input facts"))?;
         }
         let names: Vec<&str> = spec.outputs.iter().map(|o| o.name.as_str()).collect();
-        let model = model
+        let mut model = model
             .with_outputs_by_name(names)
             .map_err(tract_err("select the outputs"))?
+            .into_typed()
+            .map_err(tract_err("type the model"))?;
+        decode_compressed_weights(&mut model).map_err(tract_err("decode compressed weights"))?;
+        let model = model
             .into_optimized()
             .map_err(tract_err("optimise the model"))?;
         let kernels = matmul_kernels(&model);
@@ -94,6 +98,56 @@ impl LoadedModel {
     pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         self.plan.run(inputs)
     }
+}
+
+/// Evaluate, once at load, the constant chains that turn stored f16 / int8 weights back into f32
+/// (`Cast`, `DequantizeLinear` of an initializer). tract's own constant folding leaves an
+/// output larger than its input unfolded to save memory, which would redo the decoding on every
+/// run; a variant stored as f16 or int8 weights is meant to be small on disk, not slow.
+/// Only chains that start at an f16/i8/u8 constant and end in f32 are folded, so fp32 originals
+/// and integer kernels (MatMulInteger) are untouched.
+fn decode_compressed_weights(model: &mut TypedModel) -> TractResult<()> {
+    use tract_onnx::tract_core::ops::konst::Const;
+    let compressed =
+        |dt: DatumType| dt == f16::datum_type() || dt == i8::datum_type() || dt == u8::datum_type();
+    // Constants produced by a fold: the rest of a chain may consume them.
+    let mut decoded: BTreeSet<String> = BTreeSet::new();
+    'restart: loop {
+        for id in model.eval_order()? {
+            let node = model.node(id);
+            if node.op_is::<Const>() || node.inputs.is_empty() || node.outputs.len() != 1 {
+                continue;
+            }
+            let facts: Vec<TypedFact> = model.node_input_facts(id)?.into_iter().cloned().collect();
+            if facts.iter().any(|f| f.konst.is_none()) {
+                continue;
+            }
+            let starts_chain = node.inputs.iter().zip(&facts).any(|(o, f)| {
+                compressed(f.datum_type) || decoded.contains(&model.node(o.node).name)
+            });
+            if !starts_chain || node.outputs[0].fact.datum_type != f32::datum_type() {
+                continue;
+            }
+            let inputs = facts
+                .iter()
+                .filter_map(|f| f.konst.clone())
+                .map(|t| t.into_tvalue())
+                .collect();
+            let Some(mut out) = node.op.eval_out_of_plan(inputs)? else {
+                continue;
+            };
+            let name = format!("{}.decoded", node.name);
+            drop(facts);
+            let mut patch = TypedModelPatch::default();
+            let wire = patch.add_const(&name, out.remove(0).into_arc_tensor())?;
+            patch.shunt_outside(model, id.into(), wire)?;
+            patch.apply(model)?;
+            decoded.insert(name);
+            continue 'restart;
+        }
+        break;
+    }
+    model.compact()
 }
 
 fn datum_type(name: &str) -> Result<DatumType, String> {
