@@ -17,7 +17,6 @@ mod util;
 
 use std::sync::OnceLock;
 
-use edgefuse::config::Config;
 use edgefuse::encoders::{EncoderSet, LoadedModel};
 use edgefuse::manifest::Manifest;
 use serde::Deserialize;
@@ -68,7 +67,7 @@ fn reference() -> &'static Reference {
 fn encoders() -> &'static EncoderSet {
     static E: OnceLock<EncoderSet> = OnceLock::new();
     E.get_or_init(|| {
-        EncoderSet::load(&Config::builtin(), &models_dir(), &[]).unwrap_or_else(|e| panic!("{e}"))
+        EncoderSet::load(&util::fp32_config(), &models_dir(), &[]).unwrap_or_else(|e| panic!("{e}"))
     })
 }
 

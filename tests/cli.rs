@@ -46,7 +46,11 @@ fn embed_text_prints_one_unit_vector_per_input() {
         assert_eq!(line["input"], input);
         assert_eq!(line["dim"], 384);
         assert_eq!(line["model"]["name"], "all-MiniLM-L6-v2");
-        assert_eq!(line["model"]["quantization"], "fp32");
+        // The payload names the quantization of the model the default config selects.
+        assert_eq!(
+            line["model"]["quantization"].as_str(),
+            Some(default_text_quantization().as_str())
+        );
         let v: Vec<f64> = serde_json::from_value(line["vector"].clone()).unwrap();
         assert_eq!(v.len(), 384);
         let n: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -150,10 +154,12 @@ fn a_tampered_model_is_refused_with_a_checksum_error() {
     .unwrap();
     let src = models_dir();
     std::fs::create_dir_all(dir.path().join("text")).unwrap();
-    let mut bytes = std::fs::read(src.join("text/all-minilm-l6-v2.onnx")).unwrap();
+    // The file of the text model the default config selects (an original or a variant).
+    let file = default_text_spec().file;
+    let mut bytes = std::fs::read(src.join(&file)).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
-    std::fs::write(dir.path().join("text/all-minilm-l6-v2.onnx"), bytes).unwrap();
+    std::fs::write(dir.path().join(&file), bytes).unwrap();
     std::fs::copy(
         src.join("text/tokenizer.json"),
         dir.path().join("text/tokenizer.json"),
@@ -214,4 +220,14 @@ fn an_invalid_config_reports_every_problem_with_its_path() {
         err.contains("encoders.text.max_length") && err.contains("encoders.vision.max_batch"),
         "{err}"
     );
+}
+
+fn default_text_spec() -> edgefuse::manifest::ModelSpec {
+    let key = edgefuse::config::Config::builtin().encoders.text.model;
+    let m = edgefuse::manifest::Manifest::load(&models_dir().join("manifest.toml")).unwrap();
+    m.model(&key).unwrap().clone()
+}
+
+fn default_text_quantization() -> String {
+    default_text_spec().quantization
 }

@@ -5,7 +5,6 @@ mod util;
 
 use std::sync::OnceLock;
 
-use edgefuse::config::Config;
 use edgefuse::encoders::EncoderSet;
 use edgefuse::error::InputError;
 use serde::Deserialize;
@@ -40,7 +39,7 @@ fn reference() -> &'static Reference {
 fn encoders() -> &'static EncoderSet {
     static E: OnceLock<EncoderSet> = OnceLock::new();
     E.get_or_init(|| {
-        EncoderSet::load(&Config::builtin(), &models_dir(), &[]).unwrap_or_else(|e| panic!("{e}"))
+        EncoderSet::load(&util::fp32_config(), &models_dir(), &[]).unwrap_or_else(|e| panic!("{e}"))
     })
 }
 

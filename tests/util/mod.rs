@@ -22,6 +22,17 @@ pub fn models_dir() -> PathBuf {
     dir
 }
 
+/// The built-in config with every encoder on its fp32 original: the golden tests compare those
+/// with onnxruntime, whatever compressed variant the defaults select (tests/variants.rs covers
+/// the variants).
+pub fn fp32_config() -> edgefuse::config::Config {
+    let mut c = edgefuse::config::Config::builtin();
+    c.encoders.text.model = "text".into();
+    c.encoders.vision.model = "vision".into();
+    c.encoders.audio.model = "audio".into();
+    c
+}
+
 pub fn fixture(rel: &str) -> Vec<u8> {
     let p = repo().join(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
