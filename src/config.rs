@@ -379,14 +379,16 @@ fn four() -> usize {
 fn sixteen() -> usize {
     16
 }
+// Defaults chosen by the numbers of docs/models.md (models/report); keep in step with
+// configs/default.toml. The fp32 originals are "text", "vision", "audio".
 fn text_model() -> String {
-    "text".into()
+    "text-w8".into()
 }
 fn vision_model() -> String {
-    "vision".into()
+    "vision-w8".into()
 }
 fn audio_model() -> String {
-    "audio".into()
+    "audio-pruned75".into()
 }
 fn default_max_pixels() -> u64 {
     40_000_000
