@@ -56,9 +56,9 @@ fn batches(m: Modality) -> [usize; 2] {
 }
 
 enum Enc {
-    Text(TextEncoder),
-    Vision(VisionEncoder),
-    Audio(AudioEncoder),
+    Text(Box<TextEncoder>),
+    Vision(Box<VisionEncoder>),
+    Audio(Box<AudioEncoder>),
 }
 
 struct Inputs {
@@ -73,9 +73,11 @@ impl Enc {
     fn load(m: &Manifest, key: &str, modality: Modality) -> Result<Enc> {
         let [_, max] = batches(modality);
         Ok(match modality {
-            Modality::Text => Enc::Text(TextEncoder::load(m, key, None, max)?),
-            Modality::Vision => Enc::Vision(VisionEncoder::load(m, key, max, 40_000_000)?),
-            Modality::Audio => Enc::Audio(AudioEncoder::load(m, key, max, 600.0)?),
+            Modality::Text => Enc::Text(Box::new(TextEncoder::load(m, key, None, max)?)),
+            Modality::Vision => {
+                Enc::Vision(Box::new(VisionEncoder::load(m, key, max, 40_000_000)?))
+            }
+            Modality::Audio => Enc::Audio(Box::new(AudioEncoder::load(m, key, max, 600.0)?)),
         })
     }
 
