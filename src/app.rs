@@ -109,6 +109,20 @@ pub async fn run(
         BrokerAddr::parse(&config.mqtt.broker).map_err(anyhow::Error::msg)?
     };
     let credentials = credentials(&config)?;
+    let spool = (config.spool.enabled && config.mqtt.qos > 0)
+        .then(|| {
+            let dir = config.state_dir.join("spool");
+            crate::sinks::spool::Spool::open(&dir, config.spool.clone())
+        })
+        .transpose()?;
+    if let Some(s) = &spool {
+        let st = s.stats();
+        tracing::info!(records = st.records, bytes = st.bytes, "spool opened");
+    }
+    let discovery = config
+        .homeassistant
+        .enabled
+        .then(|| crate::mqtt::discovery::build(&config.homeassistant, &topics, &device_id));
     let mqtt_stop = CancellationToken::new();
     let client_id = if config.mqtt.client_id.is_empty() {
         format!("edgefuse-{device_id}")
@@ -127,6 +141,8 @@ pub async fn run(
             max_payload_bytes: config.mqtt.max_payload_bytes,
             incoming_capacity: 16,
             properties: config.mqtt.broker != "embedded",
+            spool,
+            discovery,
         },
         topics.clone(),
         mqtt_stop.clone(),
@@ -315,6 +331,9 @@ pub async fn run(
             }
         }
     }
+    // Let the broker acknowledge what is spooled; what it does not stays for the next start.
+    mqtt.drain(deadline.max(tokio::time::Instant::now() + Duration::from_secs(1)))
+        .await;
     mqtt.stop().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_task).await;
     mqtt_stop.cancel();
@@ -531,6 +550,9 @@ struct StatsRecord {
     uptime_s: f64,
     rss_bytes: u64,
     modalities: BTreeMap<Modality, crate::stats::ModalitySnapshot>,
+    mqtt: crate::mqtt::client::CountersSnapshot,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spool: Option<crate::sinks::spool::SpoolStats>,
 }
 
 async fn publish_stats(
@@ -560,6 +582,8 @@ async fn publish_stats(
             uptime_s: stats.uptime_s(),
             rss_bytes: rss_bytes(),
             modalities,
+            mqtt: mqtt.counters(),
+            spool: mqtt.spool_stats(),
         };
         if let Ok(body) = serde_json::to_vec(&rec) {
             let props = PublishProperties {

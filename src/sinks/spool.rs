@@ -373,7 +373,10 @@ impl Spool {
         if crc32fast::hash(body) != crc {
             return Err(corrupt());
         }
-        decode(body).filter(|(s, _, _)| *s == seq).map(|(_, _, r)| r).ok_or_else(corrupt)
+        decode(body)
+            .filter(|(s, _, _)| *s == seq)
+            .map(|(_, _, r)| r)
+            .ok_or_else(corrupt)
     }
 
     pub fn stats(&self) -> SpoolStats {
@@ -447,7 +450,10 @@ impl Spool {
         }
         if dropped > 0 {
             self.drops += dropped;
-            tracing::warn!(dropped, "spool: full (spool.max_bytes); dropped the oldest results");
+            tracing::warn!(
+                dropped,
+                "spool: full (spool.max_bytes); dropped the oldest results"
+            );
             self.advance_watermark();
         }
     }
@@ -753,7 +759,10 @@ mod tests {
         assert_eq!(pending(&s), vec![1, 2, 3, 4]);
         assert!(s.recovered_tail_bytes() > 0);
         let seq = s.append(&rec(7), 0).unwrap();
-        assert_eq!(seq, 5, "the torn record's number is reused: it was never durable");
+        assert_eq!(
+            seq, 5,
+            "the torn record's number is reused: it was never durable"
+        );
         drop(s);
         let s = Spool::open(dir.path(), cfg(1 << 20)).unwrap();
         assert_eq!(pending(&s), vec![1, 2, 3, 4, 5]);
