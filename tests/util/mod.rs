@@ -106,6 +106,9 @@ pub struct Broker {
 impl Broker {
     pub fn start(port: u16, extra: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
+        // mosquitto started as root drops to the `mosquitto` user: let it write persistence.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         std::fs::write(
             dir.path().join("mosquitto.conf"),
             format!("listener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n"),
