@@ -491,9 +491,11 @@ impl MqttHandle {
         } else {
             self.qos
         };
+        // Never wait for room: the event loop may itself be waiting for intake, which waits
+        // for the publisher (a cycle). When rumqttc's request channel is full the message is
+        // dropped with an error; results avoid this through the spool.
         self.client
-            .publish_with_properties(topic, qos, retain, payload.into(), props)
-            .await
+            .try_publish_with_properties(topic, qos, retain, payload.into(), props)
     }
 
     /// Whether results go through the spool.
