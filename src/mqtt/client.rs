@@ -505,15 +505,15 @@ impl MqttHandle {
 
     /// Append a result to the spool; it is sent after [`MqttHandle::commit`]. Returns the
     /// record back when there is no spool or the append failed (publish it directly then).
-    pub fn spool(&self, rec: Record) -> Result<(), Record> {
+    pub fn spool(&self, rec: Record) -> Result<(), Box<Record>> {
         let Some(o) = &self.outbox else {
-            return Err(rec);
+            return Err(Box::new(rec));
         };
         match lock(&o.spool).append(&rec, spool::now_ms()) {
             Ok(_) => Ok(()),
             Err(e) => {
                 tracing::error!("{e}; publishing without the spool");
-                Err(rec)
+                Err(Box::new(rec))
             }
         }
     }

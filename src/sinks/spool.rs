@@ -679,9 +679,11 @@ mod tests {
         Record {
             topic: format!("edgefuse/t/embedding/text/{i}"),
             payload: Bytes::from(format!("{{\"id\":\"r-{i}\"}}")),
-            retain: i % 2 == 0,
+            retain: i.is_multiple_of(2),
             content_type: Some("application/json".into()),
-            correlation: (i % 3 == 0).then(|| Bytes::from_static(b"\x00\x01corr")),
+            correlation: i
+                .is_multiple_of(3)
+                .then(|| Bytes::from_static(b"\x00\x01corr")),
             user_properties: vec![("id".into(), format!("r-{i}"))],
         }
     }
