@@ -79,6 +79,7 @@ async fn while_the_broker_is_down_the_client_backs_off_then_replays_the_spool_in
         .counters
         .loop_turns
         .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("broker down for 4 s: {attempts} connection attempts, {turns} loop turns");
     // Backoff 0.5 s, 1 s, 2 s (+ up to 25 % jitter): at most 4 attempts in 4 s; a busy loop
     // would make thousands.
     assert!(

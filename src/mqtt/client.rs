@@ -406,7 +406,7 @@ fn announce(handle: &MqttHandle, discovery: &Option<Discovery>, fwd: &mut Forwar
 /// Hand spooled records to rumqttc, oldest first, while the in-flight window has room.
 fn top_up(handle: &MqttHandle, fwd: &mut Forward) {
     let Some(o) = &handle.outbox else { return };
-    let spool = lock(&o.spool);
+    let mut spool = lock(&o.spool);
     while fwd.awaiting_id.len() + fwd.in_flight.len() < WINDOW {
         let Some(seq) = spool.next_after(fwd.cursor) else {
             break;
@@ -414,9 +414,9 @@ fn top_up(handle: &MqttHandle, fwd: &mut Forward) {
         let rec = match spool.read(seq) {
             Ok(r) => r,
             Err(e) => {
-                // Skip it: a record that cannot be read now will not become readable.
-                tracing::error!("spool: {e}; skipping it");
-                fwd.cursor = Some(seq);
+                // A record that cannot be read now will not become readable: drop it.
+                tracing::error!("{e}; dropping it");
+                spool.discard(seq);
                 continue;
             }
         };

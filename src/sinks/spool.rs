@@ -311,6 +311,15 @@ impl Spool {
         self.advance_watermark();
     }
 
+    /// Give up on one record (it cannot be read back); counted as a drop.
+    pub fn discard(&mut self, seq: u64) {
+        if let Some(e) = self.index.remove(&seq) {
+            self.drops += 1;
+            self.release(e.segment);
+            self.advance_watermark();
+        }
+    }
+
     /// Drop records older than `max_age`; returns how many.
     pub fn expire(&mut self, now_ms: u64) -> usize {
         let max_age = Duration::from_secs(self.config.max_age_s).as_millis() as u64;
@@ -871,6 +880,25 @@ mod tests {
         s.append(&rec(2), 3_700_000).unwrap();
         assert_eq!(s.expire(3_601_500), 1);
         assert_eq!(pending(&s), vec![2, 3]);
+        assert_eq!(s.stats().drops, 1);
+    }
+
+    #[test]
+    fn a_record_damaged_after_it_was_written_reads_as_corrupt_and_can_be_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), cfg(1 << 20)).unwrap();
+        for i in 0..3 {
+            s.append(&rec(i), 0).unwrap();
+        }
+        let seg = segment_files(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&seg, &bytes).unwrap();
+        assert!(matches!(s.read(3), Err(SpoolError::Corrupt { seq: 3, .. })));
+        assert_eq!(s.read(2).unwrap(), rec(1));
+        s.discard(3);
+        assert_eq!(pending(&s), vec![1, 2]);
         assert_eq!(s.stats().drops, 1);
     }
 
