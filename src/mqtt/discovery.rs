@@ -182,7 +182,6 @@ pub fn build(cfg: &HomeAssistantConfig, topics: &Topics, device_id: &str) -> Dis
             let unique = format!("{node}_{object}");
             if let Some(m) = config.as_object_mut() {
                 m.insert("unique_id".into(), json!(unique));
-                m.insert("object_id".into(), json!(unique));
                 m.insert("device".into(), device.clone());
                 m.insert(
                     "origin".into(),
