@@ -359,7 +359,12 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    let config = Config::builtin();
+    // The fp32 originals: onnxruntime_baseline.py runs those same files (the compressed
+    // defaults are compared with them in docs/models.md, by models/report).
+    let mut config = Config::builtin();
+    config.encoders.text.model = "text".into();
+    config.encoders.vision.model = "vision".into();
+    config.encoders.audio.model = "audio".into();
     let only = only_modalities();
     let set = EncoderSet::load(&config, &models_dir(), &only).unwrap_or_else(|e| panic!("{e}"));
     if let Some(text) = &set.text {
