@@ -112,6 +112,9 @@ pub struct BenchArgs {
     /// WAV file instead of the built-in 2.9 s speech (tests/fixtures/audio/speech_fox.wav).
     #[arg(long)]
     pub audio: Option<PathBuf>,
+    /// Also time every tract op (batch 1, 1 thread) and report the time per op type.
+    #[arg(long)]
+    pub profile: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

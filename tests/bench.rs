@@ -33,7 +33,17 @@ fn u(v: &Value) -> u64 {
 #[test]
 fn bench_json_reports_every_modality_batch_and_thread_count_consistently() {
     let o = edgefuse(&[
-        "bench", "--json", "-n", "2", "--warmup", "0", "-b", "1,2", "-t", "1,2",
+        "bench",
+        "--json",
+        "-n",
+        "2",
+        "--warmup",
+        "0",
+        "-b",
+        "1,2",
+        "-t",
+        "1,2",
+        "--profile",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let r: Value = serde_json::from_slice(&o.stdout).expect("bench --json prints one JSON object");
@@ -67,6 +77,13 @@ fn bench_json_reports_every_modality_batch_and_thread_count_consistently() {
         assert_eq!(m["model"]["sha256"].as_str().unwrap().len(), 12, "{name}");
         assert!(!m["kernels"].as_array().unwrap().is_empty(), "{name}");
         assert!(!m["input"].as_str().unwrap().is_empty(), "{name}");
+        let profile = m["profile"].as_array().expect("--profile adds a profile");
+        assert!(!profile.is_empty(), "{name}");
+        let share: f64 = profile.iter().map(|op| f(&op["percent"])).sum();
+        assert!((share - 100.0).abs() < 0.01, "{name}: shares sum to {share}");
+        assert!(profile.iter().all(|op| u(&op["nodes"]) >= 1), "{name}");
+        let ms: Vec<f64> = profile.iter().map(|op| f(&op["ms"])).collect();
+        assert!(ms.windows(2).all(|w| w[0] >= w[1]), "{name}: not sorted: {ms:?}");
         let runs = m["runs"].as_array().unwrap();
         let combos: Vec<(u64, u64)> = runs
             .iter()

@@ -13,11 +13,14 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
+use tract_onnx::prelude::*;
 
 use super::load_config;
 use crate::cli::{BenchArgs, Cli};
 use crate::cpu;
 use crate::encoders::{EncoderSet, ItemResult, Modality, ModelInfo, Timings};
+use crate::manifest::read_verified;
+use crate::preprocess::text::{TextPreprocess, TextTokenizer};
 use crate::stats::rss_bytes;
 
 const SAMPLE_IMAGE: &[u8] = include_bytes!("../../tests/fixtures/images/chelsea.jpg");
@@ -76,6 +79,20 @@ pub struct ModalityReport {
     pub kernels: Vec<String>,
     /// One row per (batch, threads) combination, in the order measured.
     pub runs: Vec<Run>,
+    /// With `--profile`: time per tract op type at batch 1, 1 thread, largest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<OpTime>>,
+}
+
+#[derive(Serialize)]
+pub struct OpTime {
+    /// tract op name, e.g. `OptMatMul`, `Conv`, `Softmax`.
+    pub op: String,
+    /// Nodes of this op type in the optimised plan.
+    pub nodes: usize,
+    /// Mean per model run, milliseconds.
+    pub ms: f64,
+    pub percent: f64,
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -257,6 +274,13 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        let profile = if args.profile {
+            let inputs = plan_inputs(&set, m, &samples, &config)
+                .with_context(|| format!("{m}: building the profiling inputs"))?;
+            Some(profile_plan(&model.plan, inputs, args.iterations)?)
+        } else {
+            None
+        };
         reports.push(ModalityReport {
             modality: m,
             model: ModelInfo::of(model),
@@ -265,6 +289,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             rss_load_bytes: rss_load,
             kernels: model.kernels.clone(),
             runs,
+            profile,
         });
     }
     if !args.json {
@@ -362,6 +387,97 @@ fn measure(
             0.0
         },
     })
+}
+
+/// The model inputs for one item of `m`, built by the encoders' own public preprocessing.
+fn plan_inputs(
+    set: &EncoderSet,
+    m: Modality,
+    samples: &[Sample],
+    config: &crate::config::Config,
+) -> anyhow::Result<TVec<TValue>> {
+    match (m, &samples[m as usize]) {
+        (Modality::Text, Sample::Text(t)) => {
+            let enc = set.text.as_ref().context("text encoder")?;
+            let pre: TextPreprocess = enc.model.spec.preprocess()?;
+            let path = set.manifest.path_of(&pre.tokenizer);
+            let bytes = read_verified(&path, &pre.tokenizer_sha256)?;
+            let tok = TextTokenizer::from_bytes(&bytes, &path, enc.max_length())?;
+            let tb = tok.encode_batch(&[t.as_str()])?;
+            let shape = [tb.batch, tb.seq];
+            let t = |v: &[i64]| -> anyhow::Result<TValue> {
+                Ok(Tensor::from_shape(&shape, v)?.into_tvalue())
+            };
+            Ok(tvec![
+                t(&tb.input_ids)?,
+                t(&tb.attention_mask)?,
+                t(&tb.token_type_ids)?
+            ])
+        }
+        (Modality::Vision, Sample::Bytes(b)) => {
+            let enc = set.vision.as_ref().context("vision encoder")?;
+            let crop = enc.params.crop as usize;
+            let mut buf = Vec::new();
+            crate::preprocess::image::preprocess(
+                b,
+                &enc.params,
+                config.encoders.vision.max_pixels,
+                &mut buf,
+            )?;
+            Ok(tvec![
+                Tensor::from_shape(&[1, 3, crop, crop], &buf)?.into_tvalue()
+            ])
+        }
+        (Modality::Audio, Sample::Bytes(b)) => {
+            let enc = set.audio.as_ref().context("audio encoder")?;
+            let p = &enc.front_end.params;
+            let blocks = enc
+                .front_end
+                .wav_to_blocks(b, config.encoders.audio.max_seconds)?;
+            Ok(tvec![Tensor::from_shape(
+                &[blocks.count, p.block_frames, p.n_mels],
+                &blocks.data
+            )?
+            .into_tvalue()])
+        }
+        _ => bail!("no sample for {m}"),
+    }
+}
+
+/// Run the plan `iterations` times timing every node, and sum the time per op type.
+fn profile_plan(
+    plan: &std::sync::Arc<TypedRunnableModel>,
+    inputs: TVec<TValue>,
+    iterations: usize,
+) -> anyhow::Result<Vec<OpTime>> {
+    use std::collections::BTreeMap;
+    let mut per_op: BTreeMap<String, (std::collections::BTreeSet<usize>, f64)> = BTreeMap::new();
+    let mut state = TypedSimpleState::new(plan)?;
+    // One untimed run first, as in the latency measurements.
+    state.run(inputs.clone())?;
+    for _ in 0..iterations {
+        state.run_plan_with_eval(inputs.clone(), |session, op_state, node, input| {
+            let t0 = Instant::now();
+            let r = tract_onnx::tract_core::plan::eval(session, op_state, node, input);
+            let e = per_op.entry(node.op().name().to_string()).or_default();
+            e.0.insert(node.id);
+            e.1 += t0.elapsed().as_secs_f64() * 1e3;
+            r
+        })?;
+    }
+    let total: f64 = per_op.values().map(|(_, ms)| ms).sum();
+    let n = iterations.max(1) as f64;
+    let mut ops: Vec<OpTime> = per_op
+        .into_iter()
+        .map(|(op, (nodes, ms))| OpTime {
+            op,
+            nodes: nodes.len(),
+            ms: ms / n,
+            percent: if total > 0.0 { ms / total * 100.0 } else { 0.0 },
+        })
+        .collect();
+    ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(ops)
 }
 
 fn machine() -> Machine {
@@ -484,6 +600,16 @@ fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
                 p(run.call_ms),
                 run.items_per_s
             )?;
+        }
+        if let Some(profile) = &mr.profile {
+            writeln!(out, "  profile (batch 1, 1 thread), time per model run by tract op:")?;
+            for op in profile.iter().take(10) {
+                writeln!(
+                    out,
+                    "    {:<28} {:>4} nodes {:>10.3} ms {:>5.1} %",
+                    op.op, op.nodes, op.ms, op.percent
+                )?;
+            }
         }
     }
     Ok(())
