@@ -55,6 +55,12 @@ pub async fn run(
 
     // 1. Models, off the runtime: loading and optimising takes seconds.
     service.status("loading models");
+    if config.encoders.threads > 1 {
+        // Every model run that does not pick its own executor uses this one pool.
+        tract_linalg::multithread::set_default_executor(
+            tract_linalg::multithread::Executor::multithread(config.encoders.threads),
+        );
+    }
     let cfg = config.clone();
     let dir = models_dir.clone();
     let set = tokio::task::spawn_blocking(move || EncoderSet::load(&cfg, &dir, &[]))

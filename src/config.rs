@@ -319,9 +319,12 @@ fn default_models_dir() -> PathBuf {
     PathBuf::from("models")
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncodersConfig {
+    /// tract threads per model run (its rayon executor); 1 runs on the calling thread.
+    #[serde(default = "one")]
+    pub threads: usize,
     #[serde(default)]
     pub text: TextConfig,
     #[serde(default)]
@@ -372,6 +375,20 @@ pub struct AudioConfig {
 
 fn yes() -> bool {
     true
+}
+fn one() -> usize {
+    1
+}
+
+impl Default for EncodersConfig {
+    fn default() -> Self {
+        EncodersConfig {
+            threads: 1,
+            text: TextConfig::default(),
+            vision: VisionConfig::default(),
+            audio: AudioConfig::default(),
+        }
+    }
 }
 fn four() -> usize {
     4
@@ -522,6 +539,7 @@ impl Config {
     pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut p = Problems::default();
         let e = &self.encoders;
+        p.range("encoders.threads", e.threads, 1, 64);
         if e.text.model.trim().is_empty() {
             p.add("encoders.text.model", "must name a model in the manifest");
         }

@@ -216,7 +216,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
     for (&m, rss_load) in modalities.iter().zip(rss_per_model) {
         let model = set.model(m).context("encoder loaded above")?;
-        let (input, one): (String, Box<dyn Fn(usize) -> Vec<ItemResult>>) = match m {
+        let (input, one): (String, Box<dyn Fn(usize) -> Vec<ItemResult> + '_>) = match m {
             Modality::Text => {
                 let enc = set.text.as_ref().context("text encoder")?;
                 let Sample::Text(t) = &samples[0] else {
