@@ -10,6 +10,10 @@ for text, else MQTT 5 correlation data). Prints `READY` on stdout once every mod
 and the subscriptions are acknowledged.
 
     bench/python_peer.py --port 1883 --prefix peer --device bench [--threads N]
+    bench/python_peer.py --echo ...   # no models: answer at once with a zero vector
+
+`--echo` measures the floor of the round trip (driver → mosquitto → responder → mosquitto →
+driver) that every end-to-end time in docs/performance.md includes.
 """
 
 from __future__ import annotations
@@ -88,11 +92,13 @@ def main() -> None:
     ap.add_argument("--device", default="bench")
     ap.add_argument("--models", type=Path, default=REPO / "models")
     ap.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: its own)")
+    ap.add_argument("--echo", action="store_true", help="load nothing; answer with zero vectors")
     args = ap.parse_args()
 
-    peer = Peer(args.models.resolve(), args.threads)
+    peer = None if args.echo else Peer(args.models.resolve(), args.threads)
+    dims = {"text": 384, "vision": 384, "audio": 512}
     base = f"{args.prefix}/{args.device}"
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"peer-{args.device}",
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{args.prefix}-{args.device}",
                          protocol=mqtt.MQTTv5)
     subscribed = []
 
@@ -108,7 +114,12 @@ def main() -> None:
         corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
         item_id = corr.decode("utf-8", "replace") if corr else None
         try:
-            if kind == "text":
+            if peer is None:
+                modality = "vision" if kind == "image" else kind
+                if kind == "text" and msg.payload.startswith(b"{"):
+                    item_id = json.loads(msg.payload).get("id", item_id)
+                v = np.zeros(dims[modality], dtype=np.float32)
+            elif kind == "text":
                 text = msg.payload.decode("utf-8")
                 if text.startswith("{"):
                     obj = json.loads(text)

@@ -105,7 +105,7 @@ class Driver:
         self.c.on_message = self.on_message
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
-        for prefix in ("edgefuse", "peer"):
+        for prefix in ("edgefuse", "peer", "echo"):
             for what in ("embedding/+", "error"):
                 self.c.subscribe(f"{prefix}/bench/{what}", qos=1)
         time.sleep(0.5)
@@ -180,9 +180,12 @@ def start_edgefuse(exe: Path, config: Path, models: Path, tmp: Path) -> tuple[su
         sock_path.unlink(missing_ok=True)
 
 
-def start_peer(python: str, port: int, models: Path, threads: int | None) -> tuple[subprocess.Popen, float]:
-    cmd = [python, str(REPO / "bench/python_peer.py"), "--port", str(port), "--prefix", "peer",
-           "--device", "bench", "--models", str(models)]
+def start_peer(python: str, port: int, models: Path, threads: int | None,
+               echo: bool = False) -> tuple[subprocess.Popen, float]:
+    cmd = [python, str(REPO / "bench/python_peer.py"), "--port", str(port), "--prefix",
+           "echo" if echo else "peer", "--device", "bench", "--models", str(models)]
+    if echo:
+        cmd.append("--echo")
     if threads:
         cmd += ["--threads", str(threads)]
     t0 = time.perf_counter()
@@ -327,11 +330,12 @@ def main() -> None:
                 peer, t = start_peer(sys.executable, port, ref_models, args.peer_threads)
                 ready_peer.append(t)
                 log(f"start {i + 1}: edgefuse READY in {ready_ef[-1]:.2f} s, peer {ready_peer[-1]:.2f} s")
-            procs = [ef, peer]
+            echo, _ = start_peer(sys.executable, port, ref_models, None, echo=True)
+            procs = [ef, peer, echo]
             res["ready_s"] = {"edgefuse": ready_ef, "peer": ready_peer}
             drv = Driver(port)
             for m in modalities:
-                for prefix in ("edgefuse", "peer"):
+                for prefix in ("edgefuse", "peer", "echo"):
                     drv.one(prefix, m, payloads[m])  # warm-up
             for m in modalities:
                 feeds = ort_inputs(m, specs)
@@ -342,12 +346,13 @@ def main() -> None:
                     "1": ort.InferenceSession(str(path), o1, providers=["CPUExecutionProvider"]),
                     "default": ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]),
                 }
-                r = {"edgefuse": [], "peer": [], "ort1": [], "ortd": [], "tract": [], "tract_pre": [],
+                r = {"edgefuse": [], "peer": [], "echo": [], "ort1": [], "ortd": [], "tract": [], "tract_pre": [],
                      "tract_post": [], "burst_edgefuse": [], "burst_peer": []}
                 for rnd in range(args.rounds):
                     for _ in range(args.per_round):
                         r["edgefuse"].append(drv.one("edgefuse", m, payloads[m]))
                         r["peer"].append(drv.one("peer", m, payloads[m]))
+                        r["echo"].append(drv.one("echo", m, payloads[m]))
                     r["ort1"] += time_ort(sessions["1"], feeds, args.per_round)
                     r["ortd"] += time_ort(sessions["default"], feeds, args.per_round)
                     tb = tract_bench(args.edgefuse, ref_models, m, args.per_round)["modalities"][0]["runs"][0]
@@ -402,20 +407,23 @@ def markdown(res: dict, specs: dict, args: argparse.Namespace) -> str:
         f"{f'{args.peer_threads} intra-op thread(s)' if args.peer_threads else 'its default thread count'}.",
         "",
         "Per item, milliseconds as median / p95. End to end = publish the input → receive its "
-        "`embedding/<m>` (driver, daemon and mosquitto on one machine). Raw = the model alone "
-        "on the preprocessed sample (tract: `edgefuse bench` inference stage; median of the "
-        "per-round medians).",
+        "`embedding/<m>` (driver, daemon and mosquitto on one machine). Floor = the same round "
+        "trip to a responder that computes nothing (`python_peer.py --echo`); e2e − floor is "
+        "what the daemon itself spends. Raw = the model alone on the preprocessed sample "
+        "(tract: `edgefuse bench` inference stage; median of the per-round medians).",
         "",
-        "| modality | edgefuse e2e | Python peer e2e | peer / edgefuse | raw tract | e2e / raw tract "
-        "| ORT 1 thread | ORT default | tract / ORT 1t | tract / ORT default |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| modality | edgefuse e2e | Python peer e2e | peer / edgefuse | floor | raw tract "
+        "| e2e / raw tract | (e2e − floor) / raw tract | ORT 1 thread | ORT default "
+        "| tract / ORT 1t | tract / ORT default |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mod, r in res["modalities"].items():
         t = med(r["tract"])
+        e, fl = med(r["edgefuse"]), med(r["echo"])
         lines.append(
-            f"| {mod} | {cell(r['edgefuse'])} | {cell(r['peer'])} | {med(r['peer']) / med(r['edgefuse']):.2f} "
-            f"| {f(t)} | {med(r['edgefuse']) / t:.2f} | {cell(r['ort1'])} | {cell(r['ortd'])} "
-            f"| {t / med(r['ort1']):.2f} | {t / med(r['ortd']):.2f} |"
+            f"| {mod} | {cell(r['edgefuse'])} | {cell(r['peer'])} | {med(r['peer']) / e:.2f} "
+            f"| {f(fl)} | {f(t)} | {e / t:.2f} | {(e - fl) / t:.2f} | {cell(r['ort1'])} "
+            f"| {cell(r['ortd'])} | {t / med(r['ort1']):.2f} | {t / med(r['ortd']):.2f} |"
         )
     lines += [
         "",

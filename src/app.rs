@@ -66,6 +66,7 @@ pub async fn run(
     let set = tokio::task::spawn_blocking(move || EncoderSet::load(&cfg, &dir, &[]))
         .await
         .context("model loading task failed")??;
+    crate::stats::trim_heap();
     let vad = if config.sources.mic.enabled && config.sources.mic.vad {
         let key = config.sources.mic.vad_model.clone();
         let manifest = set.manifest.clone();

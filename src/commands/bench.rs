@@ -196,6 +196,8 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             Modality::Vision => set.vision = one.vision,
             Modality::Audio => set.audio = one.audio,
         }
+        // As the daemon does after loading (see `stats::trim_heap`).
+        crate::stats::trim_heap();
         rss_per_model.push(rss_bytes().saturating_sub(before));
     }
     let rss_loaded = rss_bytes();
