@@ -276,7 +276,13 @@ fn bench_vision(c: &mut Criterion, enc: &VisionEncoder, config: &Config) {
     }
     let input = Tensor::from_shape(&[1, 3, crop, crop], &one).expect("image tensor");
     g.throughput(Throughput::Elements(1));
-    bench_plan_threads(&mut g, "b1_t2", &enc.model.plan, &tvec![input.into_tvalue()], 2);
+    bench_plan_threads(
+        &mut g,
+        "b1_t2",
+        &enc.model.plan,
+        &tvec![input.into_tvalue()],
+        2,
+    );
     g.finish();
 
     let mut g = slow_group(c, "vision/embed");

@@ -27,7 +27,8 @@ fn f(v: &Value) -> f64 {
 }
 
 fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not an unsigned integer: {v}"))
+    v.as_u64()
+        .unwrap_or_else(|| panic!("not an unsigned integer: {v}"))
 }
 
 #[test]
@@ -80,10 +81,16 @@ fn bench_json_reports_every_modality_batch_and_thread_count_consistently() {
         let profile = m["profile"].as_array().expect("--profile adds a profile");
         assert!(!profile.is_empty(), "{name}");
         let share: f64 = profile.iter().map(|op| f(&op["percent"])).sum();
-        assert!((share - 100.0).abs() < 0.01, "{name}: shares sum to {share}");
+        assert!(
+            (share - 100.0).abs() < 0.01,
+            "{name}: shares sum to {share}"
+        );
         assert!(profile.iter().all(|op| u(&op["nodes"]) >= 1), "{name}");
         let ms: Vec<f64> = profile.iter().map(|op| f(&op["ms"])).collect();
-        assert!(ms.windows(2).all(|w| w[0] >= w[1]), "{name}: not sorted: {ms:?}");
+        assert!(
+            ms.windows(2).all(|w| w[0] >= w[1]),
+            "{name}: not sorted: {ms:?}"
+        );
         let runs = m["runs"].as_array().unwrap();
         let combos: Vec<(u64, u64)> = runs
             .iter()

@@ -151,7 +151,10 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let mut batches = args.batch.clone();
     batches.dedup();
     let mut threads = if args.threads.is_empty() {
-        vec![1, std::thread::available_parallelism().map_or(1, |n| n.get())]
+        vec![
+            1,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ]
     } else {
         args.threads.clone()
     };
@@ -243,10 +246,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                     Some((w, h)) => format!("{w}×{h} image ({} bytes)", b.len()),
                     None => format!("image ({} bytes)", b.len()),
                 };
-                (
-                    desc,
-                    Box::new(move |n| enc.embed(&vec![b.as_slice(); n])),
-                )
+                (desc, Box::new(move |n| enc.embed(&vec![b.as_slice(); n])))
             }
             Modality::Audio => {
                 let enc = set.audio.as_ref().context("audio encoder")?;
@@ -604,7 +604,10 @@ fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
             )?;
         }
         if let Some(profile) = &mr.profile {
-            writeln!(out, "  profile (batch 1, 1 thread), time per model run by tract op:")?;
+            writeln!(
+                out,
+                "  profile (batch 1, 1 thread), time per model run by tract op:"
+            )?;
             for op in profile.iter().take(10) {
                 writeln!(
                     out,
