@@ -933,4 +933,14 @@ modalities = ["text"]
         assert_eq!(c.models_dir(Some(Path::new("/x"))), PathBuf::from("/x"));
         assert_eq!(c.models_dir(None), PathBuf::from("models"));
     }
+
+    #[test]
+    fn encoder_threads_default_to_one_and_are_range_checked() {
+        assert_eq!(Config::builtin().encoders.threads, 1);
+        let c = Config::from_toml("[encoders]\nthreads = 4\n", "t.toml").unwrap();
+        assert_eq!(c.encoders.threads, 4);
+        let err = Config::from_toml("[encoders]\nthreads = 0\n", "t.toml").unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["encoders.threads"]);
+    }
 }
