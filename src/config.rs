@@ -38,6 +38,10 @@ pub struct Config {
     pub watchdog: crate::systemd::WatchdogConfig,
     #[serde(default)]
     pub debug: DebugConfig,
+    #[serde(default)]
+    pub spool: crate::sinks::spool::SpoolConfig,
+    #[serde(default)]
+    pub homeassistant: crate::mqtt::discovery::HomeAssistantConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -571,6 +575,7 @@ impl Config {
             p.add("encoders", "every encoder is disabled; enable at least one");
         }
         self.mqtt_problems(&mut p);
+        self.reliability_problems(&mut p);
         self.source_problems(&mut p);
         self.fusion_problems(&mut p);
         p.range("queues.text", self.queues.text, 1, 100_000);
@@ -636,6 +641,19 @@ impl Config {
         }
         if !m.password_file.is_empty() && m.username.is_empty() {
             p.add("mqtt.password_file", "is set but mqtt.username is empty");
+        }
+    }
+
+    fn reliability_problems(&self, p: &mut Problems) {
+        let s = &self.spool;
+        p.range("spool.max_bytes", s.max_bytes, 64 * 1024, 1 << 40);
+        p.range("spool.max_age_s", s.max_age_s, 1, 10 * 365 * 86_400);
+        let ha = &self.homeassistant.discovery_prefix;
+        if ha.trim_matches('/').is_empty() || ha.contains(['+', '#']) {
+            p.add(
+                "homeassistant.discovery_prefix",
+                format!("{ha:?} must be non-empty without '+' or '#'"),
+            );
         }
     }
 
@@ -919,6 +937,26 @@ modalities = ["text"]
         ] {
             assert!(paths.contains(&want), "{want} missing from {paths:?}");
         }
+    }
+
+    #[test]
+    fn spool_and_discovery_keys_are_validated_with_their_paths() {
+        let c = Config::builtin();
+        assert!(c.spool.enabled && c.spool.fsync && c.homeassistant.enabled);
+        let toml =
+            "[spool]\nmax_bytes = 10\nmax_age_s = 0\n[homeassistant]\ndiscovery_prefix = \"#\"\n";
+        let err = Config::from_toml(toml, "t").unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spool.max_bytes",
+                "spool.max_age_s",
+                "homeassistant.discovery_prefix"
+            ]
+        );
+        let err = Config::from_toml("[spool]\nmax_byte = 1\n", "t").unwrap_err();
+        assert!(err.to_string().contains("spool.max_byte"), "{err}");
     }
 
     #[test]
