@@ -145,7 +145,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if args.iterations == 0 {
         bail!("--iterations must be at least 1");
     }
-    if args.batch.iter().any(|&b| b == 0) || args.threads.iter().any(|&t| t == 0) {
+    if args.batch.contains(&0) || args.threads.contains(&0) {
         bail!("--batch and --threads take positive numbers");
     }
     let mut batches = args.batch.clone();
