@@ -326,12 +326,15 @@ def main() -> None:
                 if peer:
                     stop(peer)
                 ef, t = start_edgefuse(args.edgefuse, tmp / "edgefuse.toml", ref_models, tmp)
+                procs = [ef]  # stopped in `finally` if anything below fails
                 ready_ef.append(t)
                 peer, t = start_peer(sys.executable, port, ref_models, args.peer_threads)
+                procs = [ef, peer]
                 ready_peer.append(t)
                 log(f"start {i + 1}: edgefuse READY in {ready_ef[-1]:.2f} s, peer {ready_peer[-1]:.2f} s")
+            procs = [ef, peer]
             echo, _ = start_peer(sys.executable, port, ref_models, None, echo=True)
-            procs = [ef, peer, echo]
+            procs.append(echo)
             res["ready_s"] = {"edgefuse": ready_ef, "peer": ready_peer}
             drv = Driver(port)
             for m in modalities:
