@@ -68,6 +68,12 @@ pub async fn run(
 
     // 1. Models, off the runtime: loading and optimising takes seconds.
     service.status("loading models");
+    if config.encoders.threads > 1 {
+        // Every model run that does not pick its own executor uses this one pool.
+        tract_linalg::multithread::set_default_executor(
+            tract_linalg::multithread::Executor::multithread(config.encoders.threads),
+        );
+    }
     let models_dir = source.models_dir(&config);
     let encoders = {
         let cfg = config.clone();
@@ -76,6 +82,7 @@ pub async fn run(
             .context("model loading task failed")??
             .0
     };
+    crate::stats::trim_heap();
 
     // 2. Broker and MQTT connection.
     service.status("starting MQTT");

@@ -323,9 +323,12 @@ fn default_models_dir() -> PathBuf {
     PathBuf::from("models")
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncodersConfig {
+    /// tract threads per model run (its rayon executor); 1 runs on the calling thread.
+    #[serde(default = "one")]
+    pub threads: usize,
     #[serde(default)]
     pub text: TextConfig,
     #[serde(default)]
@@ -376,6 +379,20 @@ pub struct AudioConfig {
 
 fn yes() -> bool {
     true
+}
+fn one() -> usize {
+    1
+}
+
+impl Default for EncodersConfig {
+    fn default() -> Self {
+        EncodersConfig {
+            threads: 1,
+            text: TextConfig::default(),
+            vision: VisionConfig::default(),
+            audio: AudioConfig::default(),
+        }
+    }
 }
 fn four() -> usize {
     4
@@ -528,6 +545,7 @@ impl Config {
     pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut p = Problems::default();
         let e = &self.encoders;
+        p.range("encoders.threads", e.threads, 1, 64);
         if e.text.model.trim().is_empty() {
             p.add("encoders.text.model", "must name a model in the manifest");
         }
@@ -954,5 +972,15 @@ modalities = ["text"]
         let c = Config::builtin();
         assert_eq!(c.models_dir(Some(Path::new("/x"))), PathBuf::from("/x"));
         assert_eq!(c.models_dir(None), PathBuf::from("models"));
+    }
+
+    #[test]
+    fn encoder_threads_default_to_one_and_are_range_checked() {
+        assert_eq!(Config::builtin().encoders.threads, 1);
+        let c = Config::from_toml("[encoders]\nthreads = 4\n", "t.toml").unwrap();
+        assert_eq!(c.encoders.threads, 4);
+        let err = Config::from_toml("[encoders]\nthreads = 0\n", "t.toml").unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["encoders.threads"]);
     }
 }

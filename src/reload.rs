@@ -65,6 +65,11 @@ pub fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
         changed.push("homeassistant");
         new.homeassistant = old.homeassistant.clone();
     }
+    // tract's thread pool is installed once, at start.
+    if old.encoders.threads != new.encoders.threads {
+        changed.push("encoders.threads");
+        new.encoders.threads = old.encoders.threads;
+    }
     changed
 }
 

@@ -135,6 +135,11 @@ pub fn connect(
         opts.set_session_expiry_interval(Some(24 * 3600));
     }
     opts.set_max_packet_size(Some(s.max_payload_bytes.saturating_add(64 * 1024) as u32));
+    // Results are small packets sent one at a time: without TCP_NODELAY, Nagle holds each one
+    // until the broker's delayed ACK for the previous one (up to 40 ms on Linux).
+    let mut net = opts.network_options();
+    net.set_tcp_nodelay(true);
+    opts.set_network_options(net);
     if let Some((user, pass)) = &s.credentials {
         opts.set_credentials(user, pass);
     }
