@@ -52,7 +52,7 @@ fn eval_texts() -> Vec<String> {
         .collect()
 }
 
-// The evaluation inputs of models/report (examples/models_report.rs).
+// The evaluation inputs of models/report (models/report_variants.rs).
 const IMAGES: [&str; 10] = [
     "chelsea.jpg",
     "chelsea_exif6.jpg",
