@@ -47,6 +47,8 @@ pub struct ConnectSettings {
     pub incoming_capacity: usize,
     /// Send MQTT 5 publish properties (content type, correlation, user properties).
     pub properties: bool,
+    /// TLS (`mqtts://`), see `security::tls_config`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 pub fn qos(level: u8) -> QoS {
@@ -74,6 +76,11 @@ pub fn connect(
     opts.set_max_packet_size(Some(s.max_payload_bytes.saturating_add(64 * 1024) as u32));
     if let Some((user, pass)) = &s.credentials {
         opts.set_credentials(user, pass);
+    }
+    if let Some(tls) = &s.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
     }
     let qos = qos(s.qos);
     opts.set_last_will(LastWill::new(
@@ -148,6 +155,7 @@ async fn run_event_loop(
             }
             Ok(_) => {}
             Err(e) => {
+                let e = super::security::explain(&e);
                 if was_connected {
                     tracing::warn!("MQTT connection lost: {e}; reconnecting");
                 } else {

@@ -42,9 +42,18 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, InputError> {
     if bytes.is_empty() {
         return Err(InputError::Empty);
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| InputError::CorruptImage(e.to_string()))?;
+    // Bound what decoders may allocate while reading headers and metadata (ICC, EXIF, text
+    // chunks), before the dimensions are known: 4 bytes per pixel plus slack for 16-bit
+    // formats. The pixel count itself is checked below, before any pixel is decoded.
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(16));
+    let side = u32::try_from(max_pixels).unwrap_or(u32::MAX);
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    reader.limits(limits.clone());
     match reader.format() {
         None => return Err(InputError::UnknownImageFormat),
         Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
@@ -63,9 +72,6 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, InputError> {
             limit: max_pixels,
         });
     }
-    let mut limits = Limits::default();
-    // Bound the decoder's allocations too: 4 bytes per pixel plus slack for 16-bit formats.
-    limits.max_alloc = Some(max_pixels.saturating_mul(16));
     decoder.set_limits(limits).map_err(image_error)?;
     let orientation = decoder.orientation().map_err(image_error)?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(image_error)?;
