@@ -52,9 +52,11 @@ pub fn message(data: &[u8]) -> Incoming {
     let mut rest = data.get(2..).unwrap_or(&[]);
     let mut correlation = None;
     if flags & 2 != 0 {
-        let n = usize::from(rest.first().copied().unwrap_or(0)).min(rest.len().saturating_sub(1));
-        correlation = Some(Bytes::copy_from_slice(&rest[1..1 + n]));
-        rest = &rest[1 + n..];
+        if let Some((&n, tail)) = rest.split_first() {
+            let (c, tail) = tail.split_at(usize::from(n).min(tail.len()));
+            correlation = Some(Bytes::copy_from_slice(c));
+            rest = tail;
+        }
     }
     let topic = if pick >= TOPICS.len() * 31 {
         "elsewhere/in/text".to_owned()

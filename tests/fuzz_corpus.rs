@@ -161,7 +161,7 @@ fn write_seed_corpus() {
         };
         let mut buf = std::io::Cursor::new(Vec::new());
         img.write_to(&mut buf, f).ok()?;
-        Some((format!("seed.{ext}"), buf.into_inner()))
+        Some((ext.to_string(), buf.into_inner()))
     })
     .collect();
     let jpg = encode(&rgb, F::Jpeg);

@@ -24,6 +24,9 @@ impl MonoAudio {
 /// ratio (a header claiming 4 GHz would ask for hundreds of MB), and no real recording is there.
 pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 1_000..=384_000;
 
+/// Float samples past this (60 dB over full scale) are refused.
+pub const MAX_FLOAT_SAMPLE: f32 = 1000.0;
+
 /// Decode WAV bytes. `max_seconds` bounds memory before any sample is read.
 pub fn decode(bytes: &[u8], max_seconds: f64) -> Result<MonoAudio, InputError> {
     if bytes.is_empty() {
@@ -61,10 +64,12 @@ pub fn decode(bytes: &[u8], max_seconds: f64) -> Result<MonoAudio, InputError> {
     let interleaved: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
         (SampleFormat::Float, 32) => {
             let v = collect(reader.into_samples::<f32>(), room, |x| x)?;
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(InputError::UnsupportedWav(
-                    "float samples that are NaN or infinite".into(),
-                ));
+            // Full scale is ±1. Far beyond it is garbage, and huge values overflow to NaN in
+            // the resampler's FFT (found by the malformed-input test).
+            if v.iter().any(|x| !(x.abs() <= MAX_FLOAT_SAMPLE)) {
+                return Err(InputError::UnsupportedWav(format!(
+                    "float samples that are NaN, infinite or beyond ±{MAX_FLOAT_SAMPLE}"
+                )));
             }
             v
         }
@@ -231,14 +236,16 @@ pub(crate) mod tests {
                 "{rate}: {r:?}"
             );
         }
-        let mut bytes = wav_bytes(spec(1, 8000, 32, SampleFormat::Float), &frames);
-        let n = bytes.len();
-        bytes[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
-        let r = decode(&bytes, 10.0);
-        assert!(
-            matches!(&r, Err(InputError::UnsupportedWav(m)) if m.contains("NaN")),
-            "{r:?}"
-        );
+        for bad in [f32::NAN, f32::INFINITY, 1e30] {
+            let mut bytes = wav_bytes(spec(1, 8000, 32, SampleFormat::Float), &frames);
+            let n = bytes.len();
+            bytes[n - 4..].copy_from_slice(&bad.to_le_bytes());
+            let r = decode(&bytes, 10.0);
+            assert!(
+                matches!(&r, Err(InputError::UnsupportedWav(m)) if m.contains("NaN")),
+                "{bad}: {r:?}"
+            );
+        }
     }
 
     #[test]
