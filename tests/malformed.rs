@@ -124,7 +124,9 @@ fn mutate_from(rng: &mut Rng, data: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
 fn refused_as(msg: &Incoming, topics: &Topics, max_text: usize) -> Option<String> {
     let r = std::panic::catch_unwind(|| refused_as_inner(msg, topics, max_text));
     r.unwrap_or_else(|_| {
-        std::fs::write("/tmp/edgefuse-crash.bin", &msg.payload).unwrap();
+        let dump = std::env::temp_dir().join("edgefuse-malformed-crash.bin");
+        std::fs::write(&dump, &msg.payload).unwrap();
+        eprintln!("the input that panicked is in {}", dump.display());
         panic!("{}", msg.topic)
     })
 }

@@ -339,5 +339,8 @@ fn a_wrong_password_is_refused_with_a_clear_error() {
     let (_dir, config, creds) = setup(&b, "ca.pem", "not-the-password");
     let mut daemon = LoggedDaemon::start(&config, &creds);
     let line = daemon.expect_log("cannot reach the MQTT broker");
-    assert!(line.contains("refused the user name or password"), "{line}");
+    assert!(
+        line.contains("refused the credentials: wrong user name or password"),
+        "{line}"
+    );
 }

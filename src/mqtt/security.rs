@@ -128,13 +128,11 @@ pub fn explain(e: &rumqttc::v5::ConnectionError) -> String {
     use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
     use rumqttc::v5::ConnectionError as E;
     let hint = match e {
-        E::ConnectionRefused(C::BadUserNamePassword) => {
-            "the broker refused the user name or password (check mqtt.username and the \
-             password file or the mqtt-password credential)"
-        }
-        E::ConnectionRefused(C::NotAuthorized) => {
-            "the broker says this client is not authorised (check mqtt.username, the password \
-             and the broker's ACL)"
+        // mosquitto answers a wrong password with NotAuthorized under MQTT 5.
+        E::ConnectionRefused(C::BadUserNamePassword | C::NotAuthorized) => {
+            "the broker refused the credentials: wrong user name or password, or not \
+             authorised (check mqtt.username, mqtt.password_file or the mqtt-password \
+             credential, and the broker's ACL)"
         }
         E::ConnectionRefused(_) => "the broker refused the connection",
         E::Tls(t) => {
