@@ -157,7 +157,7 @@ fn malformed_inputs(topics: &Topics, max_text: usize) -> Vec<(String, Bytes, Opt
         .flatten()
         .cloned()
         .collect();
-    let mut rng = Rng(0x5EED_0F_ED6E_F05E);
+    let mut rng = Rng(0x005E_ED0F_ED6E_F05E);
     let mut out = Vec::with_capacity(INPUTS);
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     while out.len() < INPUTS {
