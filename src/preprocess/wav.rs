@@ -66,7 +66,9 @@ pub fn decode(bytes: &[u8], max_seconds: f64) -> Result<MonoAudio, InputError> {
             let v = collect(reader.into_samples::<f32>(), room, |x| x)?;
             // Full scale is ±1. Far beyond it is garbage, and huge values overflow to NaN in
             // the resampler's FFT (found by the malformed-input test).
-            if v.iter().any(|x| !x.is_finite() || x.abs() > MAX_FLOAT_SAMPLE) {
+            if v.iter()
+                .any(|x| !x.is_finite() || x.abs() > MAX_FLOAT_SAMPLE)
+            {
                 return Err(InputError::UnsupportedWav(format!(
                     "float samples that are NaN, infinite or beyond ±{MAX_FLOAT_SAMPLE}"
                 )));
