@@ -373,6 +373,21 @@ async fn ten_thousand_malformed_inputs_are_each_answered_on_error() {
         tally.results
     );
 
+    // Past the packet size the daemon announced (max_payload_bytes + 64 KiB), the broker
+    // drops the message for the daemon instead of delivering it: no answer, no disconnect.
+    sender
+        .publish_with_properties(
+            topics.at("in/image"),
+            QoS::AtLeastOnce,
+            false,
+            vec![0u8; 4 * MAX_PAYLOAD],
+            PublishProperties {
+                correlation_data: Some(Bytes::from("huge-1")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     // Still serving: a valid text is embedded.
     sender
         .publish_with_properties(
@@ -397,6 +412,10 @@ async fn ten_thousand_malformed_inputs_are_each_answered_on_error() {
             assert_eq!(v["id"], "valid-1");
             break;
         }
+        assert!(
+            !String::from_utf8_lossy(&p).contains("huge-1"),
+            "the broker delivered a packet over the announced maximum: {t}"
+        );
         tally.handle(&t, &p);
     }
     let Tally {
