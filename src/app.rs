@@ -1,8 +1,7 @@
-//! `edgefuse run`: start-up order (config → models → broker → MQTT → workers → sources),
-//! MQTT intake, the stats task, and graceful shutdown on SIGTERM/SIGINT.
+//! `edgefuse run`: start-up order (config → models → broker → MQTT → pipeline → sources),
+//! config reload on SIGHUP, MQTT intake, the stats task, and graceful shutdown on SIGTERM/SIGINT.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,22 +10,25 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MicConfig};
-use crate::encoders::{EncoderSet, Modality, ModelInfo};
+use crate::encoders::{Modality, ModelInfo, TextEncoder};
 use crate::fusion::{Fusion, LabelStore};
 use crate::mqtt::client::{connect, ConnectSettings};
-use crate::mqtt::payload::{now_rfc3339, SCHEMA};
+use crate::mqtt::payload::{now_rfc3339, ErrorRecord, SCHEMA};
 use crate::mqtt::topics::Route;
 use crate::mqtt::{broker, security, BrokerAddr, Incoming, MqttHandle, Topics};
 use crate::pipeline::queue::DropOldest;
 use crate::pipeline::worker::{EncoderRef, Worker};
 use crate::pipeline::{Body, Event, Purpose, Request};
+use crate::reload::{keep_restart_only, Change, ConfigSource, Encoders};
 use crate::sinks::publisher::Publisher;
 use crate::sources;
 use crate::sources::mic::vad::Vad;
 use crate::stats::{rss_bytes, Stats};
+use crate::systemd::{Health, Running};
 
 /// What the microphone thread needs.
 pub struct MicContext {
@@ -42,53 +44,40 @@ struct Queues {
     live: BTreeMap<Modality, Arc<DropOldest<Request>>>,
 }
 
-/// Run the daemon until `shutdown` resolves, then stop gracefully.
+/// What lives for the whole run, across reloads: the MQTT session and the counters.
+struct Link {
+    mqtt: MqttHandle,
+    topics: Topics,
+    stats: Arc<Stats>,
+    /// Stops the stats task; cancelled at the very end.
+    mqtt_stop: CancellationToken,
+}
+
+/// Run the daemon until `shutdown` resolves, then stop gracefully. SIGHUP re-reads `source`.
 pub async fn run(
     config: Config,
-    models_dir: PathBuf,
+    source: ConfigSource,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let device_id = config.device_id();
     let topics = Topics::new(&config.mqtt.topic_prefix, &device_id);
     tracing::info!(%device_id, base = %topics.base, "starting");
     let service = crate::systemd::Service::from_env(&config.watchdog);
+    // Subscribe before the (long) model load, so a SIGHUP meanwhile is not fatal.
+    let mut hangup = Hangup::new()?;
 
     // 1. Models, off the runtime: loading and optimising takes seconds.
     service.status("loading models");
-    let cfg = config.clone();
-    let dir = models_dir.clone();
-    let set = tokio::task::spawn_blocking(move || EncoderSet::load(&cfg, &dir, &[]))
-        .await
-        .context("model loading task failed")??;
-    let vad = if config.sources.mic.enabled && config.sources.mic.vad {
-        let key = config.sources.mic.vad_model.clone();
-        let manifest = set.manifest.clone();
-        Some(Arc::new(
-            tokio::task::spawn_blocking(move || Vad::load(&manifest, &key)).await??,
-        ))
-    } else {
-        None
+    let models_dir = source.models_dir(&config);
+    let encoders = {
+        let cfg = config.clone();
+        tokio::task::spawn_blocking(move || Encoders::load(&cfg, &models_dir, None))
+            .await
+            .context("model loading task failed")??
+            .0
     };
-    let models: BTreeMap<Modality, ModelInfo> = Modality::ALL
-        .iter()
-        .filter_map(|m| set.model(*m).map(|l| (*m, ModelInfo::of(l))))
-        .collect();
-    let dims: BTreeMap<Modality, usize> = Modality::ALL
-        .iter()
-        .filter_map(|m| set.model(*m).map(|l| (*m, l.spec.dim)))
-        .collect();
 
-    // 2. Fusion state: zero-shot label embeddings and the persisted few-shot labels.
-    service.status("loading labels");
-    let zero_shot = zero_shot_labels(&config, &set)?;
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
-    let labels = LabelStore::open(Some(&config.state_dir.join("labels.json")))?;
-    tracing::info!(labels = labels.label_count(), "label store loaded");
-    let fusion =
-        Fusion::new(&config.fusion, &dims, labels, zero_shot).map_err(anyhow::Error::msg)?;
-
-    // 3. Broker and MQTT connection.
+    // 2. Broker and MQTT connection.
     service.status("starting MQTT");
     let addr = if config.mqtt.broker == "embedded" {
         let listen = config
@@ -112,7 +101,7 @@ pub async fn run(
     let credentials = security::credentials(
         &config.mqtt,
         std::env::var_os("CREDENTIALS_DIRECTORY")
-            .map(PathBuf::from)
+            .map(std::path::PathBuf::from)
             .as_deref(),
     )?;
     let tls = addr
@@ -142,209 +131,449 @@ pub async fn run(
         topics.clone(),
         mqtt_stop.clone(),
     );
-
-    // 4. Queues, workers, publisher.
-    service.status("starting workers");
-    let stats = Arc::new(Stats::default());
-    let (events_tx, events_rx) = mpsc::channel::<Event>(config.queues.results);
-    let mut queues = Queues {
-        requests: BTreeMap::new(),
-        live: BTreeMap::new(),
+    let link = Link {
+        mqtt,
+        topics,
+        stats: Arc::new(Stats::default()),
+        mqtt_stop,
     };
-    let s = &config.sources;
-    if s.mic.enabled {
-        queues
-            .live
-            .insert(Modality::Audio, Arc::new(DropOldest::new(s.mic.queue)));
-    }
-    if s.snapshot.enabled {
-        queues.live.insert(
-            Modality::Vision,
-            Arc::new(DropOldest::new(s.snapshot.queue)),
-        );
-    }
-    let mut workers = Vec::new();
-    let mut dir_tx = None;
-    let encoders: Vec<(EncoderRef, usize, usize)> = [
-        set.text.map(|e| {
-            (
-                EncoderRef::Text(Arc::new(e)),
-                config.encoders.text.max_batch,
-                config.queues.text,
-            )
-        }),
-        set.vision.map(|e| {
-            (
-                EncoderRef::Vision(Arc::new(e)),
-                config.encoders.vision.max_batch,
-                config.queues.vision,
-            )
-        }),
-        set.audio.map(|e| {
-            (
-                EncoderRef::Audio(Arc::new(e)),
-                config.encoders.audio.max_batch,
-                config.queues.audio,
-            )
-        }),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    for (encoder, max_batch, capacity) in encoders {
-        let m = encoder.modality();
-        let (tx, rx) = mpsc::channel(capacity);
-        if m == Modality::Vision && s.image_dir.enabled {
-            dir_tx = Some(tx.clone());
-        }
-        queues.requests.insert(m, tx);
-        let worker = Worker {
-            encoder,
-            requests: rx,
-            live: queues.live.get(&m).cloned(),
-            events: events_tx.clone(),
-            max_batch,
-            stats: stats.clone(),
-        };
-        workers.push((m, tokio::spawn(worker.run())));
-    }
-    let publisher = Publisher {
-        mqtt: mqtt.clone(),
-        fusion,
-        models,
-        format: config.mqtt.payload,
-        publish_raw_inputs: config.debug.publish_raw_inputs,
-        fused_count: 0,
-    };
-    let publisher_task = tokio::spawn(publisher.run(events_rx));
 
-    // 5. Sources.
-    let sources_cancel = CancellationToken::new();
-    let mut source_tasks = Vec::new();
-    if let (Some(tx), true) = (dir_tx, s.image_dir.enabled) {
-        source_tasks.push(tokio::spawn(sources::image_dir::run(
-            s.image_dir.clone(),
-            tx,
-            sources_cancel.clone(),
-        )));
-    }
-    #[cfg(feature = "snapshot")]
-    if s.snapshot.enabled {
-        if let Some(q) = queues.live.get(&Modality::Vision).cloned() {
-            source_tasks.push(tokio::spawn(sources::snapshot::run(
-                s.snapshot.clone(),
-                config.mqtt.max_payload_bytes,
-                q,
-                sources_cancel.clone(),
-            )));
-        }
-    }
-    #[cfg(not(feature = "snapshot"))]
-    if s.snapshot.enabled {
-        anyhow::bail!("sources.snapshot is enabled but this build has no snapshot support (feature `snapshot`)");
-    }
-    if s.mic.enabled {
-        if let Some(q) = queues.live.get(&Modality::Audio).cloned() {
-            sources::mic::spawn(MicContext {
-                config: s.mic.clone(),
-                queue: q,
-                vad,
-                cancel: sources_cancel.clone(),
-            })?;
-        }
-    }
-
-    // 6. Intake and stats.
-    let intake_cancel = CancellationToken::new();
-    let queues = Arc::new(queues);
-    let intake = tokio::spawn(intake(
+    // 3. Fusion state, queues, workers, publisher, sources, intake.
+    service.status("starting the pipeline");
+    let input = IntakeEnd {
         incoming,
-        topics.clone(),
-        Arc::clone(&queues),
-        events_tx.clone(),
-        (
-            config.mqtt.max_payload_bytes,
-            config.encoders.text.max_bytes,
-        ),
-        intake_cancel.clone(),
-    ));
-    drop(events_tx);
-    let stats_task = (config.stats.interval_s > 0).then(|| {
-        tokio::spawn(publish_stats(
-            mqtt.clone(),
-            stats.clone(),
-            Arc::clone(&queues),
-            Duration::from_secs(config.stats.interval_s),
-            mqtt_stop.clone(),
-        ))
-    });
-    let health = crate::systemd::Health::new(stats.clone(), service.max_batch());
-    let health = workers
-        .iter()
-        .fold(health, |h, (m, t)| h.watch(format!("{m} worker"), t));
-    let health = health
-        .watch("publisher", &publisher_task)
-        .watch("MQTT intake", &intake);
-    let service = service.ready(health);
+        pending: None,
+    };
+    let mut pipeline = Pipeline::start(&link, config, encoders, input).await?;
+    let max_batch = service.max_batch();
+    let service = service.ready(pipeline.health(&link, max_batch));
     tracing::info!("ready");
 
-    // 7. Run until asked to stop, then stop in order: sources, intake, workers, publisher.
-    shutdown.await;
-    tracing::info!("shutting down");
-    service.stopping();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(config.shutdown.timeout_s);
-    sources_cancel.cancel();
-    for q in queues.live.values() {
-        q.close();
-    }
-    mqtt.unsubscribe_all().await;
-    intake_cancel.cancel();
-    let _ = intake.await;
-    // The stats task holds the queue senders: stop it so the workers see their inputs close.
-    if let Some(t) = stats_task {
-        t.abort();
-        let _ = t.await;
-    }
-    drop(queues);
-    let stages: Vec<(&str, tokio::task::JoinHandle<()>)> = source_tasks
-        .into_iter()
-        .map(|t| ("source", t))
-        .chain(workers.into_iter().map(|(_, t)| ("encoder worker", t)))
-        .chain(std::iter::once(("publisher", publisher_task)))
-        .collect();
-    let mut clean = true;
-    for (name, mut task) in stages {
-        loop {
-            tokio::select! {
-                _ = &mut task => break,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                    if tokio::time::Instant::now() >= deadline {
-                        tracing::warn!("shutdown deadline passed while waiting for the {name}; abandoning it");
-                        task.abort();
-                        clean = false;
-                        break;
-                    }
-                    tracing::info!("shutdown: still waiting for the {name}");
-                }
+    // 4. Run until asked to stop; a SIGHUP swaps in a pipeline built from the re-read config.
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hangup.recv() => {
+                pipeline = reload(pipeline, &source, &link, &service, max_batch).await?;
             }
         }
     }
-    mqtt.stop().await;
+
+    // 5. Stop in order: sources, intake, workers, publisher; then the MQTT session.
+    tracing::info!("shutting down");
+    service.stopping();
+    let timeout = Duration::from_secs(pipeline.config.shutdown.timeout_s);
+    link.mqtt.unsubscribe_all().await;
+    let (_, clean) = pipeline.stop(timeout).await;
+    link.mqtt.stop().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_task).await;
-    mqtt_stop.cancel();
+    link.mqtt_stop.cancel();
     tracing::info!(clean, "stopped");
     Ok(())
 }
 
-fn zero_shot_labels(config: &Config, set: &EncoderSet) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
+/// SIGHUP as a stream (never fires where there are no Unix signals).
+struct Hangup(#[cfg(unix)] tokio::signal::unix::Signal);
+
+impl Hangup {
+    fn new() -> anyhow::Result<Hangup> {
+        #[cfg(unix)]
+        {
+            let s = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot listen for SIGHUP")?;
+            Ok(Hangup(s))
+        }
+        #[cfg(not(unix))]
+        Ok(Hangup())
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if self.0.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// Re-read the config and swap pipelines. A config that is invalid, or whose models fail to
+/// load, is refused: the running pipeline goes on, and the reason goes to the log, `STATUS=`
+/// and the `error` topic. Only an error in the swap itself (which would leave no pipeline) is
+/// returned.
+async fn reload(
+    current: Pipeline,
+    source: &ConfigSource,
+    link: &Link,
+    service: &Running,
+    max_batch: Duration,
+) -> anyhow::Result<Pipeline> {
+    let Some(path) = source.path.as_ref() else {
+        tracing::warn!(
+            "SIGHUP: running on the built-in default config (no --config); nothing to reload"
+        );
+        return Ok(current);
+    };
+    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+    service.reloading();
+    let refuse = |current: Pipeline, reason: String| async move {
+        tracing::error!("config reload refused, still running the previous config: {reason}");
+        publish_error(link, "reload", &path.display().to_string(), &reason).await;
+        service.reloaded(
+            current.health(link, max_batch),
+            Some(format!(
+                "config reload refused at {}: {reason}",
+                now_rfc3339()
+            )),
+        );
+        Ok(current)
+    };
+    let mut config = match source.load() {
+        Ok(c) => c,
+        Err(reason) => return refuse(current, reason).await,
+    };
+    let restart_only = keep_restart_only(&current.config, &mut config);
+    let note = (!restart_only.is_empty()).then(|| {
+        let s = format!(
+            "changes to {} take effect at the next restart",
+            restart_only.join(", ")
+        );
+        tracing::warn!("config reload: {s}");
+        s
+    });
+
+    let models_dir = source.models_dir(&config);
+    let previous = current.encoders.clone();
+    let cfg = config.clone();
+    let loaded =
+        tokio::task::spawn_blocking(move || Encoders::load(&cfg, &models_dir, Some(&previous)))
+            .await
+            .context("model loading task failed")?;
+    let (encoders, changes) = match loaded {
+        Ok(l) => l,
+        Err(e) => return refuse(current, format!("models: {e}")).await,
+    };
+    // Zero-shot labels and the label store are checked before the swap too.
+    if let Err(e) = zero_shot_labels(&config, encoders.text.as_ref().map(|t| &*t.encoder)) {
+        return refuse(current, format!("{e:#}")).await;
+    }
+
+    let timeout = Duration::from_secs(current.config.shutdown.timeout_s);
+    let (input, _) = current.stop(timeout).await;
+    let pipeline = Pipeline::start(link, config, encoders, input).await?;
+    let summary: Vec<String> = changes
+        .iter()
+        .map(|(m, c)| {
+            let what = match c {
+                Change::Loaded => "loaded",
+                Change::Kept => "kept",
+                Change::Disabled => "disabled",
+            };
+            format!("{m} {what}")
+        })
+        .collect();
+    tracing::info!(encoders = %summary.join(", "), "config reloaded");
+    service.reloaded(pipeline.health(link, max_batch), note);
+    Ok(pipeline)
+}
+
+async fn publish_error(link: &Link, id: &str, topic: &str, reason: &str) {
+    let rec = ErrorRecord {
+        schema: SCHEMA,
+        id,
+        topic,
+        ts: &now_rfc3339(),
+        reason,
+    };
+    let Ok(body) = serde_json::to_vec(&rec) else {
+        return;
+    };
+    let props = PublishProperties {
+        content_type: Some("application/json".into()),
+        ..Default::default()
+    };
+    if let Err(e) = link
+        .mqtt
+        .publish(link.topics.at("error"), body, false, props)
+        .await
+    {
+        tracing::warn!("cannot publish the reload error: {e}");
+    }
+}
+
+/// One config's pipeline: queues, encoder workers, the publisher (which owns fusion), sources,
+/// MQTT intake and the stats task. Replaced as a whole on reload.
+struct Pipeline {
+    config: Config,
+    encoders: Encoders,
+    queues: Arc<Queues>,
+    workers: Vec<(Modality, JoinHandle<()>)>,
+    publisher: JoinHandle<()>,
+    sources_cancel: CancellationToken,
+    sources: Vec<JoinHandle<()>>,
+    intake_cancel: CancellationToken,
+    intake: JoinHandle<IntakeEnd>,
+    stats_task: Option<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    async fn start(
+        link: &Link,
+        config: Config,
+        encoders: Encoders,
+        input: IntakeEnd,
+    ) -> anyhow::Result<Pipeline> {
+        let vad = if config.sources.mic.enabled && config.sources.mic.vad {
+            let key = config.sources.mic.vad_model.clone();
+            let manifest = encoders.manifest.clone();
+            Some(Arc::new(
+                tokio::task::spawn_blocking(move || Vad::load(&manifest, &key)).await??,
+            ))
+        } else {
+            None
+        };
+        let models: BTreeMap<Modality, ModelInfo> = Modality::ALL
+            .iter()
+            .filter_map(|m| encoders.model(*m).map(|l| (*m, ModelInfo::of(l))))
+            .collect();
+        let dims: BTreeMap<Modality, usize> = Modality::ALL
+            .iter()
+            .filter_map(|m| encoders.model(*m).map(|l| (*m, l.spec.dim)))
+            .collect();
+
+        // Fusion state: zero-shot label embeddings and the persisted few-shot labels.
+        let zero_shot = {
+            let cfg = config.clone();
+            let text = encoders.text.as_ref().map(|t| Arc::clone(&t.encoder));
+            tokio::task::spawn_blocking(move || zero_shot_labels(&cfg, text.as_deref())).await??
+        };
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+        let labels = LabelStore::open(Some(&config.state_dir.join("labels.json")))?;
+        tracing::info!(labels = labels.label_count(), "label store loaded");
+        let fusion =
+            Fusion::new(&config.fusion, &dims, labels, zero_shot).map_err(anyhow::Error::msg)?;
+
+        // Queues, workers, publisher.
+        let (events_tx, events_rx) = mpsc::channel::<Event>(config.queues.results);
+        let mut queues = Queues {
+            requests: BTreeMap::new(),
+            live: BTreeMap::new(),
+        };
+        let s = &config.sources;
+        if s.mic.enabled {
+            queues
+                .live
+                .insert(Modality::Audio, Arc::new(DropOldest::new(s.mic.queue)));
+        }
+        if s.snapshot.enabled {
+            queues.live.insert(
+                Modality::Vision,
+                Arc::new(DropOldest::new(s.snapshot.queue)),
+            );
+        }
+        let mut workers = Vec::new();
+        let mut dir_tx = None;
+        let runs: Vec<(EncoderRef, usize, usize)> = [
+            encoders.text.as_ref().map(|e| {
+                (
+                    EncoderRef::Text(Arc::clone(&e.encoder)),
+                    config.encoders.text.max_batch,
+                    config.queues.text,
+                )
+            }),
+            encoders.vision.as_ref().map(|e| {
+                (
+                    EncoderRef::Vision(Arc::clone(&e.encoder)),
+                    config.encoders.vision.max_batch,
+                    config.queues.vision,
+                )
+            }),
+            encoders.audio.as_ref().map(|e| {
+                (
+                    EncoderRef::Audio(Arc::clone(&e.encoder)),
+                    config.encoders.audio.max_batch,
+                    config.queues.audio,
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for (encoder, max_batch, capacity) in runs {
+            let m = encoder.modality();
+            let (tx, rx) = mpsc::channel(capacity);
+            if m == Modality::Vision && s.image_dir.enabled {
+                dir_tx = Some(tx.clone());
+            }
+            queues.requests.insert(m, tx);
+            let worker = Worker {
+                encoder,
+                requests: rx,
+                live: queues.live.get(&m).cloned(),
+                events: events_tx.clone(),
+                max_batch,
+                stats: link.stats.clone(),
+            };
+            workers.push((m, tokio::spawn(worker.run())));
+        }
+        let publisher = Publisher {
+            mqtt: link.mqtt.clone(),
+            fusion,
+            models,
+            format: config.mqtt.payload,
+            publish_raw_inputs: config.debug.publish_raw_inputs,
+            fused_count: 0,
+        };
+        let publisher = tokio::spawn(publisher.run(events_rx));
+
+        // Sources.
+        let sources_cancel = CancellationToken::new();
+        let mut source_tasks = Vec::new();
+        if let (Some(tx), true) = (dir_tx, s.image_dir.enabled) {
+            source_tasks.push(tokio::spawn(sources::image_dir::run(
+                s.image_dir.clone(),
+                tx,
+                sources_cancel.clone(),
+            )));
+        }
+        #[cfg(feature = "snapshot")]
+        if s.snapshot.enabled {
+            if let Some(q) = queues.live.get(&Modality::Vision).cloned() {
+                source_tasks.push(tokio::spawn(sources::snapshot::run(
+                    s.snapshot.clone(),
+                    config.mqtt.max_payload_bytes,
+                    q,
+                    sources_cancel.clone(),
+                )));
+            }
+        }
+        #[cfg(not(feature = "snapshot"))]
+        if s.snapshot.enabled {
+            anyhow::bail!("sources.snapshot is enabled but this build has no snapshot support (feature `snapshot`)");
+        }
+        if s.mic.enabled {
+            if let Some(q) = queues.live.get(&Modality::Audio).cloned() {
+                sources::mic::spawn(MicContext {
+                    config: s.mic.clone(),
+                    queue: q,
+                    vad,
+                    cancel: sources_cancel.clone(),
+                })?;
+            }
+        }
+
+        // Intake and stats.
+        let intake_cancel = CancellationToken::new();
+        let queues = Arc::new(queues);
+        let intake = tokio::spawn(intake(
+            input.incoming,
+            input.pending,
+            link.topics.clone(),
+            Arc::clone(&queues),
+            events_tx,
+            (
+                config.mqtt.max_payload_bytes,
+                config.encoders.text.max_bytes,
+            ),
+            intake_cancel.clone(),
+        ));
+        let stats_task = (config.stats.interval_s > 0).then(|| {
+            tokio::spawn(publish_stats(
+                link.mqtt.clone(),
+                link.stats.clone(),
+                Arc::clone(&queues),
+                Duration::from_secs(config.stats.interval_s),
+                link.mqtt_stop.clone(),
+            ))
+        });
+        Ok(Pipeline {
+            config,
+            encoders,
+            queues,
+            workers,
+            publisher,
+            sources_cancel,
+            sources: source_tasks,
+            intake_cancel,
+            intake,
+            stats_task,
+        })
+    }
+
+    /// What the watchdog checks: every task of this pipeline is still running.
+    fn health(&self, link: &Link, max_batch: Duration) -> Health {
+        let health = Health::new(link.stats.clone(), max_batch);
+        let health = self
+            .workers
+            .iter()
+            .fold(health, |h, (m, t)| h.watch(format!("{m} worker"), t));
+        health
+            .watch("publisher", &self.publisher)
+            .watch("MQTT intake", &self.intake)
+    }
+
+    /// Stop taking input, let the workers finish what is queued and the publisher publish it,
+    /// within `timeout`. Returns the MQTT input channel (for the next pipeline) and whether
+    /// everything finished in time.
+    async fn stop(self, timeout: Duration) -> (IntakeEnd, bool) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.sources_cancel.cancel();
+        for q in self.queues.live.values() {
+            q.close();
+        }
+        self.intake_cancel.cancel();
+        let input = match self.intake.await {
+            Ok(end) => end,
+            // Intake panicked: no receiver to hand on; a closed one makes the next intake end.
+            Err(_) => IntakeEnd {
+                incoming: mpsc::channel(1).1,
+                pending: None,
+            },
+        };
+        // The stats task holds the queue senders: stop it so the workers see their inputs close.
+        if let Some(t) = self.stats_task {
+            t.abort();
+            let _ = t.await;
+        }
+        drop(self.queues);
+        let stages: Vec<(&str, JoinHandle<()>)> = self
+            .sources
+            .into_iter()
+            .map(|t| ("source", t))
+            .chain(self.workers.into_iter().map(|(_, t)| ("encoder worker", t)))
+            .chain(std::iter::once(("publisher", self.publisher)))
+            .collect();
+        let mut clean = true;
+        for (name, mut task) in stages {
+            loop {
+                tokio::select! {
+                    _ = &mut task => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if tokio::time::Instant::now() >= deadline {
+                            tracing::warn!("deadline passed while waiting for the {name} to finish; abandoning it");
+                            task.abort();
+                            clean = false;
+                            break;
+                        }
+                        tracing::info!("still waiting for the {name} to finish");
+                    }
+                }
+            }
+        }
+        (input, clean)
+    }
+}
+
+fn zero_shot_labels(
+    config: &Config,
+    text: Option<&TextEncoder>,
+) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
     let zs = &config.fusion.zero_shot;
     if zs.modalities.is_empty() {
         return Ok(Vec::new());
     }
-    let text = set
-        .text
-        .as_ref()
-        .context("fusion.zero_shot needs encoders.text.enabled = true")?;
+    let text = text.context("fusion.zero_shot needs encoders.text.enabled = true")?;
     let refs: Vec<&str> = zs.labels.iter().map(String::as_str).collect();
     zs.labels
         .iter()
@@ -482,18 +711,29 @@ pub fn parse_incoming(
     })))
 }
 
+/// Where intake stopped: the MQTT input channel, and the message it was holding when a full
+/// queue made it wait (a reload hands both to the next pipeline, so nothing is lost).
+struct IntakeEnd {
+    incoming: mpsc::Receiver<Incoming>,
+    pending: Option<Incoming>,
+}
+
 async fn intake(
     mut incoming: mpsc::Receiver<Incoming>,
+    mut pending: Option<Incoming>,
     topics: Topics,
     queues: Arc<Queues>,
     events: mpsc::Sender<Event>,
     (max_payload, max_text): (usize, usize),
     cancel: CancellationToken,
-) {
+) -> IntakeEnd {
     loop {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => break,
-            m = incoming.recv() => match m { Some(m) => m, None => break },
+        let msg = match pending.take() {
+            Some(m) => m,
+            None => tokio::select! {
+                _ = cancel.cancelled() => break,
+                m = incoming.recv() => match m { Some(m) => m, None => break },
+            },
         };
         let event = match parse_incoming(&msg, &topics, max_payload, max_text) {
             Ok(Parsed::Request(request)) => {
@@ -502,7 +742,10 @@ async fn intake(
                     // Back-pressure: wait for room rather than drop a request.
                     Some(q) => {
                         tokio::select! {
-                            _ = cancel.cancelled() => break,
+                            _ = cancel.cancelled() => {
+                                pending = Some(msg);
+                                break;
+                            }
                             r = q.send(request) => if r.is_err() { break },
                         }
                         continue;
@@ -532,6 +775,7 @@ async fn intake(
             break;
         }
     }
+    IntakeEnd { incoming, pending }
 }
 
 #[derive(serde::Serialize)]

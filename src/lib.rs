@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod mqtt;
 pub mod pipeline;
 pub mod preprocess;
+pub mod reload;
 pub mod sinks;
 pub mod sources;
 pub mod stats;

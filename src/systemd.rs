@@ -1,5 +1,5 @@
-//! systemd integration: the sd_notify(3) protocol (`READY=1`, `STATUS=`, `STOPPING=1`) and a
-//! watchdog that pings (`WATCHDOG=1`) only while the pipeline is alive.
+//! systemd integration: the sd_notify(3) protocol (`READY=1`, `STATUS=`, `RELOADING=1`,
+//! `STOPPING=1`) and a watchdog that pings (`WATCHDOG=1`) only while the pipeline is alive.
 //!
 //! Everything is a no-op without `NOTIFY_SOCKET`, so `edgefuse run` behaves the same outside
 //! systemd. The protocol goes through the pure-Rust `sd-notify` crate (no libsystemd; see
@@ -17,7 +17,7 @@ use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -239,39 +239,94 @@ impl Service {
     /// `READY=1`, then watchdog pings and periodic `STATUS=` until the handle is dropped.
     /// Call once the models are loaded and the pipeline is wired.
     pub fn ready(self, health: Health) -> Running {
-        let health = Arc::new(health);
-        let summary = health.summary();
+        let shared = Arc::new(Shared {
+            health: RwLock::new(Arc::new(health)),
+            note: Mutex::new(None),
+        });
         self.notifier
-            .notify(&[NotifyState::Ready, NotifyState::Status(&summary)]);
+            .notify(&[NotifyState::Ready, NotifyState::Status(&shared.summary())]);
         let task = self.notifier.is_enabled().then(|| {
             tokio::spawn(watchdog(
                 self.notifier.clone(),
-                Arc::clone(&health),
+                Arc::clone(&shared),
                 self.ping_every,
                 self.status_every,
             ))
         });
         Running {
             notifier: self.notifier,
-            health,
+            shared,
             task,
         }
+    }
+}
+
+/// What the watchdog task and the daemon share: the pipeline being watched (replaced on a
+/// reload) and a note appended to every `STATUS=` (e.g. why the last reload failed).
+struct Shared {
+    health: RwLock<Arc<Health>>,
+    note: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn summary(&self) -> String {
+        let mut s = self.health().summary();
+        if let Some(note) = &*self.note.lock().unwrap_or_else(PoisonError::into_inner) {
+            s.push_str("; ");
+            s.push_str(note);
+        }
+        s
     }
 }
 
 /// After `READY=1`: owns the watchdog task (aborted on drop).
 pub struct Running {
     notifier: Notifier,
-    health: Arc<Health>,
+    shared: Arc<Shared>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Running {
     /// `STOPPING=1`. Pings go on while the shutdown drains, as long as no batch is stuck.
     pub fn stopping(&self) {
-        self.health.stopping.store(true, Ordering::Relaxed);
+        self.shared.health().stopping.store(true, Ordering::Relaxed);
         self.notifier
             .notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+
+    /// `RELOADING=1` (with `MONOTONIC_USEC=`, which systemd 253+ wants). The current pipeline's
+    /// tasks may now end on purpose; pings go on unless a batch is stuck.
+    pub fn reloading(&self) {
+        self.shared.health().stopping.store(true, Ordering::Relaxed);
+        let mut states = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        states.push(NotifyState::Status("reloading the configuration"));
+        self.notifier.notify(&states);
+    }
+
+    /// `READY=1` after a reload: watch `health` from now on (the same pipeline again when the
+    /// reload was refused), with `note` appended to every `STATUS=` until the next reload.
+    pub fn reloaded(&self, health: Health, note: Option<String>) {
+        *self
+            .shared
+            .health
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(health);
+        *self
+            .shared
+            .note
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = note;
+        self.notifier.notify(&[
+            NotifyState::Ready,
+            NotifyState::Status(&self.shared.summary()),
+        ]);
     }
 
     pub fn status(&self, status: &str) {
@@ -289,7 +344,7 @@ impl Drop for Running {
 
 async fn watchdog(
     notifier: Notifier,
-    health: Arc<Health>,
+    shared: Arc<Shared>,
     ping_every: Option<Duration>,
     status_every: Duration,
 ) {
@@ -306,7 +361,7 @@ async fn watchdog(
         let pinging = ping.is_some();
         tokio::select! {
             _ = async { ping.as_mut().unwrap().tick().await }, if pinging => {
-                match health.check() {
+                match shared.health().check() {
                     Ok(()) => {
                         notifier.notify(&[NotifyState::Watchdog]);
                         if let Some(why) = unhealthy.take() {
@@ -323,11 +378,12 @@ async fn watchdog(
                 }
             }
             _ = status.tick() => {
+                let health = shared.health();
                 if health.stopping.load(Ordering::Relaxed) {
                     continue;
                 }
                 match health.check() {
-                    Ok(()) => notifier.status(&health.summary()),
+                    Ok(()) => notifier.status(&shared.summary()),
                     Err(why) => notifier.status(&format!("unhealthy: {why}")),
                 }
             }

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::{models_dir, Daemon, Mosquitto};
+use util::{models_dir, publish, repo, Daemon, Mosquitto, Sub};
 
 /// Datagrams until `until` matches one, or panic after `timeout`.
 fn recv_until(
@@ -76,12 +76,7 @@ fn the_daemon_speaks_sd_notify_ready_status_watchdog_and_stopping() {
         .collect();
     assert_eq!(
         stages,
-        [
-            "loading models",
-            "loading labels",
-            "starting MQTT",
-            "starting workers"
-        ]
+        ["loading models", "starting MQTT", "starting the pipeline"]
     );
     let ready = seen.last().unwrap();
     assert!(
@@ -108,5 +103,131 @@ fn the_daemon_speaks_sd_notify_ready_status_watchdog_and_stopping() {
     recv_until(&sock, &mut seen, Duration::from_secs(1), |m| {
         m.starts_with("STOPPING=1\n")
     });
+    assert!(status.success(), "{status:?}");
+}
+
+/// The config file the reload test rewrites: text and vision on, audio off.
+fn write_reload_config(path: &std::path::Path, port: u16, extra: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "device_id = \"hup\"\nstate_dir = \"{}\"\n[models]\ndir = \"{}\"\n\
+             [mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n\
+             [encoders.audio]\nenabled = false\n{extra}",
+            path.with_file_name("state").display(),
+            models_dir().display(),
+        ),
+    )
+    .unwrap();
+}
+
+fn wait_for_log(log: &std::path::Path, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| pred(l)) {
+            return line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no such log line; log:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let config = dir.path().join("edgefuse.toml");
+    let log = dir.path().join("daemon.log");
+    write_reload_config(&config, broker.port, "");
+    let mut sub = Sub::start(broker.port, "edgefuse/hup/#");
+    let child = Command::new(env!("CARGO_BIN_EXE_edgefuse"))
+        .args(["--log", "edgefuse=info", "--config"])
+        .arg(&config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env_remove("WATCHDOG_USEC")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("edgefuse starts");
+    let pid = child.id().to_string();
+    let daemon = Daemon { child };
+    let hup = || {
+        let ok = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(ok.success());
+    };
+    let t = Duration::from_secs(120);
+    let mut seen = Vec::new();
+    recv_until(&sock, &mut seen, t, |m| m.lines().any(|l| l == "READY=1"));
+    sub.expect("edgefuse/hup/available", t, |m| m.payload == "online");
+    let image = repo()
+        .join("tests/fixtures/images/coffee.jpg")
+        .display()
+        .to_string();
+
+    // 1. Invalid: the daemon says why (log, STATUS=, error topic) and keeps the old config.
+    write_reload_config(
+        &config,
+        broker.port,
+        "[encoders.text]\nmax_batch = 0\nbogus_key = 1\n",
+    );
+    hup();
+    recv_until(&sock, &mut seen, t, |m| m.starts_with("RELOADING=1\n"));
+    assert!(seen.last().unwrap().contains("MONOTONIC_USEC="), "{seen:?}");
+    recv_until(&sock, &mut seen, t, |m| m.starts_with("READY=1\n"));
+    let status = seen.last().unwrap();
+    assert!(status.contains("config reload refused"), "{status}");
+    assert!(status.contains("encoders.text"), "{status}");
+    let err = sub.expect("edgefuse/hup/error", t, |_| true).json();
+    assert_eq!(err["id"], "reload");
+    let reason = err["reason"].as_str().unwrap();
+    assert!(reason.contains("encoders.text"), "{reason}");
+    wait_for_log(&log, t, |l| l.contains("config reload refused"));
+    // Still on the old config: vision works.
+    publish(broker.port, "edgefuse/hup/in/image", &["-f", &image]);
+    sub.expect("embedding/vision", t, |_| true);
+
+    // 2. Valid: vision off, text untouched. Only what changed is reloaded.
+    write_reload_config(
+        &config,
+        broker.port,
+        "[encoders.vision]\nenabled = false\n[stats]\ninterval_s = 1\n",
+    );
+    hup();
+    recv_until(&sock, &mut seen, t, |m| m.starts_with("READY=1\n"));
+    let status = seen.last().unwrap();
+    assert!(!status.contains("refused"), "{status}");
+    let line = wait_for_log(&log, t, |l| l.contains("config reloaded"));
+    assert!(line.contains("text kept"), "{line}");
+    assert!(line.contains("vision disabled"), "{line}");
+    // The new config is in force: images are refused, text still embeds, stats now flow.
+    publish(broker.port, "edgefuse/hup/in/image", &["-f", &image]);
+    let err = sub.expect("edgefuse/hup/error", t, |_| true).json();
+    assert!(
+        err["reason"].as_str().unwrap().contains("disabled"),
+        "{err}"
+    );
+    publish(broker.port, "edgefuse/hup/in/text", &["-m", "still here"]);
+    sub.expect("embedding/text", t, |_| true);
+    sub.expect("edgefuse/hup/stats", t, |_| true);
+
+    // 3. A text setting changes: the text encoder (only) is loaded again.
+    write_reload_config(
+        &config,
+        broker.port,
+        "[encoders.vision]\nenabled = false\n[encoders.text]\nmax_length = 128\n",
+    );
+    hup();
+    let line = wait_for_log(&log, t, |l| {
+        l.contains("config reloaded") && l.contains("text loaded")
+    });
+    assert!(!line.contains("vision"), "{line}");
+    publish(broker.port, "edgefuse/hup/in/text", &["-m", "and here"]);
+    sub.expect("embedding/text", t, |_| true);
+
+    let status = daemon.terminate();
     assert!(status.success(), "{status:?}");
 }

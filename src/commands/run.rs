@@ -9,7 +9,10 @@ use crate::cli::Cli;
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let config = load_config(cli)?;
-    let models_dir = config.models_dir(cli.models.as_deref());
+    let source = crate::reload::ConfigSource {
+        path: cli.config.clone(),
+        models_override: cli.models.clone(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("edgefuse")
@@ -17,7 +20,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(crate::app::run(
         config,
-        models_dir,
+        source,
         crate::app::shutdown_signal(),
     ))?;
     Ok(ExitCode::SUCCESS)
