@@ -222,6 +222,56 @@ mod tests {
         ));
     }
 
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn decompression_bombs_are_refused_from_the_header_before_any_pixel_is_allocated() {
+        // A 1x1 PNG whose header claims 50,000 x 50,000 (7.5 GB as RGB): if the decoder got as
+        // far as allocating its pixels this would abort, not return an error.
+        let mut p = png(1, 1);
+        p[16..20].copy_from_slice(&50_000u32.to_be_bytes());
+        p[20..24].copy_from_slice(&50_000u32.to_be_bytes());
+        let crc = crc32(&p[12..29]);
+        p[29..33].copy_from_slice(&crc.to_be_bytes());
+        let r = decode(&p, 40_000_000);
+        assert!(
+            matches!(
+                r,
+                Err(InputError::ImageTooLarge {
+                    width: 50_000,
+                    height: 50_000,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        // The same for a JPEG: 65,535 x 65,535 in its start-of-frame marker.
+        let mut j = Vec::new();
+        DynamicImage::ImageRgb8(RgbImage::new(8, 8))
+            .write_to(&mut Cursor::new(&mut j), image::ImageFormat::Jpeg)
+            .unwrap();
+        let sof = j.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        j[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF]);
+        let r = decode(&j, 40_000_000);
+        assert!(
+            matches!(r, Err(InputError::ImageTooLarge { width: 65_535, .. })),
+            "{r:?}"
+        );
+    }
+
     #[test]
     fn garbage_and_truncated_images_are_errors() {
         assert!(matches!(
