@@ -204,4 +204,24 @@ mod tests {
         let m = MqttConfig::default();
         assert!(tls_config(&m).is_ok(), "the Mozilla roots by default");
     }
+
+    #[test]
+    fn tls_files_need_mqtts_and_a_certificate_needs_its_key() {
+        let e = crate::config::Config::from_toml(
+            "[mqtt]\nbroker = \"mqtt://h\"\nca_file = \"ca.pem\"\nclient_cert_file = \"c.pem\"\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("mqtt.ca_file") && e.contains("not mqtts://"),
+            "{e}"
+        );
+        assert!(e.contains("mqtt.client_key_file"), "{e}");
+        assert!(crate::config::Config::from_toml(
+            "[mqtt]\nbroker = \"mqtts://h\"\nca_file = \"ca.pem\"\n",
+            "t.toml"
+        )
+        .is_ok());
+    }
 }
