@@ -87,6 +87,47 @@ fn every_fuzz_target_has_a_corpus() {
     }
 }
 
+/// Without nightly: seeded libFuzzer-style mutations of each corpus through its entry point.
+/// Not coverage-guided, so no substitute for `fuzz/run`, but it needs only stable Rust.
+/// `EDGEFUSE_MUTATIONS=100000 cargo test --release --test fuzz_corpus -- --ignored mutations`
+#[test]
+#[ignore]
+fn mutations_of_the_corpora_do_not_panic() {
+    let n: usize = std::env::var("EDGEFUSE_MUTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let all: Vec<Vec<u8>> = TARGETS
+        .iter()
+        .flat_map(|(t, _)| files(&corpus(t)))
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    for (target, entry) in TARGETS {
+        let seeds: Vec<Vec<u8>> = files(&corpus(target))
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        let mut rng = util::mutate::Rng(0x0123_4567_89AB_CDEF);
+        let (mut ok, mut refused) = (0, 0);
+        for i in 0..n {
+            let data = util::mutate::mutate_one(&mut rng, &seeds, &all);
+            match std::panic::catch_unwind(|| entry(&data)) {
+                Ok(Ok(())) => ok += 1,
+                Ok(Err(_)) => refused += 1,
+                Err(_) => {
+                    let dump = std::env::temp_dir().join(format!("edgefuse-{target}-{i}.bin"));
+                    std::fs::write(&dump, &data).unwrap();
+                    panic!(
+                        "{target}: mutation {i} panicked; input in {}",
+                        dump.display()
+                    );
+                }
+            }
+        }
+        eprintln!("{target}: {n} mutations, {ok} accepted, {refused} refused, 0 panics");
+    }
+}
+
 // ------------------------------------------------------------------ seeds
 
 fn small_image() -> image::RgbImage {
