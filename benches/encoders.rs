@@ -11,15 +11,17 @@
 //! `EDGEFUSE_BENCH_ONLY=text,audio` loads and measures only those encoders.
 //! Every model is loaded and optimised once, before any measurement. Inference benches feed
 //! `encoder.model.plan` directly, with inputs built by the real preprocessing from real
-//! fixtures; the shapes of `*/infer/*` are the ones `benches/onnxruntime_baseline.py` gives
+//! fixtures; the shapes of `*/infer/*` are the ones `bench/onnxruntime_baseline.py` gives
 //! onnxruntime, so keep the two in step (ids and shapes are listed in its `CASES`).
 //!
 //! Benchmark ids (group/function):
 //! - `text/tokenize/batch8_short`, `text/tokenize/batch8_long`
 //! - `text/infer/b{1,8}_s{12,128}` (batch × sequence length)
 //! - `text/embed/b1_short`, `text/embed/b8_short`
-//! - `vision/preprocess/chelsea_448x288`, `vision/infer/b{1,4}`, `vision/embed/b1`
-//! - `audio/preprocess/{wav_decode_22k,resample_22k_to_44k,full_22k,full_44k}`,
+//! - `text/infer/b8_s128_t2` (tract's multithreaded executor, 2 threads)
+//! - `vision/preprocess/{decode,resize_crop,chelsea}_448x288`, `vision/infer/b{1,4}`,
+//!   `vision/infer/b1_t2`, `vision/embed/b1`
+//! - `audio/preprocess/{wav_decode_22k,resample_22k_to_44k,full_22k,full_44k,log_mel_44k}`,
 //!   `audio/infer/b{1,8}`, `audio/embed/speech_22k`
 
 use std::hint::black_box;
@@ -29,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 
 use edgefuse::config::Config;
@@ -138,6 +141,32 @@ fn bench_plan(
     });
 }
 
+/// The same plan under tract's multithreaded executor with `threads` threads (rayon pool built
+/// once, outside the timed region), so a regression in how edgefuse uses it shows.
+fn bench_plan_threads(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: &str,
+    plan: &Arc<TypedRunnableModel>,
+    inputs: &TVec<TValue>,
+    threads: usize,
+) {
+    let executor = Executor::multithread(threads);
+    g.bench_function(id, |b| {
+        b.iter_batched(
+            || {
+                inputs
+                    .iter()
+                    .map(|v| v.clone().into_tensor().into_tvalue())
+                    .collect()
+            },
+            |inputs: TVec<TValue>| {
+                multithread_tract_scope(executor.clone(), || plan.run(inputs).expect("tract run"))
+            },
+            BatchSize::PerIteration,
+        )
+    });
+}
+
 fn bench_text(c: &mut Criterion, enc: &TextEncoder, manifest: &Manifest) {
     // The encoder's own tokenizer is private; build the same one from the same verified file,
     // once with the encoder's truncation and once truncating at LONG_TOKENS.
@@ -189,6 +218,7 @@ fn bench_text(c: &mut Criterion, enc: &TextEncoder, manifest: &Manifest) {
         g.throughput(Throughput::Elements(tb.batch as u64));
         bench_plan(&mut g, id, plan, &text_inputs(tb));
     }
+    bench_plan_threads(&mut g, "b8_s128_t2", plan, &text_inputs(&long8), 2);
     g.finish();
 
     let mut g = slow_group(c, "text/embed");
@@ -213,7 +243,16 @@ fn bench_vision(c: &mut Criterion, enc: &VisionEncoder, config: &Config) {
     let mut one = Vec::new();
     image::preprocess(&jpeg, p, max_pixels, &mut one).expect("preprocess chelsea.jpg");
 
+    let decoded = image::decode(&jpeg, max_pixels).expect("decode chelsea.jpg");
     let mut g = fast_group(c, "vision/preprocess");
+    g.bench_function("decode_448x288", |b| {
+        b.iter(|| image::decode(black_box(&jpeg), max_pixels).expect("decode"))
+    });
+    // The resize alone (bicubic, short side to 256, centre crop): the stage to watch when
+    // changing the resize implementation.
+    g.bench_function("resize_crop_448x288", |b| {
+        b.iter(|| image::resize_and_crop(black_box(&decoded), p))
+    });
     g.bench_function("chelsea_448x288", |b| {
         b.iter(|| {
             let mut out = Vec::with_capacity(one.len());
@@ -235,6 +274,15 @@ fn bench_vision(c: &mut Criterion, enc: &VisionEncoder, config: &Config) {
             &tvec![input.into_tvalue()],
         );
     }
+    let input = Tensor::from_shape(&[1, 3, crop, crop], &one).expect("image tensor");
+    g.throughput(Throughput::Elements(1));
+    bench_plan_threads(
+        &mut g,
+        "b1_t2",
+        &enc.model.plan,
+        &tvec![input.into_tvalue()],
+        2,
+    );
     g.finish();
 
     let mut g = slow_group(c, "vision/embed");
@@ -300,6 +348,13 @@ fn bench_audio(c: &mut Criterion, enc: &AudioEncoder, config: &Config) {
     g.bench_function("full_44k", |b| {
         b.iter(|| {
             fe.wav_to_blocks(black_box(&wav44), max_seconds)
+                .expect("blocks")
+        })
+    });
+    // Log-mel and blocking alone, on samples already at 44.1 kHz (no decode, no resampling).
+    g.bench_function("log_mel_44k", |b| {
+        b.iter(|| {
+            fe.samples_to_blocks(black_box(&at_target), target)
                 .expect("blocks")
         })
     });

@@ -68,6 +68,12 @@ pub async fn run(
 
     // 1. Models, off the runtime: loading and optimising takes seconds.
     service.status("loading models");
+    if config.encoders.threads > 1 {
+        // Every model run that does not pick its own executor uses this one pool.
+        tract_linalg::multithread::set_default_executor(
+            tract_linalg::multithread::Executor::multithread(config.encoders.threads),
+        );
+    }
     let models_dir = source.models_dir(&config);
     let encoders = {
         let cfg = config.clone();
@@ -76,6 +82,7 @@ pub async fn run(
             .context("model loading task failed")??
             .0
     };
+    crate::stats::trim_heap();
 
     // 2. Broker and MQTT connection.
     service.status("starting MQTT");
@@ -108,6 +115,20 @@ pub async fn run(
         .tls
         .then(|| security::tls_config(&config.mqtt))
         .transpose()?;
+    let spool = (config.spool.enabled && config.mqtt.qos > 0)
+        .then(|| {
+            let dir = config.state_dir.join("spool");
+            crate::sinks::spool::Spool::open(&dir, config.spool.clone())
+        })
+        .transpose()?;
+    if let Some(s) = &spool {
+        let st = s.stats();
+        tracing::info!(records = st.records, bytes = st.bytes, "spool opened");
+    }
+    let discovery = config
+        .homeassistant
+        .enabled
+        .then(|| crate::mqtt::discovery::build(&config.homeassistant, &topics, &device_id));
     let mqtt_stop = CancellationToken::new();
     let client_id = if config.mqtt.client_id.is_empty() {
         format!("edgefuse-{device_id}")
@@ -127,6 +148,8 @@ pub async fn run(
             incoming_capacity: 16,
             properties: config.mqtt.broker != "embedded",
             tls,
+            spool,
+            discovery,
         },
         topics.clone(),
         mqtt_stop.clone(),
@@ -166,6 +189,10 @@ pub async fn run(
     let timeout = Duration::from_secs(pipeline.config.shutdown.timeout_s);
     link.mqtt.unsubscribe_all().await;
     let (_, clean) = pipeline.stop(timeout).await;
+    // Let the broker acknowledge what is spooled; what it does not stays for the next start.
+    link.mqtt
+        .drain(tokio::time::Instant::now() + timeout.min(Duration::from_secs(5)))
+        .await;
     link.mqtt.stop().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_task).await;
     link.mqtt_stop.cancel();
@@ -785,6 +812,9 @@ struct StatsRecord {
     uptime_s: f64,
     rss_bytes: u64,
     modalities: BTreeMap<Modality, crate::stats::ModalitySnapshot>,
+    mqtt: crate::mqtt::client::CountersSnapshot,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spool: Option<crate::sinks::spool::SpoolStats>,
 }
 
 async fn publish_stats(
@@ -814,6 +844,8 @@ async fn publish_stats(
             uptime_s: stats.uptime_s(),
             rss_bytes: rss_bytes(),
             modalities,
+            mqtt: mqtt.counters(),
+            spool: mqtt.spool_stats(),
         };
         if let Ok(body) = serde_json::to_vec(&rec) {
             let props = PublishProperties {

@@ -47,6 +47,8 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Print the config, each model (path, sha256, format, input facts, kernels) and the CPU.
     Check(CheckArgs),
+    /// Measure load time, per-stage latency, throughput and RSS on sample inputs.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -82,4 +84,45 @@ pub struct CheckArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Modalities to measure (repeatable or comma-separated): text, vision, audio. Default: all.
+    #[arg(long, short = 'm', value_delimiter = ',', value_parser = parse_modality)]
+    pub modality: Vec<crate::encoders::Modality>,
+    /// Timed calls per batch size and thread count.
+    #[arg(long, short = 'n', default_value_t = 10)]
+    pub iterations: usize,
+    /// Untimed calls before each measurement.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Batch sizes (items per call), comma-separated.
+    #[arg(long, short = 'b', value_delimiter = ',', default_values_t = [1, 4])]
+    pub batch: Vec<usize>,
+    /// tract thread counts, comma-separated. Default: 1 and the number of CPUs.
+    #[arg(long, short = 't', value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Text to embed instead of the built-in sentence.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Image file instead of the built-in 448×288 JPEG (tests/fixtures/images/chelsea.jpg).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// WAV file instead of the built-in 2.9 s speech (tests/fixtures/audio/speech_fox.wav).
+    #[arg(long)]
+    pub audio: Option<PathBuf>,
+    /// Also time every tract op (batch 1, 1 thread) and report the time per op type.
+    #[arg(long)]
+    pub profile: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_modality(s: &str) -> Result<crate::encoders::Modality, String> {
+    crate::encoders::Modality::ALL
+        .into_iter()
+        .find(|m| m.as_str() == s || (s == "image" && *m == crate::encoders::Modality::Vision))
+        .ok_or_else(|| format!("unknown modality `{s}` (text, vision, audio)"))
 }

@@ -38,6 +38,10 @@ pub struct Config {
     pub watchdog: crate::systemd::WatchdogConfig,
     #[serde(default)]
     pub debug: DebugConfig,
+    #[serde(default)]
+    pub spool: crate::sinks::spool::SpoolConfig,
+    #[serde(default)]
+    pub homeassistant: crate::mqtt::discovery::HomeAssistantConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -328,9 +332,12 @@ fn default_models_dir() -> PathBuf {
     PathBuf::from("models")
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncodersConfig {
+    /// tract threads per model run (its rayon executor); 1 runs on the calling thread.
+    #[serde(default = "one")]
+    pub threads: usize,
     #[serde(default)]
     pub text: TextConfig,
     #[serde(default)]
@@ -385,6 +392,20 @@ pub struct AudioConfig {
 
 fn yes() -> bool {
     true
+}
+fn one() -> usize {
+    1
+}
+
+impl Default for EncodersConfig {
+    fn default() -> Self {
+        EncodersConfig {
+            threads: 1,
+            text: TextConfig::default(),
+            vision: VisionConfig::default(),
+            audio: AudioConfig::default(),
+        }
+    }
 }
 fn four() -> usize {
     4
@@ -539,6 +560,7 @@ impl Config {
     pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut p = Problems::default();
         let e = &self.encoders;
+        p.range("encoders.threads", e.threads, 1, 64);
         if e.text.model.trim().is_empty() {
             p.add("encoders.text.model", "must name a model in the manifest");
         }
@@ -576,6 +598,7 @@ impl Config {
             p.add("encoders", "every encoder is disabled; enable at least one");
         }
         self.mqtt_problems(&mut p);
+        self.reliability_problems(&mut p);
         self.source_problems(&mut p);
         self.fusion_problems(&mut p);
         p.range("queues.text", self.queues.text, 1, 100_000);
@@ -656,6 +679,19 @@ impl Config {
             p.add(
                 "mqtt.client_key_file",
                 "mqtt.client_cert_file and mqtt.client_key_file go together",
+            );
+        }
+    }
+
+    fn reliability_problems(&self, p: &mut Problems) {
+        let s = &self.spool;
+        p.range("spool.max_bytes", s.max_bytes, 64 * 1024, 1 << 40);
+        p.range("spool.max_age_s", s.max_age_s, 1, 10 * 365 * 86_400);
+        let ha = &self.homeassistant.discovery_prefix;
+        if ha.trim_matches('/').is_empty() || ha.contains(['+', '#']) {
+            p.add(
+                "homeassistant.discovery_prefix",
+                format!("{ha:?} must be non-empty without '+' or '#'"),
             );
         }
     }
@@ -943,6 +979,26 @@ modalities = ["text"]
     }
 
     #[test]
+    fn spool_and_discovery_keys_are_validated_with_their_paths() {
+        let c = Config::builtin();
+        assert!(c.spool.enabled && c.spool.fsync && c.homeassistant.enabled);
+        let toml =
+            "[spool]\nmax_bytes = 10\nmax_age_s = 0\n[homeassistant]\ndiscovery_prefix = \"#\"\n";
+        let err = Config::from_toml(toml, "t").unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spool.max_bytes",
+                "spool.max_age_s",
+                "homeassistant.discovery_prefix"
+            ]
+        );
+        let err = Config::from_toml("[spool]\nmax_byte = 1\n", "t").unwrap_err();
+        assert!(err.to_string().contains("spool.max_byte"), "{err}");
+    }
+
+    #[test]
     fn device_id_defaults_to_a_topic_safe_hostname() {
         let id = Config::builtin().device_id();
         assert!(!id.is_empty() && valid_topic_level(&id), "{id}");
@@ -953,5 +1009,15 @@ modalities = ["text"]
         let c = Config::builtin();
         assert_eq!(c.models_dir(Some(Path::new("/x"))), PathBuf::from("/x"));
         assert_eq!(c.models_dir(None), PathBuf::from("models"));
+    }
+
+    #[test]
+    fn encoder_threads_default_to_one_and_are_range_checked() {
+        assert_eq!(Config::builtin().encoders.threads, 1);
+        let c = Config::from_toml("[encoders]\nthreads = 4\n", "t.toml").unwrap();
+        assert_eq!(c.encoders.threads, 4);
+        let err = Config::from_toml("[encoders]\nthreads = 0\n", "t.toml").unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["encoders.threads"]);
     }
 }

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Command::Config => commands::run::print_config(&cli),
         Command::Embed(args) => commands::embed::run(&cli, args),
         Command::Check(args) => commands::check::run(&cli, args),
+        Command::Bench(args) => commands::bench::run(&cli, args),
     };
     match result {
         Ok(code) => code,

@@ -56,6 +56,20 @@ pub fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
         changed.push("watchdog");
         new.watchdog = old.watchdog.clone();
     }
+    // Both belong to the MQTT connection, which a reload keeps.
+    if !same(&old.spool, &new.spool) {
+        changed.push("spool");
+        new.spool = old.spool.clone();
+    }
+    if !same(&old.homeassistant, &new.homeassistant) {
+        changed.push("homeassistant");
+        new.homeassistant = old.homeassistant.clone();
+    }
+    // tract's thread pool is installed once, at start.
+    if old.encoders.threads != new.encoders.threads {
+        changed.push("encoders.threads");
+        new.encoders.threads = old.encoders.threads;
+    }
     changed
 }
 

@@ -1,6 +1,7 @@
 //! The CLI's subcommands. Each returns `anyhow::Result<ExitCode>`: errors that stop the whole
 //! command bubble up; per-input errors are printed and turn the exit code non-zero.
 
+pub mod bench;
 pub mod check;
 pub mod embed;
 pub mod run;

@@ -1,19 +1,33 @@
 //! One rumqttc (MQTT 5) connection shared by intake and publishing. The event loop runs on its
-//! own task: it re-subscribes and announces `online` on every connect, backs off with jitter
-//! while the broker is unreachable, and hands incoming publishes to a bounded channel (when
-//! the channel is full the loop waits: back-pressure reaches the broker over TCP).
+//! own task: it re-subscribes and announces `online` (and Home Assistant discovery) on every
+//! connect, backs off exponentially with jitter while the broker is unreachable, and hands
+//! incoming publishes to a bounded channel (when the channel is full the loop waits:
+//! back-pressure reaches the broker over TCP).
+//!
+//! Store-and-forward: results are appended to the spool (`sinks::spool`) by the publisher and
+//! sent from the spool by this loop only, which maps each packet id rumqttc assigns back to its
+//! spool record and removes the record on PubAck (PubComp at QoS 2). rumqttc cannot say which
+//! publish a connection error lost (rumqtt#349), so the spool, not rumqttc, decides what was
+//! delivered: after a reconnect everything unacknowledged is sent again, in order, flagged
+//! `historical`. Every QoS ≥ 1 publish goes through this task so the id mapping stays exact;
+//! other tasks publish at QoS 0.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
 use rumqttc::Outgoing;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::discovery::Discovery;
 use super::Topics;
+use crate::sinks::spool::{self, Record, Spool, SpoolStats};
 
 /// A message that arrived on one of our subscriptions.
 #[derive(Debug, Clone)]
@@ -33,7 +47,48 @@ pub struct MqttHandle {
     /// False on the embedded broker: rumqttd cannot forward MQTT 5 properties to its
     /// MQTT 3.1.1 listener (it panics on them), so none are sent there.
     properties: bool,
+    outbox: Option<Arc<Outbox>>,
+    pub counters: Arc<Counters>,
+    control: mpsc::Sender<Control>,
 }
+
+/// The spool shared by the publisher (appends) and the event loop (sends, acks).
+struct Outbox {
+    spool: Mutex<Spool>,
+    wake: Notify,
+}
+
+/// Connection counters for the `stats` topic and the tests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub connected: AtomicBool,
+    /// TCP/MQTT connection attempts, failed or not.
+    pub connect_attempts: AtomicU64,
+    /// Successful connections after the first.
+    pub reconnects: AtomicU64,
+    /// Turns of the event loop (a busy loop would make this climb).
+    pub loop_turns: AtomicU64,
+    /// Spooled results sent again after a reconnect or restart.
+    pub replayed: AtomicU64,
+    /// Home Assistant discovery announcements (each is the whole set of configs).
+    pub discovery_announcements: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CountersSnapshot {
+    pub connected: bool,
+    pub connect_attempts: u64,
+    pub reconnects: u64,
+    pub replayed: u64,
+}
+
+enum Control {
+    /// Announce a clean stop (retained) and disconnect.
+    Stop,
+}
+
+/// At most this many spooled results are in flight (sent, not yet acknowledged).
+const WINDOW: usize = 16;
 
 pub struct ConnectSettings {
     pub host: String,
@@ -49,6 +104,10 @@ pub struct ConnectSettings {
     pub properties: bool,
     /// TLS (`mqtts://`), see `security::tls_config`.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Store-and-forward for results (QoS ≥ 1 only).
+    pub spool: Option<Spool>,
+    /// Home Assistant discovery to announce on connect.
+    pub discovery: Option<Discovery>,
 }
 
 pub fn qos(level: u8) -> QoS {
@@ -73,7 +132,16 @@ pub fn connect(
     let mut opts = MqttOptions::new(&s.client_id, &s.host, s.port);
     opts.set_keep_alive(s.keepalive);
     opts.set_clean_start(s.clean_start);
+    if !s.clean_start {
+        // MQTT 5 ends a session at disconnect unless it has an expiry: keep it a day.
+        opts.set_session_expiry_interval(Some(24 * 3600));
+    }
     opts.set_max_packet_size(Some(s.max_payload_bytes.saturating_add(64 * 1024) as u32));
+    // Results are small packets sent one at a time: without TCP_NODELAY, Nagle holds each one
+    // until the broker's delayed ACK for the previous one (up to 40 ms on Linux).
+    let mut net = opts.network_options();
+    net.set_tcp_nodelay(true);
+    opts.set_network_options(net);
     if let Some((user, pass)) = &s.credentials {
         opts.set_credentials(user, pass);
     }
@@ -92,53 +160,166 @@ pub fn connect(
     ));
     let (client, eventloop) = AsyncClient::new(opts, 256);
     let (tx, rx) = mpsc::channel(s.incoming_capacity.max(1));
+    let (control, control_rx) = mpsc::channel(4);
+    let outbox = s.spool.filter(|_| qos != QoS::AtMostOnce).map(|spool| {
+        Arc::new(Outbox {
+            spool: Mutex::new(spool),
+            wake: Notify::new(),
+        })
+    });
     let handle = MqttHandle {
         client,
         topics,
         qos,
         properties: s.properties,
+        outbox,
+        counters: Arc::new(Counters::default()),
+        control,
     };
-    let task = tokio::spawn(run_event_loop(eventloop, handle.clone(), tx, stop));
+    let task = tokio::spawn(run_event_loop(
+        eventloop,
+        handle.clone(),
+        s.discovery,
+        tx,
+        control_rx,
+        stop,
+    ));
     (handle, rx, task)
+}
+
+/// The event loop's view of spooled results in flight on the current connection.
+#[derive(Default)]
+struct Forward {
+    connected: bool,
+    /// Last spool record handed to rumqttc on this connection.
+    cursor: Option<u64>,
+    /// Records up to this sequence number existed before this connection: they are replays.
+    replay_until: u64,
+    /// Our QoS ≥ 1 publishes handed to rumqttc, in order, not yet given a packet id:
+    /// `Some(seq)` for spool records, `None` for availability and discovery.
+    awaiting_id: VecDeque<Option<u64>>,
+    /// Packet id → spool record, sent and not yet acknowledged.
+    in_flight: HashMap<u16, u64>,
+}
+
+impl Forward {
+    fn reset(&mut self) {
+        self.connected = false;
+        self.cursor = None;
+        self.awaiting_id.clear();
+        self.in_flight.clear();
+    }
 }
 
 async fn run_event_loop(
     mut eventloop: EventLoop,
     handle: MqttHandle,
+    discovery: Option<Discovery>,
     tx: mpsc::Sender<Incoming>,
+    mut control: mpsc::Receiver<Control>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(500);
     let mut was_connected = false;
+    let mut ever_connected = false;
+    let mut fwd = Forward::default();
+    let mut expire = tokio::time::interval(Duration::from_secs(10));
+    expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let counters = handle.counters.clone();
+    // A connection attempt starts whenever rumqttc has no network.
+    counters.connect_attempts.fetch_add(1, Ordering::Relaxed);
     loop {
+        counters.loop_turns.fetch_add(1, Ordering::Relaxed);
+        let room = fwd.connected && fwd.awaiting_id.len() + fwd.in_flight.len() < WINDOW;
         let event = tokio::select! {
             _ = stop.cancelled() => break,
+            Some(c) = control.recv() => {
+                match c {
+                    Control::Stop => {
+                        if handle
+                            .client
+                            .try_publish(handle.topics.available(), QoS::AtLeastOnce, true, "stopped")
+                            .is_ok()
+                        {
+                            fwd.awaiting_id.push_back(None);
+                        }
+                        let _ = handle.client.try_disconnect();
+                    }
+                }
+                continue;
+            }
+            _ = wait_for_records(&handle.outbox), if room => {
+                top_up(&handle, &mut fwd);
+                continue;
+            }
+            _ = expire.tick(), if handle.outbox.is_some() => {
+                if let Some(o) = &handle.outbox {
+                    lock(&o.spool).expire(spool::now_ms());
+                }
+                continue;
+            }
             ev = eventloop.poll() => ev,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(500);
                 was_connected = true;
+                if ever_connected {
+                    counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                ever_connected = true;
+                counters.connected.store(true, Ordering::Relaxed);
                 tracing::info!("connected to the MQTT broker");
+                // Publishes left over from the last connection (resumed sessions): the spool
+                // resends results itself, and availability is announced afresh below.
+                eventloop
+                    .pending
+                    .retain(|r| !matches!(r, Request::Publish(_)));
+                fwd.reset();
+                fwd.connected = true;
+                fwd.replay_until = handle
+                    .outbox
+                    .as_ref()
+                    .map_or(0, |o| lock(&o.spool).last_seq());
                 // try_* because this task is the one draining the request channel.
                 for filter in handle.topics.subscriptions() {
                     if let Err(e) = handle.client.try_subscribe(filter.clone(), handle.qos) {
                         tracing::warn!(%filter, "cannot subscribe: {e}");
                     }
                 }
-                if let Err(e) = handle.client.try_publish(
+                if let Some(d) = &discovery {
+                    if let Err(e) = handle
+                        .client
+                        .try_subscribe(d.status_topic.clone(), QoS::AtLeastOnce)
+                    {
+                        tracing::warn!(topic = %d.status_topic, "cannot subscribe: {e}");
+                    }
+                }
+                match handle.client.try_publish(
                     handle.topics.available(),
                     QoS::AtLeastOnce,
                     true,
                     "online",
                 ) {
-                    tracing::warn!("cannot announce availability: {e}");
+                    Ok(()) => fwd.awaiting_id.push_back(None),
+                    Err(e) => tracing::warn!("cannot announce availability: {e}"),
                 }
+                announce(&handle, &discovery, &mut fwd);
+                top_up(&handle, &mut fwd);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                if let Some(d) = discovery.as_ref().filter(|d| d.status_topic == topic) {
+                    // Home Assistant restarted: it forgets non-retained state, so announce again.
+                    if p.payload.as_ref() == b"online" {
+                        tracing::info!("Home Assistant is online; announcing discovery");
+                        announce(&handle, &Some(d.clone()), &mut fwd);
+                    }
+                    continue;
+                }
                 let props = p.properties.unwrap_or_default();
                 let msg = Incoming {
-                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    topic,
                     payload: p.payload,
                     response_topic: props.response_topic,
                     correlation: props.correlation_data,
@@ -149,12 +330,28 @@ async fn run_event_loop(
                     sent = tx.send(msg) => if sent.is_err() { tracing::debug!("intake closed; dropping message") },
                 }
             }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                // QoS 0 publishes have no packet id and never enter `awaiting_id`.
+                if pkid != 0 {
+                    if let Some(Some(seq)) = fwd.awaiting_id.pop_front() {
+                        fwd.in_flight.insert(pkid, seq);
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                acknowledged(&handle, &mut fwd, ack.pkid, handle.qos == QoS::AtLeastOnce);
+            }
+            Ok(Event::Incoming(Packet::PubComp(c))) => {
+                acknowledged(&handle, &mut fwd, c.pkid, handle.qos == QoS::ExactlyOnce);
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 tracing::info!("disconnected from the MQTT broker");
                 break;
             }
             Ok(_) => {}
             Err(e) => {
+                counters.connected.store(false, Ordering::Relaxed);
+                fwd.reset();
                 let e = super::security::explain(&e);
                 if was_connected {
                     tracing::warn!("MQTT connection lost: {e}; reconnecting");
@@ -162,15 +359,120 @@ async fn run_event_loop(
                     tracing::warn!("cannot reach the MQTT broker: {e}; retrying in {backoff:?}");
                 }
                 was_connected = false;
-                let jitter = Duration::from_millis(u64::from(rand_u16() % 250));
+                // Up to a quarter of the delay again, so a fleet does not reconnect in step.
+                let spread = (backoff.as_millis() as u64 / 4).max(1);
+                let jitter = Duration::from_millis(u64::from(rand_u16()) % spread);
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(backoff + jitter) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
+                counters.connect_attempts.fetch_add(1, Ordering::Relaxed);
             }
         }
+        if fwd.connected {
+            top_up(&handle, &mut fwd);
+        }
     }
+    counters.connected.store(false, Ordering::Relaxed);
+}
+
+fn lock(m: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
+    // A panic while holding the lock leaves the spool consistent on disk; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn wait_for_records(outbox: &Option<Arc<Outbox>>) {
+    match outbox {
+        Some(o) => o.wake.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn acknowledged(handle: &MqttHandle, fwd: &mut Forward, pkid: u16, final_ack: bool) {
+    if !final_ack {
+        return;
+    }
+    if let (Some(seq), Some(o)) = (fwd.in_flight.remove(&pkid), &handle.outbox) {
+        lock(&o.spool).ack(seq);
+    }
+}
+
+/// Publish the retained Home Assistant discovery configs.
+fn announce(handle: &MqttHandle, discovery: &Option<Discovery>, fwd: &mut Forward) {
+    let Some(d) = discovery else { return };
+    for (topic, body) in &d.messages {
+        match handle
+            .client
+            .try_publish(topic.clone(), QoS::AtLeastOnce, true, body.clone())
+        {
+            Ok(()) => fwd.awaiting_id.push_back(None),
+            Err(e) => tracing::warn!(%topic, "cannot announce discovery: {e}"),
+        }
+    }
+    handle
+        .counters
+        .discovery_announcements
+        .fetch_add(1, Ordering::Relaxed);
+}
+
+/// Hand spooled records to rumqttc, oldest first, while the in-flight window has room.
+fn top_up(handle: &MqttHandle, fwd: &mut Forward) {
+    let Some(o) = &handle.outbox else { return };
+    let mut spool = lock(&o.spool);
+    while fwd.awaiting_id.len() + fwd.in_flight.len() < WINDOW {
+        let Some(seq) = spool.next_after(fwd.cursor) else {
+            break;
+        };
+        let rec = match spool.read(seq) {
+            Ok(r) => r,
+            Err(e) => {
+                // A record that cannot be read now will not become readable: drop it.
+                tracing::error!("{e}; dropping it");
+                spool.discard(seq);
+                continue;
+            }
+        };
+        let historical = seq <= fwd.replay_until;
+        let (payload, props) = outgoing(rec.clone(), historical, handle.properties);
+        match handle
+            .client
+            .try_publish_with_properties(rec.topic, handle.qos, rec.retain, payload, props)
+        {
+            Ok(()) => {
+                fwd.awaiting_id.push_back(Some(seq));
+                fwd.cursor = Some(seq);
+                if historical {
+                    handle.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // The request channel is full: the next turn of the loop tries again.
+            Err(_) => break,
+        }
+    }
+}
+
+/// The payload and properties a spooled record is sent with.
+fn outgoing(rec: Record, historical: bool, properties: bool) -> (Bytes, PublishProperties) {
+    let mut payload = rec.payload;
+    let mut user_properties = rec.user_properties;
+    if historical {
+        match spool::mark_historical(&payload) {
+            Some(p) => payload = p,
+            None => user_properties.push(("historical".into(), "true".into())),
+        }
+    }
+    let props = if properties {
+        PublishProperties {
+            content_type: rec.content_type,
+            correlation_data: rec.correlation,
+            user_properties,
+            ..Default::default()
+        }
+    } else {
+        PublishProperties::default()
+    };
+    (payload, props)
 }
 
 /// A little jitter without a random-number dependency.
@@ -182,6 +484,9 @@ fn rand_u16() -> u16 {
 }
 
 impl MqttHandle {
+    /// Publish now, not spooled: at QoS 0 when the spool is active (only the event loop sends
+    /// QoS ≥ 1 then), else at the configured QoS. For stats and debug output, and for results
+    /// when there is no spool.
     pub async fn publish(
         &self,
         topic: String,
@@ -194,9 +499,73 @@ impl MqttHandle {
         } else {
             PublishProperties::default()
         };
+        let qos = if self.outbox.is_some() {
+            QoS::AtMostOnce
+        } else {
+            self.qos
+        };
+        // Never wait for room: the event loop may itself be waiting for intake, which waits
+        // for the publisher (a cycle). When rumqttc's request channel is full the message is
+        // dropped with an error; results avoid this through the spool.
         self.client
-            .publish_with_properties(topic, self.qos, retain, payload.into(), props)
-            .await
+            .try_publish_with_properties(topic, qos, retain, payload.into(), props)
+    }
+
+    /// Whether results go through the spool.
+    pub fn spooling(&self) -> bool {
+        self.outbox.is_some()
+    }
+
+    /// Append a result to the spool; it is sent after [`MqttHandle::commit`]. Returns the
+    /// record back when there is no spool or the append failed (publish it directly then).
+    pub fn spool(&self, rec: Record) -> Result<(), Box<Record>> {
+        let Some(o) = &self.outbox else {
+            return Err(Box::new(rec));
+        };
+        match lock(&o.spool).append(&rec, spool::now_ms()) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::error!("{e}; publishing without the spool");
+                Err(Box::new(rec))
+            }
+        }
+    }
+
+    /// Make appended results durable, then let the event loop send them.
+    pub fn commit(&self) {
+        if let Some(o) = &self.outbox {
+            if let Err(e) = lock(&o.spool).sync() {
+                tracing::error!("{e}");
+            }
+            o.wake.notify_one();
+        }
+    }
+
+    pub fn spool_stats(&self) -> Option<SpoolStats> {
+        self.outbox.as_ref().map(|o| lock(&o.spool).stats())
+    }
+
+    pub fn counters(&self) -> CountersSnapshot {
+        let c = &self.counters;
+        CountersSnapshot {
+            connected: c.connected.load(Ordering::Relaxed),
+            connect_attempts: c.connect_attempts.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+            replayed: c.replayed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Wait (up to `deadline`) until the broker has acknowledged every spooled result, so a
+    /// clean stop leaves nothing behind when the broker is reachable.
+    pub async fn drain(&self, deadline: tokio::time::Instant) {
+        let Some(o) = &self.outbox else { return };
+        while tokio::time::Instant::now() < deadline {
+            if lock(&o.spool).is_empty() || !self.counters.connected.load(Ordering::Relaxed) {
+                return;
+            }
+            o.wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Stop receiving inputs (used first thing at shutdown).
@@ -210,10 +579,6 @@ impl MqttHandle {
 
     /// Announce a clean stop (retained) and disconnect.
     pub async fn stop(&self) {
-        let _ = self
-            .client
-            .publish(self.topics.available(), QoS::AtLeastOnce, true, "stopped")
-            .await;
-        let _ = self.client.disconnect().await;
+        let _ = self.control.send(Control::Stop).await;
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod discovery;
 pub mod payload;
 pub mod security;
 pub mod topics;

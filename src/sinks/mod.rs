@@ -1,3 +1,5 @@
-//! Sinks: where results go. Today that is MQTT (embeddings, fused records, labels, errors).
+//! Sinks: where results go. Today that is MQTT (embeddings, fused records, labels, errors),
+//! through the store-and-forward spool.
 
 pub mod publisher;
+pub mod spool;

@@ -18,6 +18,7 @@ use crate::mqtt::payload::{
 };
 use crate::mqtt::MqttHandle;
 use crate::pipeline::{Body, Event, Outcome, Purpose};
+use crate::sinks::spool::Record;
 
 pub struct Publisher {
     pub mqtt: MqttHandle,
@@ -81,31 +82,37 @@ fn json_props() -> PublishProperties {
 impl Publisher {
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>) {
         while let Some(event) = events.recv().await {
-            match event {
-                Event::Embedded(outcome) => self.embedded(*outcome).await,
-                Event::Forget { label, id, topic } => {
-                    let ts = now_rfc3339();
-                    match self.fusion.labels.forget(&label) {
-                        Ok(existed) => {
-                            let r = ForgottenRecord {
-                                schema: SCHEMA,
-                                id: &id,
-                                label: &label,
-                                existed,
-                                ts: &ts,
-                            };
-                            self.json(self.mqtt.topics.at("forgotten"), &r, None, None)
-                                .await;
-                        }
-                        Err(e) => self.error(&id, &topic, &e.to_string(), None, None).await,
-                    }
-                }
-                Event::Rejected { id, topic, reason } => {
-                    self.error(&id, &topic, &reason, None, None).await
-                }
-            }
+            self.handle(event).await;
+            // One fsync per input (its embedding, fused record, labels), then send.
+            self.mqtt.commit();
         }
         tracing::debug!("publisher finished");
+    }
+
+    async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Embedded(outcome) => self.embedded(*outcome).await,
+            Event::Forget { label, id, topic } => {
+                let ts = now_rfc3339();
+                match self.fusion.labels.forget(&label) {
+                    Ok(existed) => {
+                        let r = ForgottenRecord {
+                            schema: SCHEMA,
+                            id: &id,
+                            label: &label,
+                            existed,
+                            ts: &ts,
+                        };
+                        self.json(self.mqtt.topics.at("forgotten"), &r, None, None)
+                            .await;
+                    }
+                    Err(e) => self.error(&id, &topic, &e.to_string(), None, None).await,
+                }
+            }
+            Event::Rejected { id, topic, reason } => {
+                self.error(&id, &topic, &reason, None, None).await
+            }
+        }
     }
 
     async fn embedded(&mut self, o: Outcome) {
@@ -249,12 +256,15 @@ impl Publisher {
                     .collect::<Vec<u8>>(),
             ),
         };
-        self.send(
-            self.mqtt.topics.at(&format!("debug/raw/{m}")),
-            bytes,
-            PublishProperties::default(),
-        )
-        .await;
+        // Debug output is never spooled.
+        let topic = self.mqtt.topics.at(&format!("debug/raw/{m}"));
+        if let Err(e) = self
+            .mqtt
+            .publish(topic.clone(), bytes, false, PublishProperties::default())
+            .await
+        {
+            tracing::warn!(%topic, "cannot publish: {e}");
+        }
     }
 
     pub async fn error(
@@ -304,8 +314,25 @@ impl Publisher {
         }
     }
 
+    /// A result: spooled when the spool is on (store-and-forward), else published directly.
     async fn send(&self, topic: String, body: Bytes, props: PublishProperties) {
-        if let Err(e) = self.mqtt.publish(topic.clone(), body, false, props).await {
+        let rec = Record {
+            topic,
+            payload: body,
+            retain: false,
+            content_type: props.content_type.clone(),
+            correlation: props.correlation_data.clone(),
+            user_properties: props.user_properties.clone(),
+        };
+        let Err(rec) = self.mqtt.spool(rec) else {
+            return;
+        };
+        let topic = rec.topic;
+        if let Err(e) = self
+            .mqtt
+            .publish(topic.clone(), rec.payload, false, props)
+            .await
+        {
             tracing::warn!(%topic, "cannot publish: {e}");
         }
     }

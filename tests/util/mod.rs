@@ -97,6 +97,69 @@ impl Mosquitto {
     }
 }
 
+/// A mosquitto that can be stopped and started again on the same port and config
+/// (`extra` lines go into its config file, e.g. persistence or a bridge).
+pub struct Broker {
+    pub port: u16,
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start(port: u16, extra: &str) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        // mosquitto started as root drops to the `mosquitto` user: let it write persistence.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(
+            dir.path().join("mosquitto.conf"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n"),
+        )
+        .unwrap();
+        let mut b = Broker {
+            port,
+            child: None,
+            dir,
+        };
+        b.resume();
+        b
+    }
+
+    /// Start (again) with the same config.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (tests/run installs it)");
+        self.child = Some(child);
+        wait_port(self.port, Duration::from_secs(10));
+    }
+
+    /// Stop with `signal` (TERM: the broker saves its persistent state; KILL: it does not).
+    pub fn halt(&mut self, signal: &str) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -113,17 +176,14 @@ pub struct Sub {
 
 impl Sub {
     pub fn start(port: u16, filter: &str) -> Sub {
+        Sub::start_with(port, filter, &["-V", "5"])
+    }
+
+    /// With extra mosquitto_sub arguments (e.g. `-c -i id -q 1` for a persistent session).
+    pub fn start_with(port: u16, filter: &str, extra: &[&str]) -> Sub {
         let mut child = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-V",
-                "5",
-                "-t",
-                filter,
-            ])
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", filter])
+            .args(extra)
             .args(["-F", "%t|%C|%D|%p"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -152,6 +212,25 @@ impl Sub {
             rx,
             seen: Vec::new(),
         }
+    }
+
+    /// Every message that arrived so far, without waiting.
+    pub fn drain(&mut self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        while let Ok(line) = self.rx.try_recv() {
+            if let Some(m) = Msg::parse(&line) {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// The next message, if one arrives within `timeout`.
+    pub fn next(&mut self, timeout: Duration) -> Option<Msg> {
+        self.rx
+            .recv_timeout(timeout)
+            .ok()
+            .and_then(|l| Msg::parse(&l))
     }
 
     /// The first new line whose topic ends with `suffix` and whose payload satisfies `pred`.

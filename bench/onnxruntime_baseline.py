@@ -13,11 +13,11 @@ over single timed `session.run` calls. tract: over criterion's samples (`sample.
 per iteration of each sample; the inference benches use flat sampling and time every run on
 its own, so a sample is the mean of a few runs at most).
 
-    benches/onnxruntime_baseline.py                          # measure, print the markdown
-    benches/onnxruntime_baseline.py --doc docs/performance.md  # and update the doc
-    benches/onnxruntime_baseline.py --no-tract               # onnxruntime only
+    bench/onnxruntime_baseline.py                          # measure, print the markdown
+    bench/onnxruntime_baseline.py --doc docs/performance.md  # and update the doc
+    bench/onnxruntime_baseline.py --no-tract               # onnxruntime only
 
-`benches/run` wraps this with a venv (benches/requirements.txt) and a release build.
+`bench/baseline` wraps this with a venv (bench/requirements.txt) and a release build.
 """
 
 from __future__ import annotations
@@ -90,12 +90,17 @@ STAGES = [
     ("text/tokenize/batch8_long", "text: tokenize 8 texts (truncated to 128 tokens)"),
     ("text/embed/b1_short", "text: embed 1 sentence (whole call)"),
     ("text/embed/b8_short", "text: embed 8 sentences (whole call)"),
+    ("text/infer/b8_s128_t2", "text: inference, 8 × 128 tokens, tract 2 threads"),
+    ("vision/preprocess/decode_448x288", "vision: JPEG decode, 448×288"),
+    ("vision/preprocess/resize_crop_448x288", "vision: bicubic resize to 256 + centre crop 224"),
     ("vision/preprocess/chelsea_448x288", "vision: decode + resize + crop + normalise, 448×288 JPEG"),
+    ("vision/infer/b1_t2", "vision: inference, batch 1, tract 2 threads"),
     ("vision/embed/b1", "vision: embed 1 JPEG (whole call)"),
     ("audio/preprocess/wav_decode_22k", "audio: WAV decode, 2.9 s at 22.05 kHz"),
     ("audio/preprocess/resample_22k_to_44k", "audio: resample 22.05 → 44.1 kHz, 2.9 s"),
     ("audio/preprocess/full_22k", "audio: WAV → blocks, 22.05 kHz (decode, resample, log-mel, blocks)"),
     ("audio/preprocess/full_44k", "audio: WAV → blocks, 44.1 kHz (decode, log-mel, blocks)"),
+    ("audio/preprocess/log_mel_44k", "audio: log-mel + blocks only, 2.9 s at 44.1 kHz"),
     ("audio/embed/speech_22k", "audio: embed a 2.9 s 22.05 kHz WAV (whole call)"),
 ]
 
@@ -292,7 +297,7 @@ def markdown(rows: list[Row], stages: dict[str, Stats], machine: dict, tract: bo
     cpu = machine["cpu"]
     v = machine["versions"]
     lines = [
-        f"Measured {machine['date']} by `benches/run` ({machine['wall_s']:.0f} s wall).",
+        f"Measured {machine['date']} by `bench/baseline` ({machine['wall_s']:.0f} s wall).",
         "",
         f"- CPU: {cpu['model']}, {machine['cpus']} logical CPUs "
         f"(SIMD: {cpu.get('simd', '?')}); load average {machine['load_before']} before, "
@@ -339,9 +344,9 @@ onnxruntime on the very same ONNX files and input shapes.
 
 ## How it was measured
 
-`benches/run` does everything in one command: it creates a Python venv
-(`models/.venv-bench`, or `EDGEFUSE_BENCH_VENV`) with `benches/requirements.txt`, builds the
-criterion benches in release mode, then runs `benches/onnxruntime_baseline.py`, which for each
+`bench/baseline` does everything in one command: it creates a Python venv
+(`models/.venv-bench`, or `EDGEFUSE_BENCH_VENV`) with `bench/requirements.txt`, builds the
+criterion benches in release mode, then runs `bench/onnxruntime_baseline.py`, which for each
 modality runs that bench executable on the modality's benches (tract, single-threaded) and
 straight afterwards onnxruntime with one intra-op thread and with its default thread
 count, so both runtimes are measured back to back on the same machine. It rewrites the section
@@ -357,7 +362,7 @@ between the markers below.
 - The machine is shared: compare ratios from the same run, not absolute numbers across runs.
 
 Run a subset by hand with `cargo bench --bench encoders -- text/infer` (criterion filter), or
-`benches/onnxruntime_baseline.py --no-tract` for onnxruntime alone.
+`bench/onnxruntime_baseline.py --no-tract` for onnxruntime alone.
 
 """
 
@@ -416,7 +421,8 @@ def main() -> None:
                 r.tract = results.get(full_id)
                 if r.tract is None:
                     sys.exit(f"error: criterion produced no result for {full_id}")
-            stages = {k: v for k, v in results.items() if "/infer/" not in k}
+            case_ids = {f"{r.case.modality}/infer/{r.case.bench}" for r in rows}
+            stages = {k: v for k, v in results.items() if k not in case_ids}
 
     machine = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

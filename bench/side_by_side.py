@@ -1,0 +1,475 @@
+#!/usr/bin/env python3
+"""edgefuse against a Python peer, raw onnxruntime and raw tract, in one run on one machine.
+
+What it measures, per modality, interleaved in rounds so that the load other processes put on a
+shared machine falls on every contender alike:
+
+* edgefuse end to end: `edgefuse run` on a mosquitto broker on loopback; the driver publishes
+  one input to `edgefuse/bench/in/<m>` and waits for `embedding/<m>`, one item at a time
+  (latency), and a burst of items at once (throughput);
+* the Python peer (bench/python_peer.py: onnxruntime + paho-mqtt, same models, same
+  preprocessing) on the same broker, the same way;
+* raw onnxruntime: `session.run` on the preprocessed input, 1 intra-op thread and default;
+* raw tract: `edgefuse bench --json` (inference stage, batch 1, 1 thread) on the same input.
+
+Plus, per daemon: start to READY (edgefuse: sd_notify READY=1 on a NOTIFY_SOCKET; the peer:
+its `READY` line), RSS (VmRSS and VmHWM) after the run, and CPU used while idle with an
+`image_dir` source configured on a static directory.
+
+    bench/side_by_side.py --edgefuse target/release/edgefuse --doc docs/performance.md
+
+`bench/run` wraps this with the venv and the release build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+import uuid
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "golden"))
+import make_reference as ref  # noqa: E402
+
+BEGIN = "<!-- side-by-side:begin -->"
+END = "<!-- side-by-side:end -->"
+TEXT = "A man is playing a guitar on the stage."
+IMAGE = REPO / "tests/fixtures/images/chelsea.jpg"
+WAV = REPO / "tests/fixtures/audio/speech_fox.wav"
+MODALITIES = ["text", "vision", "audio"]
+IN_TOPIC = {"text": "text", "vision": "image", "audio": "audio"}
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    print(f"[side-by-side] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "VmHWM"):
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    # Fields after the parenthesised command: utime is the 12th, stime the 13th.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def med(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def p95(xs: list[float]) -> float:
+    return float(np.percentile(xs, 95)) if xs else float("nan")
+
+
+class Driver:
+    """One MQTT client publishing inputs and timing the matching embeddings."""
+
+    def __init__(self, port: int) -> None:
+        self.waiting: dict[str, tuple[threading.Event, list]] = {}
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-driver",
+                             protocol=mqtt.MQTTv5)
+        self.c.on_message = self.on_message
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        for prefix in ("edgefuse", "peer", "echo"):
+            for what in ("embedding/+", "error"):
+                self.c.subscribe(f"{prefix}/bench/{what}", qos=1)
+        time.sleep(0.5)
+
+    def on_message(self, _c, _u, msg) -> None:
+        t = time.perf_counter()
+        try:
+            obj = json.loads(msg.payload)
+        except ValueError:
+            return
+        with self.lock:
+            w = self.waiting.pop(str(obj.get("id")), None)
+        if w:
+            w[1].append((t, msg.topic, obj))
+            w[0].set()
+
+    def send(self, prefix: str, modality: str, payload: bytes) -> tuple[str, threading.Event, list]:
+        item_id = uuid.uuid4().hex[:12]
+        ev, box = threading.Event(), []
+        with self.lock:
+            self.waiting[item_id] = (ev, box)
+        props = Properties(PacketTypes.PUBLISH)
+        if modality == "text":
+            payload = json.dumps({"id": item_id, "text": payload.decode()}).encode()
+        else:
+            props.CorrelationData = item_id.encode()
+        self.c.publish(f"{prefix}/bench/in/{IN_TOPIC[modality]}", payload, qos=1, properties=props)
+        return item_id, ev, box
+
+    def one(self, prefix: str, modality: str, payload: bytes, timeout: float = 120) -> float:
+        t0 = time.perf_counter()
+        item_id, ev, box = self.send(prefix, modality, payload)
+        if not ev.wait(timeout):
+            raise RuntimeError(f"{prefix}: no answer for {modality} item {item_id}")
+        t1, topic, obj = box[0]
+        if not topic.endswith(f"embedding/{modality}"):
+            raise RuntimeError(f"{prefix}: {modality} item {item_id} failed: {obj}")
+        return (t1 - t0) * 1e3
+
+    def burst(self, prefix: str, modality: str, payload: bytes, n: int) -> float:
+        t0 = time.perf_counter()
+        pending = [self.send(prefix, modality, payload) for _ in range(n)]
+        last = t0
+        for item_id, ev, box in pending:
+            if not ev.wait(300):
+                raise RuntimeError(f"{prefix}: no answer for {modality} item {item_id}")
+            last = max(last, box[0][0])
+        return n / (last - t0)
+
+
+def start_edgefuse(exe: Path, config: Path, models: Path, tmp: Path) -> tuple[subprocess.Popen, float]:
+    """Start `edgefuse run`; return it and the seconds from spawn to READY=1."""
+    sock_path = tmp / f"notify-{uuid.uuid4().hex[:6]}.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(120)
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), EDGEFUSE_MODELS=str(models),
+               EDGEFUSE_LOG="warn")
+    t0 = time.perf_counter()
+    p = subprocess.Popen([str(exe), "--config", str(config), "run"], env=env, cwd=REPO,
+                         stdout=subprocess.DEVNULL)
+    try:
+        while True:
+            msg = sock.recv(4096).decode(errors="replace")
+            if "READY=1" in msg.split("\n"):
+                return p, time.perf_counter() - t0
+    except socket.timeout:
+        p.kill()
+        raise RuntimeError("edgefuse did not send READY=1 within 120 s")
+    finally:
+        sock.close()
+        sock_path.unlink(missing_ok=True)
+
+
+def start_peer(python: str, port: int, models: Path, threads: int | None,
+               echo: bool = False) -> tuple[subprocess.Popen, float]:
+    cmd = [python, str(REPO / "bench/python_peer.py"), "--port", str(port), "--prefix",
+           "echo" if echo else "peer", "--device", "bench", "--models", str(models)]
+    if echo:
+        cmd.append("--echo")
+    if threads:
+        cmd += ["--threads", str(threads)]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    line = p.stdout.readline() if p.stdout else ""
+    if line.strip() != "READY":
+        p.kill()
+        raise RuntimeError(f"python peer did not start: {line!r}")
+    return p, time.perf_counter() - t0
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def ort_inputs(modality: str, specs: dict) -> dict[str, np.ndarray]:
+    """The preprocessed sample, as the peer (and edgefuse) feed it to the model."""
+    spec = specs[modality]
+    pre = spec["preprocess"]
+    if modality == "text":
+        import tokenizers
+
+        tok = tokenizers.Tokenizer.from_file(str(ref_models / pre["tokenizer"]))
+        tok.no_padding()
+        tok.enable_truncation(max_length=int(pre["max_length"]))
+        enc = tok.encode(TEXT)
+        return {
+            "input_ids": np.array([enc.ids], dtype=np.int64),
+            "attention_mask": np.array([enc.attention_mask], dtype=np.int64),
+            "token_type_ids": np.array([enc.type_ids], dtype=np.int64),
+        }
+    if modality == "vision":
+        x, _ = ref.vision_preprocess(IMAGE, pre)
+        return {spec["inputs"][0]["name"]: x}
+    blocks, _ = ref.audio_blocks(WAV, pre, ref.mel_filterbank(pre))
+    return {spec["inputs"][0]["name"]: blocks}
+
+
+def time_ort(sess: ort.InferenceSession, feeds: dict, n: int) -> list[float]:
+    sess.run(None, feeds)
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def tract_bench(exe: Path, models: Path, modality: str, n: int) -> dict:
+    cmd = [str(exe), "bench", "--json", "-m", modality, "-b", "1", "-t", "1", "-n", str(n),
+           "--warmup", "1", "--text", TEXT, "--image", str(IMAGE), "--audio", str(WAV)]
+    out = subprocess.run(cmd, env=dict(os.environ, EDGEFUSE_MODELS=str(models)), cwd=REPO,
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def machine_facts(exe: Path) -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines()
+                  if l.startswith("model name")), platform.machine())
+    lock = (REPO / "Cargo.lock").read_text()
+    tv = lock.split('name = "tract-onnx"\nversion = "', 1)[1].split('"', 1)[0] if "tract-onnx" in lock else "?"
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "edgefuse": f"{rev}{' (+uncommitted changes)' if dirty else ''}, {exe}",
+        "tract": tv,
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+        "paho": mqtt.__version__ if hasattr(mqtt, "__version__") else "?",
+        "mosquitto": mosq[0] if mosq else "?",
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+ref_models: Path = REPO / "models"
+
+
+def main() -> None:
+    global ref_models
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--edgefuse", type=Path, required=True, help="the (release) edgefuse binary")
+    ap.add_argument("--models", type=Path, default=Path(os.environ.get("EDGEFUSE_MODELS", REPO / "models")))
+    ap.add_argument("--modality", action="append", choices=MODALITIES)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per modality")
+    ap.add_argument("--per-round", type=int, default=5, help="items per contender per round")
+    ap.add_argument("--burst", type=int, default=8, help="items sent at once for throughput")
+    ap.add_argument("--starts", type=int, default=3, help="daemon starts timed to READY")
+    ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--peer-threads", type=int, help="onnxruntime threads in the peer (default: its own)")
+    ap.add_argument("--doc", type=Path, help="markdown file to update between the side-by-side markers")
+    ap.add_argument("--json", type=Path, help="also write the raw numbers here")
+    args = ap.parse_args()
+    ref_models = args.models.resolve()
+    modalities = args.modality or MODALITIES
+    if not shutil.which("mosquitto"):
+        sys.exit("error: mosquitto not found (Debian: apt-get install mosquitto)")
+    specs = tomllib.loads((ref_models / "manifest.toml").read_text())["models"]
+    started = time.monotonic()
+    machine = machine_facts(args.edgefuse)
+    payloads = {"text": TEXT.encode(), "vision": IMAGE.read_bytes(), "audio": WAV.read_bytes()}
+
+    with tempfile.TemporaryDirectory(prefix="edgefuse-sbs-") as tmps:
+        tmp = Path(tmps)
+        port = free_port()
+        (tmp / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        static = tmp / "static-images"
+        static.mkdir()
+        (tmp / "edgefuse.toml").write_text(
+            f'device_id = "bench"\n[mqtt]\nbroker = "mqtt://127.0.0.1:{port}"\n'
+            f'topic_prefix = "edgefuse"\n[stats]\ninterval_s = 0\n'
+            f'[sources.image_dir]\nenabled = true\npath = "{static}"\n'
+        )
+        broker = subprocess.Popen(["mosquitto", "-c", str(tmp / "mosquitto.conf")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        procs: list[subprocess.Popen] = []
+        res: dict = {"machine": machine, "modalities": {}}
+        try:
+            ready_ef, ready_peer = [], []
+            ef = peer = None
+            for i in range(args.starts):
+                if ef:
+                    stop(ef)
+                if peer:
+                    stop(peer)
+                ef, t = start_edgefuse(args.edgefuse, tmp / "edgefuse.toml", ref_models, tmp)
+                procs = [ef]  # stopped in `finally` if anything below fails
+                ready_ef.append(t)
+                peer, t = start_peer(sys.executable, port, ref_models, args.peer_threads)
+                procs = [ef, peer]
+                ready_peer.append(t)
+                log(f"start {i + 1}: edgefuse READY in {ready_ef[-1]:.2f} s, peer {ready_peer[-1]:.2f} s")
+            procs = [ef, peer]
+            echo, _ = start_peer(sys.executable, port, ref_models, None, echo=True)
+            procs.append(echo)
+            res["ready_s"] = {"edgefuse": ready_ef, "peer": ready_peer}
+            drv = Driver(port)
+            for m in modalities:
+                for prefix in ("edgefuse", "peer", "echo"):
+                    drv.one(prefix, m, payloads[m])  # warm-up
+            for m in modalities:
+                feeds = ort_inputs(m, specs)
+                path = ref_models / specs[m]["file"]
+                o1 = ort.SessionOptions()
+                o1.intra_op_num_threads = 1
+                sessions = {
+                    "1": ort.InferenceSession(str(path), o1, providers=["CPUExecutionProvider"]),
+                    "default": ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]),
+                }
+                r = {"edgefuse": [], "peer": [], "echo": [], "ort1": [], "ortd": [], "tract": [], "tract_pre": [],
+                     "tract_post": [], "burst_edgefuse": [], "burst_peer": []}
+                for rnd in range(args.rounds):
+                    for _ in range(args.per_round):
+                        r["edgefuse"].append(drv.one("edgefuse", m, payloads[m]))
+                        r["peer"].append(drv.one("peer", m, payloads[m]))
+                        r["echo"].append(drv.one("echo", m, payloads[m]))
+                    r["ort1"] += time_ort(sessions["1"], feeds, args.per_round)
+                    r["ortd"] += time_ort(sessions["default"], feeds, args.per_round)
+                    tb = tract_bench(args.edgefuse, ref_models, m, args.per_round)["modalities"][0]["runs"][0]
+                    r["tract"].append(tb["inference_ms"]["p50"])
+                    r["tract_pre"].append(tb["preprocess_ms"]["p50"])
+                    r["tract_post"].append(tb["postprocess_ms"]["p50"])
+                    r["burst_edgefuse"].append(drv.burst("edgefuse", m, payloads[m], args.burst))
+                    r["burst_peer"].append(drv.burst("peer", m, payloads[m], args.burst))
+                    log(f"{m} round {rnd + 1}: edgefuse {med(r['edgefuse'][-args.per_round:]):.1f} ms, "
+                        f"peer {med(r['peer'][-args.per_round:]):.1f} ms, tract {r['tract'][-1]:.1f} ms, "
+                        f"ORT 1t {med(r['ort1'][-args.per_round:]):.1f} ms")
+                res["modalities"][m] = r
+            time.sleep(2)
+            idle = {}
+            c0 = {name: cpu_seconds(p.pid) for name, p in zip(("edgefuse", "peer"), procs)}
+            time.sleep(args.idle_seconds)
+            for name, p in zip(("edgefuse", "peer"), procs):
+                idle[name] = (cpu_seconds(p.pid) - c0[name]) / args.idle_seconds * 100
+            res["idle_cpu_percent"] = idle
+            res["rss_bytes"] = {name: proc_status(p.pid) for name, p in zip(("edgefuse", "peer"), procs)}
+            drv.c.loop_stop()
+        finally:
+            for p in procs:
+                if p:
+                    stop(p)
+            stop(broker)
+    machine["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    machine["wall_s"] = time.monotonic() - started
+    md = markdown(res, specs, args)
+    print(md)
+    if args.doc:
+        update_doc(args.doc, md)
+        log(f"updated {args.doc}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+
+
+def markdown(res: dict, specs: dict, args: argparse.Namespace) -> str:
+    m = res["machine"]
+    f = lambda x: f"{x:.3f}" if x < 1 else f"{x:.2f}" if x < 100 else f"{x:.1f}"  # noqa: E731
+    cell = lambda xs: f"{f(med(xs))} / {f(p95(xs))}"  # noqa: E731
+    lines = [
+        f"Measured {m['date']} by `bench/run` ({m['wall_s']:.0f} s wall for this part); "
+        f"{args.rounds} interleaved rounds × {args.per_round} items per contender and modality, "
+        f"bursts of {args.burst}.",
+        "",
+        f"- CPU: {m['cpu']}, {m['cpus']} logical CPUs, shared with other jobs (load average "
+        f"{m['load_before']} before, {m['load_after']} after): read the ratios, not the absolute times.",
+        f"- {m['kernel']}; edgefuse {m['edgefuse']}; tract-onnx {m['tract']} (1 thread); "
+        f"onnxruntime {m['onnxruntime']}; Python {m['python']}; {m['mosquitto']}.",
+        f"- Python peer: onnxruntime with "
+        f"{f'{args.peer_threads} intra-op thread(s)' if args.peer_threads else 'its default thread count'}.",
+        "",
+        "Per item, milliseconds as median / p95. End to end = publish the input → receive its "
+        "`embedding/<m>` (driver, daemon and mosquitto on one machine). Floor = the same round "
+        "trip to a responder that computes nothing (`python_peer.py --echo`); e2e − floor is "
+        "what the daemon itself spends. Raw = the model alone on the preprocessed sample "
+        "(tract: `edgefuse bench` inference stage; median of the per-round medians).",
+        "",
+        "| modality | edgefuse e2e | Python peer e2e | peer / edgefuse | floor | raw tract "
+        "| e2e / raw tract | (e2e − floor) / raw tract | ORT 1 thread | ORT default "
+        "| tract / ORT 1t | tract / ORT default |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mod, r in res["modalities"].items():
+        t = med(r["tract"])
+        e, fl = med(r["edgefuse"]), med(r["echo"])
+        lines.append(
+            f"| {mod} | {cell(r['edgefuse'])} | {cell(r['peer'])} | {med(r['peer']) / e:.2f} "
+            f"| {f(fl)} | {f(t)} | {e / t:.2f} | {(e - fl) / t:.2f} | {cell(r['ort1'])} "
+            f"| {cell(r['ortd'])} | {t / med(r['ort1']):.2f} | {t / med(r['ortd']):.2f} |"
+        )
+    lines += [
+        "",
+        f"Throughput, bursts of {args.burst} items published at once, items/s (median of rounds), "
+        "and edgefuse's own stages in `edgefuse bench` (batch 1, 1 thread, ms):",
+        "",
+        "| modality | edgefuse items/s | peer items/s | edgefuse / peer | preprocess | inference | postprocess |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mod, r in res["modalities"].items():
+        be, bp = med(r["burst_edgefuse"]), med(r["burst_peer"])
+        lines.append(f"| {mod} | {be:.2f} | {bp:.2f} | {be / bp:.2f} | {f(med(r['tract_pre']))} "
+                     f"| {f(med(r['tract']))} | {f(med(r['tract_post']))} |")
+    rss, idle, ready = res["rss_bytes"], res["idle_cpu_percent"], res["ready_s"]
+    mb = lambda b: f"{b / 1e6:.0f} MB"  # noqa: E731
+    lines += [
+        "",
+        "Daemons, all three models loaded, after the run:",
+        "",
+        "| | edgefuse | Python peer | edgefuse / peer |",
+        "|---|---:|---:|---:|",
+        f"| RSS (VmRSS) | {mb(rss['edgefuse']['VmRSS'])} | {mb(rss['peer']['VmRSS'])} "
+        f"| {rss['edgefuse']['VmRSS'] / rss['peer']['VmRSS']:.2f} |",
+        f"| peak RSS (VmHWM) | {mb(rss['edgefuse']['VmHWM'])} | {mb(rss['peer']['VmHWM'])} "
+        f"| {rss['edgefuse']['VmHWM'] / rss['peer']['VmHWM']:.2f} |",
+        f"| start to READY, s (median of {len(ready['edgefuse'])}) | {med(ready['edgefuse']):.2f} "
+        f"| {med(ready['peer']):.2f} | {med(ready['edgefuse']) / med(ready['peer']):.2f} |",
+        f"| idle CPU over {args.idle_seconds:.0f} s (edgefuse with a static `image_dir` source) "
+        f"| {idle['edgefuse']:.2f} % | {idle['peer']:.2f} % | |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def update_doc(doc: Path, body: str) -> None:
+    block = f"{BEGIN}\n{body}{END}"
+    text = doc.read_text() if doc.exists() else "# Performance\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        doc.write_text(head + block + tail)
+    else:
+        doc.write_text(text.rstrip("\n") + "\n\n## Side by side\n\n" + block + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,642 @@
+//! `edgefuse bench`: per modality, load time, per-stage latency (p50/p95) and throughput at
+//! several batch sizes and tract thread counts, and the process RSS, on real sample inputs.
+//!
+//! The sample inputs are compiled in (a 448×288 JPEG and a 2.9 s speech WAV from
+//! tests/fixtures, plus fixed sentences), so the command works on a device with nothing but the
+//! binary and the models; `--image`, `--audio` and `--text` replace them.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
+use tract_onnx::prelude::*;
+
+use super::load_config;
+use crate::cli::{BenchArgs, Cli};
+use crate::cpu;
+use crate::encoders::{EncoderSet, ItemResult, Modality, ModelInfo, Timings};
+use crate::manifest::read_verified;
+use crate::preprocess::text::{TextPreprocess, TextTokenizer};
+use crate::stats::rss_bytes;
+
+const SAMPLE_IMAGE: &[u8] = include_bytes!("../../tests/fixtures/images/chelsea.jpg");
+const SAMPLE_WAV: &[u8] = include_bytes!("../../tests/fixtures/audio/speech_fox.wav");
+const SAMPLE_TEXT: &str = "A man is playing a guitar on the stage.";
+
+#[derive(Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub version: &'static str,
+    pub machine: Machine,
+    pub settings: Settings,
+    pub rss_bytes: Rss,
+    pub modalities: Vec<ModalityReport>,
+}
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub arch: &'static str,
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub simd: Vec<&'static str>,
+    pub tract_isa: Vec<&'static str>,
+    pub load_average: Option<[f64; 3]>,
+}
+
+#[derive(Serialize)]
+pub struct Settings {
+    pub iterations: usize,
+    pub warmup: usize,
+    pub batches: Vec<usize>,
+    pub threads: Vec<usize>,
+}
+
+#[derive(Serialize)]
+pub struct Rss {
+    /// Before any model is loaded.
+    pub start: u64,
+    /// With every selected model loaded, before the first inference.
+    pub loaded: u64,
+    /// At the end of the run.
+    pub end: u64,
+    /// High-water mark of the process (VmHWM), 0 where unknown.
+    pub peak: u64,
+}
+
+#[derive(Serialize)]
+pub struct ModalityReport {
+    pub modality: Modality,
+    pub model: ModelInfo,
+    /// What one item is, e.g. `448×288 JPEG (33336 bytes)`.
+    pub input: String,
+    pub load_ms: f64,
+    /// RSS growth while this model loaded.
+    pub rss_load_bytes: u64,
+    pub kernels: Vec<String>,
+    /// One row per (batch, threads) combination, in the order measured.
+    pub runs: Vec<Run>,
+    /// With `--profile`: time per tract op type at batch 1, 1 thread, largest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<OpTime>>,
+}
+
+#[derive(Serialize)]
+pub struct OpTime {
+    /// tract op name, e.g. `OptMatMul`, `Conv`, `Softmax`.
+    pub op: String,
+    /// Nodes of this op type in the optimised plan.
+    pub nodes: usize,
+    /// Mean per model run, milliseconds.
+    pub ms: f64,
+    pub percent: f64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub struct Pct {
+    pub p50: f64,
+    pub p95: f64,
+    pub mean: f64,
+}
+
+#[derive(Serialize)]
+pub struct Run {
+    pub batch: usize,
+    pub threads: usize,
+    pub iterations: usize,
+    /// Per item, milliseconds: batched stages are shared equally among the batch's items.
+    pub preprocess_ms: Pct,
+    pub inference_ms: Pct,
+    pub postprocess_ms: Pct,
+    /// Wall time of one whole call with `batch` items.
+    pub call_ms: Pct,
+    /// `batch` × 1000 / mean call time.
+    pub items_per_s: f64,
+}
+
+fn pct(values: &[f64]) -> Pct {
+    if values.is_empty() {
+        return Pct {
+            p50: 0.0,
+            p95: 0.0,
+            mean: 0.0,
+        };
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[(((v.len() - 1) as f64) * q).round() as usize];
+    Pct {
+        p50: at(0.5),
+        p95: at(0.95),
+        mean: v.iter().sum::<f64>() / v.len() as f64,
+    }
+}
+
+/// Inputs for one modality: bytes (image, WAV) or text, and a description.
+enum Sample {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    if args.batch.contains(&0) || args.threads.contains(&0) {
+        bail!("--batch and --threads take positive numbers");
+    }
+    let mut batches = args.batch.clone();
+    batches.dedup();
+    let mut threads = if args.threads.is_empty() {
+        vec![
+            1,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ]
+    } else {
+        args.threads.clone()
+    };
+    threads.dedup();
+    let modalities: Vec<Modality> = if args.modality.is_empty() {
+        Modality::ALL.to_vec()
+    } else {
+        let mut m = args.modality.clone();
+        m.sort();
+        m.dedup();
+        m
+    };
+
+    let mut config = load_config(cli)?;
+    let models_dir = config.models_dir(cli.models.as_deref());
+    // Measure exactly the requested batch sizes: the encoders split larger batches.
+    let max_batch = batches.iter().copied().max().unwrap_or(1);
+    let e = &mut config.encoders;
+    e.text.enabled = modalities.contains(&Modality::Text);
+    e.vision.enabled = modalities.contains(&Modality::Vision);
+    e.audio.enabled = modalities.contains(&Modality::Audio);
+    e.text.max_batch = e.text.max_batch.max(max_batch);
+    e.vision.max_batch = e.vision.max_batch.max(max_batch);
+    e.audio.max_batch = e.audio.max_batch.max(max_batch);
+
+    let samples = load_samples(args)?;
+    let rss_start = rss_bytes();
+    let mut rss_per_model = Vec::new();
+    let mut set = EncoderSet {
+        manifest: crate::manifest::Manifest::load(&models_dir.join("manifest.toml"))?,
+        text: None,
+        vision: None,
+        audio: None,
+    };
+    // Load one modality at a time so the RSS each model adds can be attributed.
+    for &m in &modalities {
+        let before = rss_bytes();
+        let one = EncoderSet::load(&config, &models_dir, &[m])
+            .with_context(|| format!("loading the {m} encoder"))?;
+        match m {
+            Modality::Text => set.text = one.text,
+            Modality::Vision => set.vision = one.vision,
+            Modality::Audio => set.audio = one.audio,
+        }
+        // As the daemon does after loading (see `stats::trim_heap`).
+        crate::stats::trim_heap();
+        rss_per_model.push(rss_bytes().saturating_sub(before));
+    }
+    let rss_loaded = rss_bytes();
+
+    // One executor per thread count, built once: building a pool is not what we measure.
+    let executors: Vec<(usize, Executor)> = threads
+        .iter()
+        .map(|&n| {
+            let ex = if n == 1 {
+                Executor::SingleThread
+            } else {
+                Executor::multithread(n)
+            };
+            (n, ex)
+        })
+        .collect();
+
+    let mut reports = Vec::new();
+    for (&m, rss_load) in modalities.iter().zip(rss_per_model) {
+        let model = set.model(m).context("encoder loaded above")?;
+        let (input, one): (String, Box<dyn Fn(usize) -> Vec<ItemResult> + '_>) = match m {
+            Modality::Text => {
+                let enc = set.text.as_ref().context("text encoder")?;
+                let Sample::Text(t) = &samples[0] else {
+                    unreachable!("samples are in modality order")
+                };
+                let t = t.clone();
+                (
+                    format!("{} characters of text", t.chars().count()),
+                    Box::new(move |n| enc.embed(&vec![t.as_str(); n])),
+                )
+            }
+            Modality::Vision => {
+                let enc = set.vision.as_ref().context("vision encoder")?;
+                let Sample::Bytes(b) = &samples[1] else {
+                    unreachable!("samples are in modality order")
+                };
+                let desc = match ::image::ImageReader::new(std::io::Cursor::new(b))
+                    .with_guessed_format()
+                    .ok()
+                    .and_then(|r| r.into_dimensions().ok())
+                {
+                    Some((w, h)) => format!("{w}×{h} image ({} bytes)", b.len()),
+                    None => format!("image ({} bytes)", b.len()),
+                };
+                (desc, Box::new(move |n| enc.embed(&vec![b.as_slice(); n])))
+            }
+            Modality::Audio => {
+                let enc = set.audio.as_ref().context("audio encoder")?;
+                let Sample::Bytes(b) = &samples[2] else {
+                    unreachable!("samples are in modality order")
+                };
+                let secs = crate::preprocess::wav::decode(b, f64::MAX)
+                    .map(|d| d.samples.len() as f64 / f64::from(d.sample_rate))
+                    .unwrap_or(0.0);
+                (
+                    format!("{secs:.1} s WAV ({} bytes)", b.len()),
+                    Box::new(move |n| enc.embed_wavs(&vec![b.as_slice(); n])),
+                )
+            }
+        };
+        let mut runs = Vec::new();
+        for &batch in &batches {
+            for (nthreads, ex) in &executors {
+                let r = measure(&*one, batch, args.warmup, args.iterations, ex)
+                    .with_context(|| format!("{m}: batch {batch}, {nthreads} thread(s)"))?;
+                runs.push(Run {
+                    threads: *nthreads,
+                    ..r
+                });
+                if !args.json {
+                    eprint!(".");
+                }
+            }
+        }
+        let profile = if args.profile {
+            let inputs = plan_inputs(&set, m, &samples, &config)
+                .with_context(|| format!("{m}: building the profiling inputs"))?;
+            Some(profile_plan(&model.plan, inputs, args.iterations)?)
+        } else {
+            None
+        };
+        reports.push(ModalityReport {
+            modality: m,
+            model: ModelInfo::of(model),
+            input,
+            load_ms: model.load_ms,
+            rss_load_bytes: rss_load,
+            kernels: model.kernels.clone(),
+            runs,
+            profile,
+        });
+    }
+    if !args.json {
+        eprintln!();
+    }
+
+    let report = Report {
+        schema: 1,
+        version: env!("CARGO_PKG_VERSION"),
+        machine: machine(),
+        settings: Settings {
+            iterations: args.iterations,
+            warmup: args.warmup,
+            batches,
+            threads,
+        },
+        rss_bytes: Rss {
+            start: rss_start,
+            loaded: rss_loaded,
+            end: rss_bytes(),
+            peak: peak_rss_bytes(),
+        },
+        modalities: reports,
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        print_table(&mut out, &report)?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_samples(args: &BenchArgs) -> anyhow::Result<Vec<Sample>> {
+    let read = |p: &Option<PathBuf>, builtin: &[u8]| -> anyhow::Result<Vec<u8>> {
+        match p {
+            Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display())),
+            None => Ok(builtin.to_vec()),
+        }
+    };
+    Ok(vec![
+        Sample::Text(args.text.clone().unwrap_or_else(|| SAMPLE_TEXT.to_owned())),
+        Sample::Bytes(read(&args.image, SAMPLE_IMAGE)?),
+        Sample::Bytes(read(&args.audio, SAMPLE_WAV)?),
+    ])
+}
+
+/// Time `warmup + iterations` calls of `call(batch)` under `executor`.
+fn measure(
+    call: &dyn Fn(usize) -> Vec<ItemResult>,
+    batch: usize,
+    warmup: usize,
+    iterations: usize,
+    executor: &Executor,
+) -> anyhow::Result<Run> {
+    let mut pre = Vec::with_capacity(iterations);
+    let mut inf = Vec::with_capacity(iterations);
+    let mut post = Vec::with_capacity(iterations);
+    let mut wall = Vec::with_capacity(iterations);
+    for i in 0..warmup + iterations {
+        let t0 = Instant::now();
+        let results = multithread_tract_scope(executor.clone(), || call(batch));
+        let call_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut sum = Timings::default();
+        for r in &results {
+            let e = r.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+            sum.preprocess_ms += e.timings.preprocess_ms;
+            sum.inference_ms += e.timings.inference_ms;
+            sum.postprocess_ms += e.timings.postprocess_ms;
+        }
+        if i < warmup {
+            continue;
+        }
+        let n = results.len().max(1) as f64;
+        pre.push(sum.preprocess_ms / n);
+        inf.push(sum.inference_ms / n);
+        post.push(sum.postprocess_ms / n);
+        wall.push(call_ms);
+    }
+    let call_ms = pct(&wall);
+    Ok(Run {
+        batch,
+        threads: 1,
+        iterations,
+        preprocess_ms: pct(&pre),
+        inference_ms: pct(&inf),
+        postprocess_ms: pct(&post),
+        call_ms,
+        items_per_s: if call_ms.mean > 0.0 {
+            batch as f64 * 1e3 / call_ms.mean
+        } else {
+            0.0
+        },
+    })
+}
+
+/// The model inputs for one item of `m`, built by the encoders' own public preprocessing.
+fn plan_inputs(
+    set: &EncoderSet,
+    m: Modality,
+    samples: &[Sample],
+    config: &crate::config::Config,
+) -> anyhow::Result<TVec<TValue>> {
+    match (m, &samples[m as usize]) {
+        (Modality::Text, Sample::Text(t)) => {
+            let enc = set.text.as_ref().context("text encoder")?;
+            let pre: TextPreprocess = enc.model.spec.preprocess()?;
+            let path = set.manifest.path_of(&pre.tokenizer);
+            let bytes = read_verified(&path, &pre.tokenizer_sha256)?;
+            let tok = TextTokenizer::from_bytes(&bytes, &path, enc.max_length())?;
+            let tb = tok.encode_batch(&[t.as_str()])?;
+            let shape = [tb.batch, tb.seq];
+            let t = |v: &[i64]| -> anyhow::Result<TValue> {
+                Ok(Tensor::from_shape(&shape, v)?.into_tvalue())
+            };
+            Ok(tvec![
+                t(&tb.input_ids)?,
+                t(&tb.attention_mask)?,
+                t(&tb.token_type_ids)?
+            ])
+        }
+        (Modality::Vision, Sample::Bytes(b)) => {
+            let enc = set.vision.as_ref().context("vision encoder")?;
+            let crop = enc.params.crop as usize;
+            let mut buf = Vec::new();
+            crate::preprocess::image::preprocess(
+                b,
+                &enc.params,
+                config.encoders.vision.max_pixels,
+                &mut buf,
+            )?;
+            Ok(tvec![
+                Tensor::from_shape(&[1, 3, crop, crop], &buf)?.into_tvalue()
+            ])
+        }
+        (Modality::Audio, Sample::Bytes(b)) => {
+            let enc = set.audio.as_ref().context("audio encoder")?;
+            let p = &enc.front_end.params;
+            let blocks = enc
+                .front_end
+                .wav_to_blocks(b, config.encoders.audio.max_seconds)?;
+            Ok(tvec![Tensor::from_shape(
+                &[blocks.count, p.block_frames, p.n_mels],
+                &blocks.data
+            )?
+            .into_tvalue()])
+        }
+        _ => bail!("no sample for {m}"),
+    }
+}
+
+/// Run the plan `iterations` times timing every node, and sum the time per op type.
+fn profile_plan(
+    plan: &std::sync::Arc<TypedRunnableModel>,
+    inputs: TVec<TValue>,
+    iterations: usize,
+) -> anyhow::Result<Vec<OpTime>> {
+    use std::collections::BTreeMap;
+    let mut per_op: BTreeMap<String, (std::collections::BTreeSet<usize>, f64)> = BTreeMap::new();
+    let mut state = TypedSimpleState::new(plan)?;
+    // One untimed run first, as in the latency measurements.
+    state.run(inputs.clone())?;
+    for _ in 0..iterations {
+        state.run_plan_with_eval(inputs.clone(), |session, op_state, node, input| {
+            let t0 = Instant::now();
+            let r = tract_onnx::tract_core::plan::eval(session, op_state, node, input);
+            let e = per_op.entry(node.op().name().to_string()).or_default();
+            e.0.insert(node.id);
+            e.1 += t0.elapsed().as_secs_f64() * 1e3;
+            r
+        })?;
+    }
+    let total: f64 = per_op.values().map(|(_, ms)| ms).sum();
+    let n = iterations.max(1) as f64;
+    let mut ops: Vec<OpTime> = per_op
+        .into_iter()
+        .map(|(op, (nodes, ms))| OpTime {
+            op,
+            nodes: nodes.len(),
+            ms: ms / n,
+            percent: if total > 0.0 { ms / total * 100.0 } else { 0.0 },
+        })
+        .collect();
+    ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(ops)
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    // x86 names it `model name`; ARM boards often only have `Model` or `Hardware`.
+    let cpu_model = ["model name", "Model", "Hardware"]
+        .iter()
+        .find_map(|key| {
+            cpuinfo.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == *key).then(|| v.trim().to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let load_average = std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| {
+        let v: Vec<f64> = s
+            .split_whitespace()
+            .take(3)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        (v.len() == 3).then(|| [v[0], v[1], v[2]])
+    });
+    Machine {
+        arch: cpu::arch(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model,
+        simd: cpu::simd_features(),
+        tract_isa: cpu::tract_isa(),
+        load_average,
+    }
+}
+
+/// VmHWM of /proc/self/status in bytes (Linux), 0 where unknown.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.0} MB", bytes as f64 / 1e6)
+}
+
+fn p(x: Pct) -> String {
+    let f = |v: f64| {
+        if v < 1.0 {
+            format!("{v:.3}")
+        } else if v < 100.0 {
+            format!("{v:.2}")
+        } else {
+            format!("{v:.1}")
+        }
+    };
+    format!("{} / {}", f(x.p50), f(x.p95))
+}
+
+fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
+    let m = &r.machine;
+    writeln!(
+        out,
+        "edgefuse {} bench: {} ({}), {} CPUs, simd {}, tract isa {}",
+        r.version,
+        m.arch,
+        if m.cpu_model.is_empty() {
+            "unknown CPU"
+        } else {
+            &m.cpu_model
+        },
+        m.cpus,
+        m.simd.join(" "),
+        m.tract_isa.join(" ")
+    )?;
+    if let Some(l) = m.load_average {
+        writeln!(out, "load average {:.2} {:.2} {:.2}", l[0], l[1], l[2])?;
+    }
+    writeln!(
+        out,
+        "{} iterations after {} warm-up; times in ms as p50 / p95, per item unless `call`",
+        r.settings.iterations, r.settings.warmup
+    )?;
+    writeln!(
+        out,
+        "RSS: {} at start, {} with models loaded, {} peak",
+        mb(r.rss_bytes.start),
+        mb(r.rss_bytes.loaded),
+        mb(r.rss_bytes.peak)
+    )?;
+    for mr in &r.modalities {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{} — {} ({}), input {}; load {:.0} ms, +{} RSS; kernels {}",
+            mr.modality,
+            mr.model.name,
+            mr.model.quantization,
+            mr.input,
+            mr.load_ms,
+            mb(mr.rss_load_bytes),
+            mr.kernels.join(" ")
+        )?;
+        writeln!(
+            out,
+            "  {:>5} {:>7} {:>17} {:>17} {:>17} {:>19} {:>9}",
+            "batch", "threads", "preprocess", "inference", "postprocess", "call", "items/s"
+        )?;
+        for run in &mr.runs {
+            writeln!(
+                out,
+                "  {:>5} {:>7} {:>17} {:>17} {:>17} {:>19} {:>9.2}",
+                run.batch,
+                run.threads,
+                p(run.preprocess_ms),
+                p(run.inference_ms),
+                p(run.postprocess_ms),
+                p(run.call_ms),
+                run.items_per_s
+            )?;
+        }
+        if let Some(profile) = &mr.profile {
+            writeln!(
+                out,
+                "  profile (batch 1, 1 thread), time per model run by tract op:"
+            )?;
+            for op in profile.iter().take(10) {
+                writeln!(
+                    out,
+                    "    {:<28} {:>4} nodes {:>10.3} ms {:>5.1} %",
+                    op.op, op.nodes, op.ms, op.percent
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_mean_and_empty_input() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        let p = pct(&v);
+        assert_eq!(p.p50, 11.0);
+        assert_eq!(p.p95, 19.0);
+        assert_eq!(p.mean, 10.5);
+        assert_eq!(pct(&[]).p50, 0.0);
+    }
+
+    #[test]
+    fn peak_rss_is_at_least_the_current_rss() {
+        let now = rss_bytes();
+        assert!(peak_rss_bytes() >= now, "VmHWM below statm RSS");
+    }
+}
