@@ -19,7 +19,7 @@ use crate::fusion::{Fusion, LabelStore};
 use crate::mqtt::client::{connect, ConnectSettings};
 use crate::mqtt::payload::{now_rfc3339, ErrorRecord, SCHEMA};
 use crate::mqtt::topics::Route;
-use crate::mqtt::{broker, BrokerAddr, Incoming, MqttHandle, Topics};
+use crate::mqtt::{broker, security, BrokerAddr, Incoming, MqttHandle, Topics};
 use crate::pipeline::queue::DropOldest;
 use crate::pipeline::worker::{EncoderRef, Worker};
 use crate::pipeline::{Body, Event, Purpose, Request};
@@ -100,11 +100,21 @@ pub async fn run(
         BrokerAddr {
             host: b.internal.ip().to_string(),
             port: b.internal.port(),
+            tls: false,
         }
     } else {
         BrokerAddr::parse(&config.mqtt.broker).map_err(anyhow::Error::msg)?
     };
-    let credentials = credentials(&config)?;
+    let credentials = security::credentials(
+        &config.mqtt,
+        std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(std::path::PathBuf::from)
+            .as_deref(),
+    )?;
+    let tls = addr
+        .tls
+        .then(|| security::tls_config(&config.mqtt))
+        .transpose()?;
     let spool = (config.spool.enabled && config.mqtt.qos > 0)
         .then(|| {
             let dir = config.state_dir.join("spool");
@@ -137,6 +147,7 @@ pub async fn run(
             max_payload_bytes: config.mqtt.max_payload_bytes,
             incoming_capacity: 16,
             properties: config.mqtt.broker != "embedded",
+            tls,
             spool,
             discovery,
         },
@@ -488,7 +499,10 @@ impl Pipeline {
             link.topics.clone(),
             Arc::clone(&queues),
             events_tx,
-            config.mqtt.max_payload_bytes,
+            (
+                config.mqtt.max_payload_bytes,
+                config.encoders.text.max_bytes,
+            ),
             intake_cancel.clone(),
         ));
         let stats_task = (config.stats.interval_s > 0).then(|| {
@@ -578,22 +592,6 @@ impl Pipeline {
     }
 }
 
-fn credentials(config: &Config) -> anyhow::Result<Option<(String, String)>> {
-    let m = &config.mqtt;
-    if m.username.is_empty() {
-        return Ok(None);
-    }
-    let password = if m.password_file.is_empty() {
-        String::new()
-    } else {
-        std::fs::read_to_string(&m.password_file)
-            .with_context(|| format!("cannot read mqtt.password_file {}", m.password_file))?
-            .trim_end_matches(['\n', '\r'])
-            .to_owned()
-    };
-    Ok(Some((m.username.clone(), password)))
-}
-
 fn zero_shot_labels(
     config: &Config,
     text: Option<&TextEncoder>,
@@ -656,6 +654,7 @@ pub fn parse_incoming(
     msg: &Incoming,
     topics: &Topics,
     max_payload: usize,
+    max_text: usize,
 ) -> Result<Parsed, (String, String)> {
     let route = topics.route(&msg.topic);
     let fallback_id = correlation_id(&msg.correlation).unwrap_or_else(|| sources::new_id("mqtt"));
@@ -714,6 +713,17 @@ pub fn parse_incoming(
         }
         Modality::Vision | Modality::Audio => Body::Encoded(msg.payload.clone()),
     };
+    if let Body::Text(t) = &body {
+        if t.len() > max_text {
+            return refuse(
+                &id,
+                format!(
+                    "text of {} bytes exceeds encoders.text.max_bytes ({max_text})",
+                    t.len()
+                ),
+            );
+        }
+    }
     Ok(Parsed::Request(Box::new(Request {
         id,
         modality,
@@ -741,7 +751,7 @@ async fn intake(
     topics: Topics,
     queues: Arc<Queues>,
     events: mpsc::Sender<Event>,
-    max_payload: usize,
+    (max_payload, max_text): (usize, usize),
     cancel: CancellationToken,
 ) -> IntakeEnd {
     loop {
@@ -752,7 +762,7 @@ async fn intake(
                 m = incoming.recv() => match m { Some(m) => m, None => break },
             },
         };
-        let event = match parse_incoming(&msg, &topics, max_payload) {
+        let event = match parse_incoming(&msg, &topics, max_payload, max_text) {
             Ok(Parsed::Request(request)) => {
                 let request = *request;
                 match queues.requests.get(&request.modality) {

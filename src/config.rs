@@ -60,7 +60,8 @@ pub enum PayloadFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// `embedded` (start rumqttd on `embedded_listen`) or `mqtt://host:port`.
+    /// `embedded` (start rumqttd on `embedded_listen`), `mqtt://host:port` or
+    /// `mqtts://host:port` (TLS).
     pub broker: String,
     pub embedded_listen: String,
     pub client_id: String,
@@ -73,6 +74,11 @@ pub struct MqttConfig {
     pub password_file: String,
     pub payload: PayloadFormat,
     pub max_payload_bytes: usize,
+    /// PEM CA bundle for `mqtts://` (empty: the Mozilla roots).
+    pub ca_file: String,
+    /// PEM client certificate (chain) and key, for brokers that require one.
+    pub client_cert_file: String,
+    pub client_key_file: String,
 }
 
 impl Default for MqttConfig {
@@ -89,6 +95,9 @@ impl Default for MqttConfig {
             password_file: String::new(),
             payload: PayloadFormat::Json,
             max_payload_bytes: 16 * 1024 * 1024,
+            ca_file: String::new(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
         }
     }
 }
@@ -349,6 +358,10 @@ pub struct TextConfig {
     pub max_length: Option<usize>,
     #[serde(default = "sixteen")]
     pub max_batch: usize,
+    /// Longer texts are refused on `error` (the tokenizer truncates to `max_length` tokens
+    /// anyway; this bounds the work spent on a huge one).
+    #[serde(default = "default_max_text_bytes")]
+    pub max_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -414,6 +427,9 @@ fn audio_model() -> String {
 fn default_max_pixels() -> u64 {
     40_000_000
 }
+fn default_max_text_bytes() -> usize {
+    64 * 1024
+}
 fn default_max_seconds() -> f64 {
     600.0
 }
@@ -425,6 +441,7 @@ impl Default for TextConfig {
             model: text_model(),
             max_length: None,
             max_batch: 16,
+            max_bytes: default_max_text_bytes(),
         }
     }
 }
@@ -553,6 +570,12 @@ impl Config {
             p.range("encoders.text.max_length", n, 2, 512);
         }
         p.range("encoders.text.max_batch", e.text.max_batch, 1, 256);
+        p.range(
+            "encoders.text.max_bytes",
+            e.text.max_bytes,
+            1,
+            16 * 1024 * 1024,
+        );
         if e.vision.model.trim().is_empty() {
             p.add("encoders.vision.model", "must name a model in the manifest");
         }
@@ -643,6 +666,22 @@ impl Config {
         }
         if !m.password_file.is_empty() && m.username.is_empty() {
             p.add("mqtt.password_file", "is set but mqtt.username is empty");
+        }
+        let tls = m.broker.starts_with("mqtts://");
+        for (key, value) in [
+            ("mqtt.ca_file", &m.ca_file),
+            ("mqtt.client_cert_file", &m.client_cert_file),
+            ("mqtt.client_key_file", &m.client_key_file),
+        ] {
+            if !value.is_empty() && !tls {
+                p.add(key, "is set but mqtt.broker is not mqtts://host[:port]");
+            }
+        }
+        if m.client_cert_file.is_empty() != m.client_key_file.is_empty() {
+            p.add(
+                "mqtt.client_key_file",
+                "mqtt.client_cert_file and mqtt.client_key_file go together",
+            );
         }
     }
 

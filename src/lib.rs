@@ -10,6 +10,8 @@ pub mod cpu;
 pub mod encoders;
 pub mod error;
 pub mod fusion;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod logging;
 pub mod manifest;
 pub mod mqtt;

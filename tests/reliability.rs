@@ -64,6 +64,7 @@ async fn while_the_broker_is_down_the_client_backs_off_then_replays_the_spool_in
             properties: true,
             spool: Some(spool),
             discovery: None,
+            tls: None,
         },
         Topics::new("edgefuse", "bo"),
         stop.clone(),

@@ -102,6 +102,8 @@ pub struct ConnectSettings {
     pub incoming_capacity: usize,
     /// Send MQTT 5 publish properties (content type, correlation, user properties).
     pub properties: bool,
+    /// TLS (`mqtts://`), see `security::tls_config`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Store-and-forward for results (QoS ≥ 1 only).
     pub spool: Option<Spool>,
     /// Home Assistant discovery to announce on connect.
@@ -142,6 +144,11 @@ pub fn connect(
     opts.set_network_options(net);
     if let Some((user, pass)) = &s.credentials {
         opts.set_credentials(user, pass);
+    }
+    if let Some(tls) = &s.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
     }
     let qos = qos(s.qos);
     opts.set_last_will(LastWill::new(
@@ -345,6 +352,7 @@ async fn run_event_loop(
             Err(e) => {
                 counters.connected.store(false, Ordering::Relaxed);
                 fwd.reset();
+                let e = super::security::explain(&e);
                 if was_connected {
                     tracing::warn!("MQTT connection lost: {e}; reconnecting");
                 } else {

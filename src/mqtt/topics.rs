@@ -35,9 +35,10 @@ impl Topics {
         self.at("available")
     }
 
-    /// Filters the daemon subscribes to.
+    /// Filters the daemon subscribes to. Multi-level, so that a mistyped deeper topic
+    /// (`in/text/x`) is answered on `error` rather than silently unheard.
     pub fn subscriptions(&self) -> [String; 3] {
-        [self.at("in/+"), self.at("enroll/+"), self.at("forget/+")]
+        [self.at("in/#"), self.at("enroll/#"), self.at("forget/#")]
     }
 
     pub fn route(&self, topic: &str) -> Route {
@@ -51,11 +52,16 @@ impl Topics {
             Some(("in", "text")) => Route::Input(Modality::Text),
             Some(("in", "image")) => Route::Input(Modality::Vision),
             Some(("in", "audio")) => Route::Input(Modality::Audio),
-            Some(("enroll", label)) if !label.is_empty() => Route::Enroll(label.to_owned()),
-            Some(("forget", label)) if !label.is_empty() => Route::Forget(label.to_owned()),
+            Some(("enroll", label)) if is_label(label) => Route::Enroll(label.to_owned()),
+            Some(("forget", label)) if is_label(label) => Route::Forget(label.to_owned()),
             _ => Route::Unknown(topic.to_owned()),
         }
     }
+}
+
+/// One topic level: `enroll/a/b` is not the label `a/b`.
+fn is_label(label: &str) -> bool {
+    !label.is_empty() && !label.contains('/')
 }
 
 #[cfg(test)]
@@ -83,6 +89,15 @@ mod tests {
             Route::Forget("kitchen".into())
         );
         assert!(matches!(t.route("edgefuse/pi/in/video"), Route::Unknown(_)));
+        assert!(matches!(
+            t.route("edgefuse/pi/in/text/x"),
+            Route::Unknown(_)
+        ));
+        assert!(matches!(
+            t.route("edgefuse/pi/enroll/a/b"),
+            Route::Unknown(_)
+        ));
+        assert!(matches!(t.route("edgefuse/pi/forget/"), Route::Unknown(_)));
         assert!(matches!(
             t.route("edgefuse/other/in/text"),
             Route::Unknown(_)

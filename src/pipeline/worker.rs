@@ -2,6 +2,7 @@
 //! micro-batches whatever is queued, and runs the encoder on the blocking pool, so a slow
 //! model never stalls the async runtime or another modality's worker.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -87,6 +88,28 @@ impl EncoderRef {
     }
 }
 
+/// A panic in a decoder or encoder is a bug, but it must cost only the items involved and
+/// each of them must still be answered: the batch is retried item by item, and an item that
+/// panics alone gets an error of its own.
+pub fn embed_guarded(encoder: &EncoderRef, batch: &[Request]) -> Vec<ItemResult> {
+    let run = |items: &[Request]| catch_unwind(AssertUnwindSafe(|| encoder.embed(items)));
+    match run(batch) {
+        Ok(results) if results.len() == batch.len() => results,
+        _ => batch
+            .iter()
+            .map(|r| match run(std::slice::from_ref(r)) {
+                Ok(mut one) if one.len() == 1 => one.remove(0),
+                _ => {
+                    tracing::error!(id = %r.id, "the {} encoder panicked on this input", r.modality);
+                    Err(InputError::Inference(
+                        "internal error: the encoder panicked on this input".into(),
+                    ))
+                }
+            })
+            .collect(),
+    }
+}
+
 pub struct Worker {
     pub encoder: EncoderRef,
     pub requests: mpsc::Receiver<Request>,
@@ -133,7 +156,7 @@ impl Worker {
             let encoder = self.encoder.clone();
             self.stats.batch_started(modality);
             let joined = tokio::task::spawn_blocking(move || {
-                let results = encoder.embed(&batch);
+                let results = embed_guarded(&encoder, &batch);
                 (batch, results)
             })
             .await;

@@ -42,9 +42,18 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, InputError> {
     if bytes.is_empty() {
         return Err(InputError::Empty);
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| InputError::CorruptImage(e.to_string()))?;
+    // Bound what decoders may allocate while reading headers and metadata (ICC, EXIF, text
+    // chunks), before the dimensions are known: 4 bytes per pixel plus slack for 16-bit
+    // formats. The pixel count itself is checked below, before any pixel is decoded.
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(16));
+    let side = u32::try_from(max_pixels).unwrap_or(u32::MAX);
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    reader.limits(limits.clone());
     match reader.format() {
         None => return Err(InputError::UnknownImageFormat),
         Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
@@ -63,9 +72,6 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, InputError> {
             limit: max_pixels,
         });
     }
-    let mut limits = Limits::default();
-    // Bound the decoder's allocations too: 4 bytes per pixel plus slack for 16-bit formats.
-    limits.max_alloc = Some(max_pixels.saturating_mul(16));
     decoder.set_limits(limits).map_err(image_error)?;
     let orientation = decoder.orientation().map_err(image_error)?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(image_error)?;
@@ -214,6 +220,56 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn decompression_bombs_are_refused_from_the_header_before_any_pixel_is_allocated() {
+        // A 1x1 PNG whose header claims 50,000 x 50,000 (7.5 GB as RGB): if the decoder got as
+        // far as allocating its pixels this would abort, not return an error.
+        let mut p = png(1, 1);
+        p[16..20].copy_from_slice(&50_000u32.to_be_bytes());
+        p[20..24].copy_from_slice(&50_000u32.to_be_bytes());
+        let crc = crc32(&p[12..29]);
+        p[29..33].copy_from_slice(&crc.to_be_bytes());
+        let r = decode(&p, 40_000_000);
+        assert!(
+            matches!(
+                r,
+                Err(InputError::ImageTooLarge {
+                    width: 50_000,
+                    height: 50_000,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        // The same for a JPEG: 65,535 x 65,535 in its start-of-frame marker.
+        let mut j = Vec::new();
+        DynamicImage::ImageRgb8(RgbImage::new(8, 8))
+            .write_to(&mut Cursor::new(&mut j), image::ImageFormat::Jpeg)
+            .unwrap();
+        let sof = j.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        j[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF]);
+        let r = decode(&j, 40_000_000);
+        assert!(
+            matches!(r, Err(InputError::ImageTooLarge { width: 65_535, .. })),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -20,6 +20,13 @@ impl MonoAudio {
     }
 }
 
+/// Sample rates accepted. Outside this range the resampler's FFT sizes grow with the rate
+/// ratio (a header claiming 4 GHz would ask for hundreds of MB), and no real recording is there.
+pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 1_000..=384_000;
+
+/// Float samples past this (60 dB over full scale) are refused.
+pub const MAX_FLOAT_SAMPLE: f32 = 1000.0;
+
 /// Decode WAV bytes. `max_seconds` bounds memory before any sample is read.
 pub fn decode(bytes: &[u8], max_seconds: f64) -> Result<MonoAudio, InputError> {
     if bytes.is_empty() {
@@ -34,10 +41,13 @@ pub fn decode(bytes: &[u8], max_seconds: f64) -> Result<MonoAudio, InputError> {
         other => InputError::NotWav(other.to_string()),
     })?;
     let spec = reader.spec();
-    if spec.channels == 0 || spec.sample_rate == 0 {
+    if spec.channels == 0 || !SAMPLE_RATES.contains(&spec.sample_rate) {
         return Err(InputError::UnsupportedWav(format!(
-            "{} channels at {} Hz",
-            spec.channels, spec.sample_rate
+            "{} channels at {} Hz (expected 1 or more channels at {}–{} Hz)",
+            spec.channels,
+            spec.sample_rate,
+            SAMPLE_RATES.start(),
+            SAMPLE_RATES.end()
         )));
     }
     let frames = reader.duration() as usize;
@@ -49,12 +59,28 @@ pub fn decode(bytes: &[u8], max_seconds: f64) -> Result<MonoAudio, InputError> {
         });
     }
     let channels = usize::from(spec.channels);
+    // The header's length is only a claim: never reserve more samples than the bytes can hold.
+    let room = bytes.len() / usize::from(spec.bits_per_sample.div_ceil(8).max(1));
     let interleaved: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
-        (SampleFormat::Float, 32) => collect(reader.into_samples::<f32>(), |x| x)?,
+        (SampleFormat::Float, 32) => {
+            let v = collect(reader.into_samples::<f32>(), room, |x| x)?;
+            // Full scale is ±1. Far beyond it is garbage, and huge values overflow to NaN in
+            // the resampler's FFT (found by the malformed-input test).
+            if v.iter()
+                .any(|x| !x.is_finite() || x.abs() > MAX_FLOAT_SAMPLE)
+            {
+                return Err(InputError::UnsupportedWav(format!(
+                    "float samples that are NaN, infinite or beyond ±{MAX_FLOAT_SAMPLE}"
+                )));
+            }
+            v
+        }
         (SampleFormat::Int, bits @ 1..=32) => {
             // Full-scale integer → [-1, 1); 8-bit WAV is unsigned, hound re-centres it.
             let scale = 1.0 / (1u64 << (bits - 1)) as f32;
-            collect(reader.into_samples::<i32>(), move |x| x as f32 * scale)?
+            collect(reader.into_samples::<i32>(), room, move |x| {
+                x as f32 * scale
+            })?
         }
         (format, bits) => {
             return Err(InputError::UnsupportedWav(format!(
@@ -97,10 +123,11 @@ fn truncated(read: usize, declared: usize) -> InputError {
 
 fn collect<S, I: Iterator<Item = hound::Result<S>>>(
     samples: I,
+    room: usize,
     convert: impl Fn(S) -> f32,
 ) -> Result<Vec<f32>, InputError> {
     let (lower, _) = samples.size_hint();
-    let mut out = Vec::with_capacity(lower);
+    let mut out = Vec::with_capacity(lower.min(room));
     for s in samples {
         match s {
             Ok(v) => out.push(convert(v)),
@@ -186,14 +213,51 @@ pub(crate) mod tests {
         bytes.truncate(bytes.len() - 501);
         let r = decode(&bytes, 10.0);
         assert!(matches!(r, Err(InputError::TruncatedWav(_))), "{r:?}");
-        let full = wav_bytes(spec(1, 100, 16, SampleFormat::Int), &frames);
+        let full = wav_bytes(spec(1, 1000, 16, SampleFormat::Int), &frames);
         assert!(matches!(
-            decode(&full, 5.0),
+            decode(&full, 0.5),
             Err(InputError::AudioTooLong { .. })
         ));
         assert!(matches!(
             decode(&full[..20], 5.0),
             Err(InputError::TruncatedWav(_) | InputError::NotWav(_))
         ));
+    }
+
+    #[test]
+    fn absurd_rates_and_non_finite_samples_are_refused() {
+        let frames: Vec<Vec<f64>> = (0..10).map(|_| vec![0.1]).collect();
+        for rate in [1, 999, 384_001, 2_000_000_000] {
+            let mut bytes = wav_bytes(spec(1, 8000, 16, SampleFormat::Int), &frames);
+            // nSamplesPerSec, written by hand: hound's writer cannot compute byte rates this big.
+            bytes[24..28].copy_from_slice(&u32::to_le_bytes(rate));
+            bytes[28..32].copy_from_slice(&u32::to_le_bytes(rate.saturating_mul(2)));
+            let r = decode(&bytes, 1e9);
+            assert!(
+                matches!(&r, Err(InputError::UnsupportedWav(m)) if m.contains("Hz")),
+                "{rate}: {r:?}"
+            );
+        }
+        for bad in [f32::NAN, f32::INFINITY, 1e30] {
+            let mut bytes = wav_bytes(spec(1, 8000, 32, SampleFormat::Float), &frames);
+            let n = bytes.len();
+            bytes[n - 4..].copy_from_slice(&bad.to_le_bytes());
+            let r = decode(&bytes, 10.0);
+            assert!(
+                matches!(&r, Err(InputError::UnsupportedWav(m)) if m.contains("NaN")),
+                "{bad}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_header_claiming_4_gb_of_data_reserves_only_what_the_bytes_hold() {
+        let frames: Vec<Vec<f64>> = (0..10).map(|_| vec![0.1]).collect();
+        let mut bytes = wav_bytes(spec(1, 8000, 16, SampleFormat::Int), &frames);
+        // The data chunk's length field sits just before the samples.
+        let n = bytes.len();
+        bytes[n - 24..n - 20].copy_from_slice(&0xFFFF_FFFEu32.to_le_bytes());
+        let r = decode(&bytes, 1e9);
+        assert!(matches!(r, Err(InputError::TruncatedWav(_))), "{r:?}");
     }
 }

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod mutate;
+
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
