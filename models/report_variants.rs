@@ -20,32 +20,6 @@ const END: &str = "<!-- models/report: end -->";
 const MIN_SPEARMAN: f64 = 0.98;
 const MIN_COSINE: f64 = 0.98;
 
-const IMAGES: [&str; 10] = [
-    "chelsea.jpg",
-    "chelsea_exif6.jpg",
-    "astronaut.jpg",
-    "astronaut_portrait.jpg",
-    "astronaut.webp",
-    "coffee.jpg",
-    "coffee.png",
-    "rocket.jpg",
-    "motorcycle_left.jpg",
-    "camera_gray.jpg",
-];
-const AUDIO: [&str; 11] = [
-    "speech_fox.wav",
-    "speech_lights.wav",
-    "speech_lights2.wav",
-    "speech_lights_48k_stereo_s24.wav",
-    "speech_lights_16k_f32.wav",
-    "speech_lights_8k_s32.wav",
-    "speech_lights_11k_u8.wav",
-    "speech_short_0.3s.wav",
-    "tone_440hz.wav",
-    "white_noise.wav",
-    "pink_noise.wav",
-];
-
 /// The daemon's batch sizes (configs/default.toml `max_batch`) and single items.
 fn batches(m: Modality) -> [usize; 2] {
     match m {
@@ -154,11 +128,21 @@ fn inputs(repo: &Path) -> Result<Inputs> {
             .map(str::to_owned)
             .collect();
     let read = |p: PathBuf| std::fs::read(&p).with_context(|| p.display().to_string());
-    let images = IMAGES
+    // The evaluation lists are shared with tests/variants.rs.
+    let list = |name: &str| -> Result<Vec<String>> {
+        let p = repo.join("tests/fixtures/eval").join(name);
+        let text = std::fs::read_to_string(&p).with_context(|| p.display().to_string())?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect())
+    };
+    let images = list("images.txt")?
         .iter()
         .map(|f| read(repo.join("tests/fixtures/images").join(f)))
         .collect::<Result<_>>()?;
-    let wavs = AUDIO
+    let wavs = list("audio.txt")?
         .iter()
         .map(|f| read(repo.join("tests/fixtures/audio").join(f)))
         .collect::<Result<_>>()?;

@@ -18,6 +18,16 @@ use util::{free_port, models_dir, publish, Broker, Daemon, Sub};
 
 const T: Duration = Duration::from_secs(60);
 
+/// These tests restart brokers and push thousands of inputs against deadlines: one at a time,
+/// so on a 2-core CI host they do not starve each other (or flake on ports and timing).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A text-only daemon config (cheapest inputs) for `device_id = "test"`.
 fn text_only_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let p = dir.join("edgefuse.toml");
@@ -44,9 +54,28 @@ fn record(i: usize) -> Record {
     }
 }
 
+// The guard only serializes whole tests; this test's runtime is its own.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_broker_is_down_the_client_backs_off_then_replays_the_spool_in_order() {
+    let _serial = serial();
     let port = free_port();
+    // The subscriber's persistent session exists before the client can ever connect, so no
+    // replayed result slips past it however fast the client reconnects: subscribe once, then
+    // stop the broker (it saves the session) before the client starts.
+    let mut broker = Broker::start(port, "persistence true\npersistence_location ./\n");
+    {
+        let mut probe = Sub::start_with(
+            port,
+            "edgefuse/bo/#",
+            &[
+                "-V", "mqttv5", "-c", "-x", "3600", "-i", "bo-sub", "-q", "1",
+            ],
+        );
+        publish(port, "edgefuse/bo/probe", &["-m", "x"]);
+        probe.expect("probe", T, |_| true);
+    }
+    broker.halt("TERM");
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
     let stop = CancellationToken::new();
@@ -93,11 +122,20 @@ async fn while_the_broker_is_down_the_client_backs_off_then_replays_the_spool_in
     );
     assert!(!mqtt.counters().connected);
 
-    // The broker appears; the client connects at its next attempt and replays the spool.
-    let _broker = Broker::start(port, "");
-    let mut sub = tokio::task::spawn_blocking(move || Sub::start(port, "edgefuse/bo/#"))
-        .await
-        .unwrap();
+    // The broker comes back; the client connects at its next attempt and replays the spool,
+    // which the broker queues for the subscriber's session until it reconnects.
+    broker.resume();
+    let mut sub = tokio::task::spawn_blocking(move || {
+        Sub::start_with(
+            port,
+            "edgefuse/bo/#",
+            &[
+                "-V", "mqttv5", "-c", "-x", "3600", "-i", "bo-sub", "-q", "1",
+            ],
+        )
+    })
+    .await
+    .unwrap();
     let ids = tokio::task::spawn_blocking(move || {
         let mut ids = Vec::new();
         while ids.len() < 20 {
@@ -173,6 +211,7 @@ impl Collector {
 
 #[test]
 fn every_result_arrives_although_the_broker_restarts_five_times_during_2000_inputs() {
+    let _serial = serial();
     const INPUTS: usize = 2000;
     const RESTARTS: usize = 5;
     let port = free_port();
@@ -261,6 +300,7 @@ fn every_result_arrives_although_the_broker_restarts_five_times_during_2000_inpu
 
 #[test]
 fn results_cross_a_mosquitto_bridge_to_a_second_broker() {
+    let _serial = serial();
     let central_port = free_port();
     let _central = Broker::start(central_port, "");
     let local_port = free_port();
@@ -307,6 +347,7 @@ fn results_cross_a_mosquitto_bridge_to_a_second_broker() {
 
 #[test]
 fn home_assistant_discovery_is_retained_and_announced_again_when_home_assistant_restarts() {
+    let _serial = serial();
     let port = free_port();
     let _broker = Broker::start(port, "");
     let dir = tempfile::tempdir().unwrap();

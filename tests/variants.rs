@@ -43,8 +43,9 @@ fn manifest() -> &'static Manifest {
     })
 }
 
-fn eval_texts() -> Vec<String> {
-    String::from_utf8(fixture("tests/fixtures/eval/sentences.txt"))
+/// An evaluation list of tests/fixtures/eval/, shared with models/report (one item per line).
+fn eval_list(name: &str) -> Vec<String> {
+    String::from_utf8(fixture(&format!("tests/fixtures/eval/{name}")))
         .unwrap()
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -52,32 +53,9 @@ fn eval_texts() -> Vec<String> {
         .collect()
 }
 
-// The evaluation inputs of models/report (models/report_variants.rs).
-const IMAGES: [&str; 10] = [
-    "chelsea.jpg",
-    "chelsea_exif6.jpg",
-    "astronaut.jpg",
-    "astronaut_portrait.jpg",
-    "astronaut.webp",
-    "coffee.jpg",
-    "coffee.png",
-    "rocket.jpg",
-    "motorcycle_left.jpg",
-    "camera_gray.jpg",
-];
-const AUDIO: [&str; 11] = [
-    "speech_fox.wav",
-    "speech_lights.wav",
-    "speech_lights2.wav",
-    "speech_lights_48k_stereo_s24.wav",
-    "speech_lights_16k_f32.wav",
-    "speech_lights_8k_s32.wav",
-    "speech_lights_11k_u8.wav",
-    "speech_short_0.3s.wav",
-    "tone_440hz.wav",
-    "white_noise.wav",
-    "pink_noise.wav",
-];
+fn eval_texts() -> Vec<String> {
+    eval_list("sentences.txt")
+}
 
 /// Evaluation embeddings of model `key` (audio: every block of every clip).
 fn embed(key: &str) -> Vec<Vec<f32>> {
@@ -95,7 +73,7 @@ fn embed(key: &str) -> Vec<Vec<f32>> {
         }
         "vision" => {
             let enc = VisionEncoder::load(m, key, 4, 40_000_000).unwrap_or_else(|e| panic!("{e}"));
-            let bytes: Vec<Vec<u8>> = IMAGES
+            let bytes: Vec<Vec<u8>> = eval_list("images.txt")
                 .iter()
                 .map(|f| fixture(&format!("tests/fixtures/images/{f}")))
                 .collect();
@@ -107,7 +85,7 @@ fn embed(key: &str) -> Vec<Vec<f32>> {
         }
         "audio" => {
             let enc = AudioEncoder::load(m, key, 16, 600.0).unwrap_or_else(|e| panic!("{e}"));
-            AUDIO
+            eval_list("audio.txt")
                 .iter()
                 .flat_map(|f| {
                     let wav = fixture(&format!("tests/fixtures/audio/{f}"));
