@@ -8,7 +8,7 @@ use crate::app::{parse_incoming, Parsed};
 use crate::config::Config;
 use crate::mqtt::{Incoming, Topics};
 use crate::pipeline::Body;
-use crate::preprocess::image::{ImagePreprocess, ResizeFilter};
+use crate::preprocess::image::ImagePreprocess;
 use crate::preprocess::{image, resample, wav};
 
 /// Limits used by the fuzz entry points (smaller than the defaults, so a fuzzer explores
@@ -17,18 +17,6 @@ pub const MAX_PIXELS: u64 = 4_000_000;
 pub const MAX_SECONDS: f64 = 30.0;
 pub const MAX_PAYLOAD: usize = 1 << 20;
 pub const MAX_TEXT: usize = 64 * 1024;
-
-/// The DINOv2 preprocessing of `models/manifest.toml`.
-pub fn vision_params() -> ImagePreprocess {
-    ImagePreprocess {
-        resize_short_side: 256,
-        crop: 224,
-        filter: ResizeFilter::Bicubic,
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-        normalize: true,
-    }
-}
 
 /// The suffixes the first byte of a [`payload`] input selects (under `edgefuse/fuzz/`).
 pub const TOPICS: [&str; 8] = [
@@ -104,7 +92,8 @@ pub fn wav_bytes(data: &[u8]) -> Result<(), String> {
 /// Image decoding through the vision preprocessing entry point.
 pub fn image_bytes(data: &[u8]) -> Result<(), String> {
     let mut out = Vec::new();
-    image::preprocess(data, &vision_params(), MAX_PIXELS, &mut out).map_err(|e| e.to_string())
+    image::preprocess(data, &ImagePreprocess::dinov2(), MAX_PIXELS, &mut out)
+        .map_err(|e| e.to_string())
 }
 
 /// Config parsing and validation.

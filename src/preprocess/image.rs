@@ -20,6 +20,21 @@ pub struct ImagePreprocess {
     pub normalize: bool,
 }
 
+impl ImagePreprocess {
+    /// DINOv2's ImageNet transform, as `[models.vision.preprocess]` of the shipped manifest says:
+    /// for code that runs without a manifest (fuzzing, unit tests).
+    pub fn dinov2() -> ImagePreprocess {
+        ImagePreprocess {
+            resize_short_side: 256,
+            crop: 224,
+            filter: ResizeFilter::Bicubic,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            normalize: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResizeFilter {
@@ -170,14 +185,7 @@ mod tests {
     use super::*;
 
     fn params() -> ImagePreprocess {
-        ImagePreprocess {
-            resize_short_side: 256,
-            crop: 224,
-            filter: ResizeFilter::Bicubic,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-            normalize: true,
-        }
+        ImagePreprocess::dinov2()
     }
 
     fn png(w: u32, h: u32) -> Vec<u8> {
