@@ -286,12 +286,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per modality")
     ap.add_argument("--per-round", type=int, default=5, help="items per contender per round")
     ap.add_argument("--burst", type=int, default=8, help="items sent at once for throughput")
-    ap.add_argument("--starts", type=int, default=3, help="daemon starts timed to READY")
+    ap.add_argument("--starts", type=int, default=4,
+                    help="daemon starts timed to READY (the first compiles the models; at least 2)")
     ap.add_argument("--idle-seconds", type=float, default=10.0)
     ap.add_argument("--peer-threads", type=int, help="onnxruntime threads in the peer (default: its own)")
     ap.add_argument("--doc", type=Path, help="markdown file to update between the side-by-side markers")
     ap.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = ap.parse_args()
+    if args.starts < 2:
+        ap.error("--starts must be at least 2 (first start and later starts are reported apart)")
     ref_models = args.models.resolve()
     modalities = args.modality or MODALITIES
     if not shutil.which("mosquitto"):
@@ -308,7 +311,9 @@ def main() -> None:
         static = tmp / "static-images"
         static.mkdir()
         (tmp / "edgefuse.toml").write_text(
-            f'device_id = "bench"\n[mqtt]\nbroker = "mqtt://127.0.0.1:{port}"\n'
+            # A fresh state directory: the first start compiles the models (NNEF cache), the
+            # later ones start from the compiled form, as a service does after its first start.
+            f'device_id = "bench"\nstate_dir = "{tmp}/state"\n[mqtt]\nbroker = "mqtt://127.0.0.1:{port}"\n'
             f'topic_prefix = "edgefuse"\n[stats]\ninterval_s = 0\n'
             f'[sources.image_dir]\nenabled = true\npath = "{static}"\n'
         )
@@ -452,8 +457,11 @@ def markdown(res: dict, specs: dict, args: argparse.Namespace) -> str:
         f"| {rss['edgefuse']['VmRSS'] / rss['peer']['VmRSS']:.2f} |",
         f"| peak RSS (VmHWM) | {mb(rss['edgefuse']['VmHWM'])} | {mb(rss['peer']['VmHWM'])} "
         f"| {rss['edgefuse']['VmHWM'] / rss['peer']['VmHWM']:.2f} |",
-        f"| start to READY, s (median of {len(ready['edgefuse'])}) | {med(ready['edgefuse']):.2f} "
-        f"| {med(ready['peer']):.2f} | {med(ready['edgefuse']) / med(ready['peer']):.2f} |",
+        f"| start to READY, first start (models from ONNX, then compiled), s | {ready['edgefuse'][0]:.2f} "
+        f"| {ready['peer'][0]:.2f} | {ready['edgefuse'][0] / ready['peer'][0]:.2f} |",
+        f"| start to READY, later starts (compiled models), s (median of {len(ready['edgefuse']) - 1}) "
+        f"| {med(ready['edgefuse'][1:]):.2f} | {med(ready['peer'][1:]):.2f} "
+        f"| {med(ready['edgefuse'][1:]) / med(ready['peer'][1:]):.2f} |",
         f"| idle CPU over {args.idle_seconds:.0f} s (edgefuse with a static `image_dir` source) "
         f"| {idle['edgefuse']:.2f} % | {idle['peer']:.2f} % | |",
     ]

@@ -47,11 +47,11 @@ impl Enc {
     fn load(m: &Manifest, key: &str, modality: Modality) -> Result<Enc> {
         let [_, max] = batches(modality);
         Ok(match modality {
-            Modality::Text => Enc::Text(Box::new(TextEncoder::load(m, key, None, max)?)),
-            Modality::Vision => {
-                Enc::Vision(Box::new(VisionEncoder::load(m, key, max, 40_000_000)?))
-            }
-            Modality::Audio => Enc::Audio(Box::new(AudioEncoder::load(m, key, max, 600.0)?)),
+            Modality::Text => Enc::Text(Box::new(TextEncoder::load(m, key, None, None, max)?)),
+            Modality::Vision => Enc::Vision(Box::new(VisionEncoder::load(
+                m, key, None, max, 40_000_000,
+            )?)),
+            Modality::Audio => Enc::Audio(Box::new(AudioEncoder::load(m, key, None, max, 600.0)?)),
         })
     }
 

@@ -318,12 +318,20 @@ pub struct DebugConfig {
 pub struct ModelsConfig {
     #[serde(default = "default_models_dir")]
     pub dir: PathBuf,
+    /// Keep each model's compiled (typed, decluttered) tract graph for faster starts.
+    #[serde(default = "yes")]
+    pub compiled_cache: bool,
+    /// Where compiled models live; `<state_dir>/compiled` when unset.
+    #[serde(default)]
+    pub compiled_dir: Option<PathBuf>,
 }
 
 impl Default for ModelsConfig {
     fn default() -> Self {
         ModelsConfig {
             dir: default_models_dir(),
+            compiled_cache: true,
+            compiled_dir: None,
         }
     }
 }
@@ -840,6 +848,18 @@ impl Config {
         } else {
             cleaned
         }
+    }
+
+    /// The compiled-model cache the daemon uses, if `models.compiled_cache` is on.
+    pub fn model_cache(&self) -> Option<crate::encoders::ModelCache> {
+        self.models.compiled_cache.then(|| {
+            crate::encoders::ModelCache::new(
+                self.models
+                    .compiled_dir
+                    .clone()
+                    .unwrap_or_else(|| self.state_dir.join("compiled")),
+            )
+        })
     }
 
     /// `models.dir`, with `--models` taking precedence.

@@ -3,6 +3,7 @@
 //! Data flows left to right: sources → [`preprocess`] → [`encoders`] → fusion → sinks.
 
 pub mod app;
+pub mod atomic_file;
 pub mod cli;
 pub mod commands;
 pub mod config;

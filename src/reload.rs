@@ -122,52 +122,75 @@ impl Encoders {
     ) -> Result<(Encoders, Vec<(Modality, Change)>), ModelError> {
         let manifest = Manifest::load(&models_dir.join("manifest.toml"))?;
         let e = &config.encoders;
+        let cache = config.model_cache();
+        let cache = cache.as_ref();
+        let manifest_ref = &manifest;
+        // The three models load on their own threads: parsing and optimising is single-threaded
+        // in tract, so on a multi-core board this is most of the start-up time saved.
+        let (text, vision, audio) = std::thread::scope(|scope| {
+            let text = scope.spawn(|| {
+                let mut changes = Vec::new();
+                let loaded = load_one(
+                    Modality::Text,
+                    e.text.enabled,
+                    fingerprint(&e.text, manifest_ref, &e.text.model),
+                    previous.and_then(|p| p.text.as_ref()),
+                    &mut changes,
+                    || {
+                        TextEncoder::load(
+                            manifest_ref,
+                            &e.text.model,
+                            cache,
+                            e.text.max_length,
+                            e.text.max_batch,
+                        )
+                    },
+                );
+                (loaded, changes)
+            });
+            let vision = scope.spawn(|| {
+                let mut changes = Vec::new();
+                let loaded = load_one(
+                    Modality::Vision,
+                    e.vision.enabled,
+                    fingerprint(&e.vision, manifest_ref, &e.vision.model),
+                    previous.and_then(|p| p.vision.as_ref()),
+                    &mut changes,
+                    || {
+                        VisionEncoder::load(
+                            manifest_ref,
+                            &e.vision.model,
+                            cache,
+                            e.vision.max_batch,
+                            e.vision.max_pixels,
+                        )
+                    },
+                );
+                (loaded, changes)
+            });
+            let mut changes = Vec::new();
+            let audio = load_one(
+                Modality::Audio,
+                e.audio.enabled,
+                fingerprint(&e.audio, manifest_ref, &e.audio.model),
+                previous.and_then(|p| p.audio.as_ref()),
+                &mut changes,
+                || {
+                    AudioEncoder::load(
+                        manifest_ref,
+                        &e.audio.model,
+                        cache,
+                        e.audio.max_batch,
+                        e.audio.max_seconds,
+                    )
+                },
+            );
+            (joined(text), joined(vision), (audio, changes))
+        });
         let mut changes = Vec::new();
-        let text = load_one(
-            Modality::Text,
-            e.text.enabled,
-            fingerprint(&e.text, &manifest, &e.text.model),
-            previous.and_then(|p| p.text.as_ref()),
-            &mut changes,
-            || {
-                TextEncoder::load(
-                    &manifest,
-                    &e.text.model,
-                    e.text.max_length,
-                    e.text.max_batch,
-                )
-            },
-        )?;
-        let vision = load_one(
-            Modality::Vision,
-            e.vision.enabled,
-            fingerprint(&e.vision, &manifest, &e.vision.model),
-            previous.and_then(|p| p.vision.as_ref()),
-            &mut changes,
-            || {
-                VisionEncoder::load(
-                    &manifest,
-                    &e.vision.model,
-                    e.vision.max_batch,
-                    e.vision.max_pixels,
-                )
-            },
-        )?;
-        let audio = load_one(
-            Modality::Audio,
-            e.audio.enabled,
-            fingerprint(&e.audio, &manifest, &e.audio.model),
-            previous.and_then(|p| p.audio.as_ref()),
-            &mut changes,
-            || {
-                AudioEncoder::load(
-                    &manifest,
-                    &e.audio.model,
-                    e.audio.max_batch,
-                    e.audio.max_seconds,
-                )
-            },
-        )?;
+        let text = take(text, &mut changes)?;
+        let vision = take(vision, &mut changes)?;
+        let audio = take(audio, &mut changes)?;
         Ok((
             Encoders {
                 manifest,
@@ -186,6 +209,26 @@ impl Encoders {
             Modality::Audio => self.audio.as_ref().map(|e| &e.encoder.model),
         }
     }
+}
+
+type LoadOutcome<E> = (
+    Result<Option<Loaded<E>>, ModelError>,
+    Vec<(Modality, Change)>,
+);
+
+/// A loader thread's outcome; a panic while loading stays a panic (a bug, not bad input).
+fn joined<E>(handle: std::thread::ScopedJoinHandle<'_, LoadOutcome<E>>) -> LoadOutcome<E> {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn take<E>(
+    (loaded, c): LoadOutcome<E>,
+    changes: &mut Vec<(Modality, Change)>,
+) -> Result<Option<Loaded<E>>, ModelError> {
+    changes.extend(c);
+    loaded
 }
 
 fn load_one<E>(

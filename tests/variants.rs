@@ -63,7 +63,7 @@ fn embed(key: &str) -> Vec<Vec<f32>> {
     let modality = m.model(key).unwrap().modality.clone();
     let vectors: Vec<Vec<f32>> = match modality.as_str() {
         "text" => {
-            let enc = TextEncoder::load(m, key, None, 16).unwrap_or_else(|e| panic!("{e}"));
+            let enc = TextEncoder::load(m, key, None, None, 16).unwrap_or_else(|e| panic!("{e}"));
             let texts = eval_texts();
             let t: Vec<&str> = texts.iter().map(String::as_str).collect();
             enc.embed(&t)
@@ -72,7 +72,8 @@ fn embed(key: &str) -> Vec<Vec<f32>> {
                 .collect()
         }
         "vision" => {
-            let enc = VisionEncoder::load(m, key, 4, 40_000_000).unwrap_or_else(|e| panic!("{e}"));
+            let enc =
+                VisionEncoder::load(m, key, None, 4, 40_000_000).unwrap_or_else(|e| panic!("{e}"));
             let bytes: Vec<Vec<u8>> = eval_list("images.txt")
                 .iter()
                 .map(|f| fixture(&format!("tests/fixtures/images/{f}")))
@@ -84,7 +85,7 @@ fn embed(key: &str) -> Vec<Vec<f32>> {
                 .collect()
         }
         "audio" => {
-            let enc = AudioEncoder::load(m, key, 16, 600.0).unwrap_or_else(|e| panic!("{e}"));
+            let enc = AudioEncoder::load(m, key, None, 16, 600.0).unwrap_or_else(|e| panic!("{e}"));
             eval_list("audio.txt")
                 .iter()
                 .flat_map(|f| {

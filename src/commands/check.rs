@@ -54,6 +54,10 @@ struct ModelReport {
     kernels: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     load_ms: Option<f64>,
+    /// The compiled form the daemon starts from, when `models.compiled_cache` is on and the
+    /// daemon has written it (`check` itself always loads the ONNX file, verifying it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compiled: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -76,6 +80,7 @@ impl ModelReport {
             input_facts: m.input_facts.clone(),
             kernels: m.kernels.clone(),
             load_ms: Some(m.load_ms),
+            compiled: None,
             error: None,
         }
     }
@@ -97,6 +102,7 @@ impl ModelReport {
             input_facts: vec![],
             kernels: vec![],
             load_ms: None,
+            compiled: None,
             error: Some(error),
         }
     }
@@ -117,10 +123,22 @@ pub fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
             wanted.push((m.as_str(), key));
         }
     }
+    let cache = config.model_cache();
     let mut models = Vec::new();
     for (modality, key) in wanted {
         models.push(match LoadedModel::load(&manifest, key) {
-            Ok(m) => ModelReport::loaded(modality, &m),
+            Ok(m) => ModelReport {
+                compiled: cache.as_ref().map(|c| {
+                    let p = c.path_for(&m.spec);
+                    let state = if p.is_file() {
+                        "present"
+                    } else {
+                        "not yet written"
+                    };
+                    format!("{} ({state})", p.display())
+                }),
+                ..ModelReport::loaded(modality, &m)
+            },
             Err(err) => ModelReport::failed(modality, key, err.to_string()),
         });
     }
@@ -187,6 +205,12 @@ fn print_text(r: &Report) {
         println!("  tract facts:  {}", m.input_facts.join("; "));
         println!("  mm kernels:   {}", join_or_none(&m.kernels));
         println!("  load:         {:.0} ms", m.load_ms.unwrap_or(0.0));
+        println!(
+            "  compiled:     {}",
+            m.compiled
+                .as_deref()
+                .unwrap_or("off (models.compiled_cache = false)")
+        );
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use tract_onnx::prelude::*;
 
+use super::ModelCache;
 use super::{inference_error, l2_normalize, ms, Embedding, ItemResult, LoadedModel, Timings};
 use crate::error::{InputError, ModelError};
 use crate::manifest::Manifest;
@@ -18,13 +19,15 @@ pub struct AudioEncoder {
 }
 
 impl AudioEncoder {
+    /// Load `models.<key>`; `cache` is the compiled-model cache, if one is used.
     pub fn load(
         manifest: &Manifest,
         key: &str,
+        cache: Option<&ModelCache>,
         max_batch: usize,
         max_seconds: f64,
     ) -> Result<AudioEncoder, ModelError> {
-        let model = LoadedModel::load(manifest, key)?;
+        let model = LoadedModel::load_with(manifest, key, cache)?;
         let params: AudioPreprocess = model.spec.preprocess()?;
         let front_end = AudioFrontEnd::new(params).map_err(|message| ModelError::Manifest {
             path: manifest.path_of("manifest.toml"),

@@ -2,6 +2,7 @@
 //! Each is synchronous (call it from a blocking thread) and batches its inputs.
 
 pub mod audio;
+pub mod compiled;
 pub mod quality;
 pub mod runtime;
 pub mod set;
@@ -11,7 +12,8 @@ pub mod vision;
 use serde::Serialize;
 
 pub use audio::AudioEncoder;
-pub use runtime::LoadedModel;
+pub use compiled::ModelCache;
+pub use runtime::{LoadedModel, ModelSource};
 pub use set::EncoderSet;
 pub use text::TextEncoder;
 pub use vision::VisionEncoder;

@@ -2,13 +2,14 @@
 //! optimisation, and a record of which tract-linalg kernels the optimiser picked.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 
+use super::compiled::ModelCache;
 use crate::error::ModelError;
 use crate::manifest::{read_verified, Dim, Manifest, ModelSpec};
 
@@ -22,16 +23,37 @@ pub struct LoadedModel {
     pub kernels: Vec<String>,
     /// Input facts as tract sees them after optimisation, e.g. `1,3,224,224,F32`.
     pub input_facts: Vec<String>,
+    pub source: ModelSource,
     pub load_ms: f64,
 }
 
+/// Where a model's typed graph came from at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelSource {
+    /// Parsed from the ONNX file (sha256-verified), typed and decluttered.
+    Onnx,
+    /// Read from the compiled-model cache (NNEF); only tract's optimiser ran.
+    Compiled,
+}
+
 impl LoadedModel {
-    /// Verify and load `models.<key>` of the manifest.
+    /// Verify and load `models.<key>` of the manifest from its ONNX file.
     pub fn load(manifest: &Manifest, key: &str) -> Result<LoadedModel, ModelError> {
+        Self::load_with(manifest, key, None)
+    }
+
+    /// Load `models.<key>`, from `cache` when it holds the compiled form, else from the verified
+    /// ONNX file, saving the compiled form to `cache` for the next start. A cache that cannot be
+    /// read or written costs time, never correctness: it is logged and bypassed.
+    pub fn load_with(
+        manifest: &Manifest,
+        key: &str,
+        cache: Option<&ModelCache>,
+    ) -> Result<LoadedModel, ModelError> {
         let started = Instant::now();
         let spec = manifest.model(key)?.clone();
         let path = manifest.path_of(&spec.file);
-        let bytes = read_verified(&path, &spec.sha256)?;
         let tract_err = |stage: &'static str| {
             let model = spec.name.clone();
             move |e: TractError| ModelError::Tract {
@@ -40,35 +62,31 @@ impl LoadedModel {
                 message: format!("{e:#}"),
             }
         };
-        let mut model = tract_onnx::onnx()
-            .with_ignore_value_info(true)
-            .model_for_read(&mut std::io::Cursor::new(&bytes))
-            .map_err(tract_err("parse the ONNX file"))?;
-        for (ix, input) in spec.inputs.iter().enumerate() {
-            let dt = datum_type(&input.dtype).map_err(|message| ModelError::Manifest {
-                path: manifest.path_of("manifest.toml"),
-                message: format!("models.{key}.inputs[{ix}]: {message}"),
-            })?;
-            let shape: TVec<TDim> = input
-                .shape
-                .iter()
-                .map(|d| match d {
-                    Dim::Fixed(n) => n.to_dim(),
-                    Dim::Symbol(s) => model.symbols.sym(s).to_dim(),
-                })
-                .collect();
-            model
-                .set_input_fact(ix, InferenceFact::dt_shape(dt, shape))
-                .map_err(tract_err("set the input facts"))?;
-        }
-        let names: Vec<&str> = spec.outputs.iter().map(|o| o.name.as_str()).collect();
-        let mut model = model
-            .with_outputs_by_name(names)
-            .map_err(tract_err("select the outputs"))?
-            .into_typed()
-            .map_err(tract_err("type the model"))?;
-        decode_compressed_weights(&mut model).map_err(tract_err("decode compressed weights"))?;
-        let model = model
+        let compiled = match cache.map(|c| c.read(&spec)) {
+            Some(Ok(found)) => found,
+            Some(Err(e)) => {
+                tracing::warn!("compiled model unusable, rebuilding it from the ONNX file: {e}");
+                if let Some(c) = cache {
+                    c.remove(&spec);
+                }
+                None
+            }
+            None => None,
+        };
+        let (typed, source) = match compiled {
+            Some(model) => (model, ModelSource::Compiled),
+            None => {
+                let model = typed_from_onnx(manifest, key, &spec, &path)?;
+                if let Some(c) = cache {
+                    match c.write(&spec, &model) {
+                        Ok(p) => tracing::info!("compiled {} to {}", spec.name, p.display()),
+                        Err(e) => tracing::warn!("cannot save the compiled model: {e}"),
+                    }
+                }
+                (model, ModelSource::Onnx)
+            }
+        };
+        let model = typed
             .into_optimized()
             .map_err(tract_err("optimise the model"))?;
         let kernels = matmul_kernels(&model);
@@ -91,6 +109,7 @@ impl LoadedModel {
             plan,
             kernels,
             input_facts,
+            source,
             load_ms: started.elapsed().as_secs_f64() * 1e3,
         })
     }
@@ -98,6 +117,57 @@ impl LoadedModel {
     pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         self.plan.run(inputs)
     }
+}
+
+/// Verify the ONNX file against the manifest, parse it, apply the manifest's input facts and
+/// outputs, type it, decode compressed weights and declutter: everything before tract's
+/// CPU-specific optimiser, which is what the compiled-model cache stores.
+fn typed_from_onnx(
+    manifest: &Manifest,
+    key: &str,
+    spec: &ModelSpec,
+    path: &Path,
+) -> Result<TypedModel, ModelError> {
+    let tract_err = |stage: &'static str| {
+        let model = spec.name.clone();
+        move |e: TractError| ModelError::Tract {
+            model: model.clone(),
+            stage,
+            message: format!("{e:#}"),
+        }
+    };
+    let bytes = read_verified(path, &spec.sha256)?;
+    let mut model = tract_onnx::onnx()
+        .with_ignore_value_info(true)
+        .model_for_read(&mut std::io::Cursor::new(&bytes))
+        .map_err(tract_err("parse the ONNX file"))?;
+    for (ix, input) in spec.inputs.iter().enumerate() {
+        let dt = datum_type(&input.dtype).map_err(|message| ModelError::Manifest {
+            path: manifest.path_of("manifest.toml"),
+            message: format!("models.{key}.inputs[{ix}]: {message}"),
+        })?;
+        let shape: TVec<TDim> = input
+            .shape
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => n.to_dim(),
+                Dim::Symbol(s) => model.symbols.sym(s).to_dim(),
+            })
+            .collect();
+        model
+            .set_input_fact(ix, InferenceFact::dt_shape(dt, shape))
+            .map_err(tract_err("set the input facts"))?;
+    }
+    let names: Vec<&str> = spec.outputs.iter().map(|o| o.name.as_str()).collect();
+    let mut model = model
+        .with_outputs_by_name(names)
+        .map_err(tract_err("select the outputs"))?
+        .into_typed()
+        .map_err(tract_err("type the model"))?;
+    decode_compressed_weights(&mut model).map_err(tract_err("decode compressed weights"))?;
+    model
+        .into_decluttered()
+        .map_err(tract_err("declutter the model"))
 }
 
 /// Evaluate, once at load, the constant chains that turn stored f16 / int8 weights back into f32

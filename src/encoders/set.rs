@@ -29,6 +29,7 @@ impl EncoderSet {
                 TextEncoder::load(
                     &manifest,
                     &e.text.model,
+                    None,
                     e.text.max_length,
                     e.text.max_batch,
                 )
@@ -39,6 +40,7 @@ impl EncoderSet {
                 VisionEncoder::load(
                     &manifest,
                     &e.vision.model,
+                    None,
                     e.vision.max_batch,
                     e.vision.max_pixels,
                 )
@@ -49,6 +51,7 @@ impl EncoderSet {
                 AudioEncoder::load(
                     &manifest,
                     &e.audio.model,
+                    None,
                     e.audio.max_batch,
                     e.audio.max_seconds,
                 )

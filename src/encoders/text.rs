@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use tract_onnx::prelude::*;
 
+use super::ModelCache;
 use super::{inference_error, l2_normalize, ms, Embedding, ItemResult, LoadedModel, Timings};
 use crate::error::{InputError, ModelError};
 use crate::manifest::{read_verified, Manifest};
@@ -18,13 +19,15 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
+    /// Load `models.<key>`; `cache` is the compiled-model cache, if one is used.
     pub fn load(
         manifest: &Manifest,
         key: &str,
+        cache: Option<&ModelCache>,
         max_length: Option<usize>,
         max_batch: usize,
     ) -> Result<TextEncoder, ModelError> {
-        let model = LoadedModel::load(manifest, key)?;
+        let model = LoadedModel::load_with(manifest, key, cache)?;
         let pre: TextPreprocess = model.spec.preprocess()?;
         let tok_path = manifest.path_of(&pre.tokenizer);
         let tok_bytes = read_verified(&tok_path, &pre.tokenizer_sha256)?;

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use tract_onnx::prelude::*;
 
+use super::ModelCache;
 use super::{inference_error, l2_normalize, ms, Embedding, ItemResult, LoadedModel, Timings};
 use crate::error::{InputError, ModelError};
 use crate::manifest::Manifest;
@@ -17,13 +18,15 @@ pub struct VisionEncoder {
 }
 
 impl VisionEncoder {
+    /// Load `models.<key>`; `cache` is the compiled-model cache, if one is used.
     pub fn load(
         manifest: &Manifest,
         key: &str,
+        cache: Option<&ModelCache>,
         max_batch: usize,
         max_pixels: u64,
     ) -> Result<VisionEncoder, ModelError> {
-        let model = LoadedModel::load(manifest, key)?;
+        let model = LoadedModel::load_with(manifest, key, cache)?;
         let params: ImagePreprocess = model.spec.preprocess()?;
         Ok(VisionEncoder {
             model,

@@ -183,15 +183,8 @@ impl LabelStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(write_err)?;
         }
-        // Write-then-rename so a power cut leaves the old or the new file, never half of one.
-        let tmp = path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(write_err)?;
-            f.write_all(&bytes).map_err(write_err)?;
-            f.sync_all().map_err(write_err)?;
-        }
-        std::fs::rename(&tmp, path).map_err(write_err)
+        // A power cut leaves the old or the new file, never half of one.
+        crate::atomic_file::write_atomic(path, &bytes).map_err(write_err)
     }
 
     /// Score every label against the record's modality vectors, best first.
