@@ -47,8 +47,10 @@ pub enum InputError {
     Empty,
     #[error("{0}")]
     Unreadable(String),
-    #[error("unsupported or unrecognised image format")]
+    #[error("unrecognised image format (JPEG, PNG and WebP are supported)")]
     UnknownImageFormat,
+    #[error("{0} images are not supported (JPEG, PNG and WebP are)")]
+    UnsupportedImageFormat(String),
     #[error("corrupt image: {0}")]
     CorruptImage(String),
     #[error("image too large: {width}x{height} exceeds the limit of {limit} pixels")]

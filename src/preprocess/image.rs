@@ -76,7 +76,13 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, InputError> {
                 "truncated JPEG (no end-of-image marker)".into(),
             ))
         }
-        Some(_) => {}
+        Some(image::ImageFormat::Jpeg | image::ImageFormat::Png | image::ImageFormat::WebP) => {}
+        // Built without the other decoders (Cargo.toml): less code facing untrusted bytes.
+        Some(other) => {
+            return Err(InputError::UnsupportedImageFormat(
+                format!("{other:?}").to_uppercase(),
+            ))
+        }
     }
     let mut decoder = reader.into_decoder().map_err(image_error)?;
     let (width, height) = decoder.dimensions();
@@ -278,6 +284,22 @@ mod tests {
             matches!(r, Err(InputError::ImageTooLarge { width: 65_535, .. })),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn formats_built_without_a_decoder_are_named_in_the_error() {
+        for (bytes, name) in [
+            (&b"BM\x3a\0\0\0\0\0\0\0\x36\0\0\0"[..], "BMP"),
+            (b"GIF89a\x01\0\x01\0\0\0\0", "GIF"),
+            (b"II*\0\x08\0\0\0", "TIFF"),
+        ] {
+            let err = decode(bytes, u64::MAX).unwrap_err();
+            assert!(
+                matches!(&err, InputError::UnsupportedImageFormat(n) if n == name),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("JPEG, PNG and WebP"), "{err}");
+        }
     }
 
     #[test]

@@ -15,9 +15,8 @@ use crate::encoders::Modality;
 use crate::pipeline::{Body, Purpose, Request};
 use crate::sources::new_id;
 
-const EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "pnm", "tga", "qoi", "ico", "avif",
-];
+/// The formats the vision encoder decodes (see `preprocess::image`); other files are ignored.
+const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Seen {
