@@ -93,6 +93,8 @@ pub struct CountersSnapshot {
     pub connect_attempts: u64,
     pub reconnects: u64,
     pub replayed: u64,
+    /// Inputs received and not yet acknowledged to the broker (at most the Receive Maximum).
+    pub unacked_inputs: usize,
 }
 
 enum Control {
@@ -606,6 +608,7 @@ impl MqttHandle {
             connect_attempts: c.connect_attempts.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
             replayed: c.replayed.load(Ordering::Relaxed),
+            unacked_inputs: self.acks.len(),
         }
     }
 
