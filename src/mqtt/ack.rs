@@ -3,7 +3,7 @@
 //! every QoS ≥ 1 input gets a [`Ticket`], completed only when its outcome is durable or final
 //! (result spooled or handed to rumqttc, `error` published, deliberately dropped). The event loop
 //! then acks the completed prefix, in receive order, as MQTT requires (MQTT 5 4.6.0-2; rumqttd
-//! even refuses out-of-order acks).
+//! disconnects a client that acks out of order).
 //!
 //! Bounded: the client announces a Receive Maximum ([`RECEIVE_MAXIMUM`]) and the broker must not
 //! send more unacknowledged QoS ≥ 1 publishes than that, so the tracker holds about that many
