@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, MicConfig};
 use crate::encoders::{Modality, ModelInfo, TextEncoder};
 use crate::fusion::{Fusion, LabelStore};
+use crate::mqtt::ack::Ticket;
 use crate::mqtt::client::{connect, ConnectSettings};
 use crate::mqtt::payload::{now_rfc3339, ErrorRecord, SCHEMA};
 use crate::mqtt::topics::Route;
-use crate::mqtt::{broker, security, BrokerAddr, Incoming, MqttHandle, Topics};
+use crate::mqtt::{broker, security, BrokerAddr, Incoming, MqttHandle, Received, Topics};
 use crate::pipeline::queue::DropOldest;
 use crate::pipeline::worker::{EncoderRef, Worker};
 use crate::pipeline::{Body, Event, Purpose, Request};
@@ -187,6 +188,9 @@ pub async fn run(
     tracing::info!("shutting down");
     service.stopping();
     let timeout = Duration::from_secs(pipeline.config.shutdown.timeout_s);
+    // What the pipeline finishes is acknowledged; what it leaves is not, so the broker sends it
+    // again to the next run.
+    link.mqtt.inputs_stopping();
     link.mqtt.unsubscribe_all().await;
     let (_, clean) = pipeline.stop(timeout).await;
     // Let the broker acknowledge what is spooled; what it does not stays for the next start.
@@ -735,19 +739,21 @@ pub fn parse_incoming(
         response_topic: msg.response_topic.clone(),
         correlation: msg.correlation.clone(),
         received: tokio::time::Instant::now(),
+        ticket: Ticket::none(),
     })))
 }
 
 /// Where intake stopped: the MQTT input channel, and the message it was holding when a full
-/// queue made it wait (a reload hands both to the next pipeline, so nothing is lost).
+/// queue made it wait (a reload hands both to the next pipeline, tickets included, so nothing
+/// is lost or left unacknowledged).
 struct IntakeEnd {
-    incoming: mpsc::Receiver<Incoming>,
-    pending: Option<Incoming>,
+    incoming: mpsc::Receiver<Received>,
+    pending: Option<Received>,
 }
 
 async fn intake(
-    mut incoming: mpsc::Receiver<Incoming>,
-    mut pending: Option<Incoming>,
+    mut incoming: mpsc::Receiver<Received>,
+    mut pending: Option<Received>,
     topics: Topics,
     queues: Arc<Queues>,
     events: mpsc::Sender<Event>,
@@ -755,7 +761,7 @@ async fn intake(
     cancel: CancellationToken,
 ) -> IntakeEnd {
     loop {
-        let msg = match pending.take() {
+        let Received { msg, ticket } = match pending.take() {
             Some(m) => m,
             None => tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -764,16 +770,26 @@ async fn intake(
         };
         let event = match parse_incoming(&msg, &topics, max_payload, max_text) {
             Ok(Parsed::Request(request)) => {
-                let request = *request;
+                let mut request = *request;
                 match queues.requests.get(&request.modality) {
-                    // Back-pressure: wait for room rather than drop a request.
+                    // Back-pressure: wait for room rather than drop a request. `reserve` keeps
+                    // the message (and its ticket) here until there is room.
                     Some(q) => {
                         tokio::select! {
                             _ = cancel.cancelled() => {
-                                pending = Some(msg);
+                                pending = Some(Received { msg, ticket });
                                 break;
                             }
-                            r = q.send(request) => if r.is_err() { break },
+                            permit = q.reserve() => match permit {
+                                Ok(permit) => {
+                                    request.ticket = ticket;
+                                    permit.send(request);
+                                }
+                                Err(_) => {
+                                    pending = Some(Received { msg, ticket });
+                                    break;
+                                }
+                            },
                         }
                         continue;
                     }
@@ -784,6 +800,7 @@ async fn intake(
                             "the {} encoder is disabled in this configuration",
                             request.modality
                         ),
+                        ticket,
                     },
                 }
             }
@@ -791,11 +808,13 @@ async fn intake(
                 label,
                 id,
                 topic: msg.topic.clone(),
+                ticket,
             },
             Err((id, reason)) => Event::Rejected {
                 id,
                 topic: msg.topic.clone(),
                 reason,
+                ticket,
             },
         };
         if events.send(event).await.is_err() {

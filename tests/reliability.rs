@@ -407,3 +407,86 @@ fn home_assistant_discovery_is_retained_and_announced_again_when_home_assistant_
     assert!(errors.next(Duration::from_secs(1)).is_none());
     assert!(daemon.terminate().success());
 }
+
+/// Inputs the daemon received but had not answered when it was killed: with manual acks the
+/// broker never got their PubAcks, so with a persistent session (`clean_start = false`) it sends
+/// them again to the restarted daemon and every result arrives. Under automatic acks (rumqttc's
+/// default, before) they were acknowledged on arrival and lost.
+#[test]
+fn inputs_received_but_unanswered_when_the_daemon_is_killed_are_answered_after_a_restart() {
+    let _serial = serial();
+    // More than the Receive Maximum (128), so the test also sees the broker respect it, and
+    // fewer than the pipeline holds (queues and channels), so only the broker limits intake.
+    const INPUTS: usize = 150;
+    let receive_max = usize::from(edgefuse::mqtt::ack::RECEIVE_MAXIMUM);
+    let port = free_port();
+    let _broker = Broker::start(port, "");
+    let dir = tempfile::tempdir().unwrap();
+    let config = text_only_config(dir.path(), port, "");
+    let cfg = std::fs::read_to_string(&config).unwrap() + "clean_start = false\n";
+    std::fs::write(&config, cfg).unwrap();
+    let mut results = Sub::start(port, "edgefuse/test/embedding/text");
+    let mut avail = Sub::start(port, "edgefuse/test/available");
+    // The hook holds every result: inputs are received and embedded, never answered.
+    let held = Daemon::start_with_env(&config, &[(edgefuse::sinks::publisher::HOLD_RESULTS, "1")]);
+    avail.expect("available", T, |m| m.payload == "online");
+    let mut stats = Sub::start(port, "edgefuse/test/stats");
+    let lines: Vec<String> = (0..INPUTS)
+        .map(|i| format!(r#"{{"id":"held-{i:03}","text":"reading {i} before the crash"}}"#))
+        .collect();
+    publish_lines(port, "edgefuse/test/in/text", &lines);
+    // No race: wait until the daemon itself reports the inputs received and unacknowledged
+    // (under automatic acks the broker would have had their PubAcks by now).
+    let unacked = |m: &util::Msg| m.json()["mqtt"]["unacked_inputs"].as_u64();
+    let first = stats.expect("stats", T, |m| unacked(m) == Some(receive_max as u64));
+    eprintln!("held daemon: {:?} inputs unacknowledged", unacked(&first));
+    // Two stats later the broker has still not sent more.
+    for _ in 0..2 {
+        let m = stats.expect("stats", T, |_| true);
+        assert_eq!(
+            unacked(&m),
+            Some(receive_max as u64),
+            "the broker exceeded the Receive Maximum"
+        );
+    }
+    assert!(
+        results.drain().is_empty(),
+        "the hook let a result through before the kill"
+    );
+    held.kill(); // SIGKILL: no shutdown path runs
+
+    let daemon = Daemon::start(&config);
+    let mut ids = BTreeSet::new();
+    let mut messages = 0;
+    let deadline = Instant::now() + T;
+    while ids.len() < INPUTS && Instant::now() < deadline {
+        if let Some(m) = results.next(Duration::from_millis(200)) {
+            messages += 1;
+            ids.insert(m.json()["id"].as_str().unwrap().to_owned());
+        }
+    }
+    eprintln!(
+        "after the restart: {} unique of {INPUTS} results, {messages} messages",
+        ids.len()
+    );
+    let missing: Vec<String> = (0..INPUTS)
+        .map(|i| format!("held-{i:03}"))
+        .filter(|id| !ids.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    // Everything was acknowledged once answered.
+    let deadline = Instant::now() + T;
+    loop {
+        let m = stats.expect("stats", T, |_| true);
+        if unacked(&m) == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "inputs left unacknowledged");
+    }
+    assert!(daemon.terminate().success());
+}

@@ -214,19 +214,43 @@ fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
     sub.expect("embedding/text", t, |_| true);
     sub.expect("edgefuse/hup/stats", t, |_| true);
 
-    // 3. A text setting changes: the text encoder (only) is loaded again.
+    // 3. A text setting changes: the text encoder (only) is loaded again. Inputs sent just
+    // before are answered across the swap, and acknowledged: none is left holding the broker's
+    // window.
     write_reload_config(
         &config,
         broker.port,
-        "[encoders.vision]\nenabled = false\n[encoders.text]\nmax_length = 128\n",
+        "[encoders.vision]\nenabled = false\n[encoders.text]\nmax_length = 128\n\
+         [stats]\ninterval_s = 1\n",
     );
+    for i in 0..8 {
+        publish(
+            broker.port,
+            "edgefuse/hup/in/text",
+            &[
+                "-m",
+                &format!(r#"{{"id":"around-hup-{i}","text":"input {i}"}}"#),
+            ],
+        );
+    }
     hup();
     let line = wait_for_log(&log, t, |l| {
         l.contains("config reloaded") && l.contains("text loaded")
     });
     assert!(!line.contains("vision"), "{line}");
-    publish(broker.port, "edgefuse/hup/in/text", &["-m", "and here"]);
-    sub.expect("embedding/text", t, |_| true);
+    publish(
+        broker.port,
+        "edgefuse/hup/in/text",
+        &["-m", r#"{"id":"after-hup","text":"and here"}"#],
+    );
+    let mut ids = std::collections::BTreeSet::new();
+    while !ids.contains("after-hup") || ids.len() < 9 {
+        let m = sub.expect("embedding/text", t, |_| true);
+        ids.insert(m.json()["id"].as_str().unwrap().to_owned());
+    }
+    sub.expect("edgefuse/hup/stats", t, |m| {
+        m.json()["mqtt"]["unacked_inputs"] == 0
+    });
 
     let status = daemon.terminate();
     assert!(status.success(), "{status:?}");

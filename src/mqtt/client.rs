@@ -11,6 +11,9 @@
 //! delivered: after a reconnect everything unacknowledged is sent again, in order, flagged
 //! `historical`. Every QoS ≥ 1 publish goes through this task so the id mapping stays exact;
 //! other tasks publish at QoS 0.
+//!
+//! Inputs are acknowledged manually (`ack`): each QoS ≥ 1 input travels with a ticket, and this
+//! loop sends the PubAcks, in receive order, once their inputs' outcomes are durable.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,25 +21,33 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
 use rumqttc::Outgoing;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::ack::{AckTracker, Ticket, RECEIVE_MAXIMUM};
 use super::discovery::Discovery;
 use super::Topics;
 use crate::sinks::spool::{self, Record, Spool, SpoolStats};
 
 /// A message that arrived on one of our subscriptions.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Incoming {
     pub topic: String,
     pub payload: Bytes,
     pub response_topic: Option<String>,
     pub correlation: Option<Bytes>,
     pub content_type: Option<String>,
+}
+
+/// An incoming message and its claim on a PubAck (complete it once its outcome is durable).
+#[derive(Debug)]
+pub struct Received {
+    pub msg: Incoming,
+    pub ticket: Ticket,
 }
 
 #[derive(Clone)]
@@ -50,6 +61,8 @@ pub struct MqttHandle {
     outbox: Option<Arc<Outbox>>,
     pub counters: Arc<Counters>,
     control: mpsc::Sender<Control>,
+    /// Inputs received and not yet acknowledged.
+    acks: AckTracker,
 }
 
 /// The spool shared by the publisher (appends) and the event loop (sends, acks).
@@ -80,6 +93,8 @@ pub struct CountersSnapshot {
     pub connect_attempts: u64,
     pub reconnects: u64,
     pub replayed: u64,
+    /// Inputs received and not yet acknowledged to the broker (at most the Receive Maximum).
+    pub unacked_inputs: usize,
 }
 
 enum Control {
@@ -126,12 +141,16 @@ pub fn connect(
     stop: CancellationToken,
 ) -> (
     MqttHandle,
-    mpsc::Receiver<Incoming>,
+    mpsc::Receiver<Received>,
     tokio::task::JoinHandle<()>,
 ) {
     let mut opts = MqttOptions::new(&s.client_id, &s.host, s.port);
     opts.set_keep_alive(s.keepalive);
     opts.set_clean_start(s.clean_start);
+    // An input is acknowledged once its result is durable, not on arrival (see `ack`). The
+    // Receive Maximum bounds how many the broker sends before we acknowledge.
+    opts.set_manual_acks(true);
+    opts.set_receive_maximum(Some(RECEIVE_MAXIMUM));
     if !s.clean_start {
         // MQTT 5 ends a session at disconnect unless it has an expiry: keep it a day.
         opts.set_session_expiry_interval(Some(24 * 3600));
@@ -175,6 +194,7 @@ pub fn connect(
         outbox,
         counters: Arc::new(Counters::default()),
         control,
+        acks: AckTracker::default(),
     };
     let task = tokio::spawn(run_event_loop(
         eventloop,
@@ -215,7 +235,7 @@ async fn run_event_loop(
     mut eventloop: EventLoop,
     handle: MqttHandle,
     discovery: Option<Discovery>,
-    tx: mpsc::Sender<Incoming>,
+    tx: mpsc::Sender<Received>,
     mut control: mpsc::Receiver<Control>,
     stop: CancellationToken,
 ) {
@@ -236,6 +256,10 @@ async fn run_event_loop(
             Some(c) = control.recv() => {
                 match c {
                     Control::Stop => {
+                        // Acks queued before the disconnect still go out.
+                        if fwd.connected {
+                            flush_acks(&handle);
+                        }
                         if handle
                             .client
                             .try_publish(handle.topics.available(), QoS::AtLeastOnce, true, "stopped")
@@ -246,6 +270,10 @@ async fn run_event_loop(
                         let _ = handle.client.try_disconnect();
                     }
                 }
+                continue;
+            }
+            _ = handle.acks.changed(), if fwd.connected => {
+                flush_acks(&handle);
                 continue;
             }
             _ = wait_for_records(&handle.outbox), if room => {
@@ -271,10 +299,16 @@ async fn run_event_loop(
                 counters.connected.store(true, Ordering::Relaxed);
                 tracing::info!("connected to the MQTT broker");
                 // Publishes left over from the last connection (resumed sessions): the spool
-                // resends results itself, and availability is announced afresh below.
-                eventloop
-                    .pending
-                    .retain(|r| !matches!(r, Request::Publish(_)));
+                // resends results itself, and availability is announced afresh below. Acks
+                // left over name the old connection's packet ids: the broker resends those
+                // inputs, which get tickets of their own.
+                eventloop.pending.retain(|r| {
+                    !matches!(
+                        r,
+                        Request::Publish(_) | Request::PubAck(_) | Request::PubRec(_)
+                    )
+                });
+                handle.acks.reset();
                 fwd.reset();
                 fwd.connected = true;
                 fwd.replay_until = handle
@@ -308,6 +342,7 @@ async fn run_event_loop(
                 top_up(&handle, &mut fwd);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                let ticket = handle.acks.receive(p.pkid, p.qos);
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
                 if let Some(d) = discovery.as_ref().filter(|d| d.status_topic == topic) {
                     // Home Assistant restarted: it forgets non-retained state, so announce again.
@@ -315,6 +350,8 @@ async fn run_event_loop(
                         tracing::info!("Home Assistant is online; announcing discovery");
                         announce(&handle, &Some(d.clone()), &mut fwd);
                     }
+                    ticket.complete();
+                    flush_acks(&handle);
                     continue;
                 }
                 let props = p.properties.unwrap_or_default();
@@ -325,9 +362,10 @@ async fn run_event_loop(
                     correlation: props.correlation_data,
                     content_type: props.content_type,
                 };
+                // When the intake is gone, or at a stop, the ticket is dropped with the message.
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    sent = tx.send(msg) => if sent.is_err() { tracing::debug!("intake closed; dropping message") },
+                    sent = tx.send(Received { msg, ticket }) => if sent.is_err() { tracing::debug!("intake closed; dropping message") },
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -352,6 +390,8 @@ async fn run_event_loop(
             Err(e) => {
                 counters.connected.store(false, Ordering::Relaxed);
                 fwd.reset();
+                // rumqttc drops the PubAcks still queued; the broker resends those inputs.
+                handle.acks.reset();
                 let e = super::security::explain(&e);
                 if was_connected {
                     tracing::warn!("MQTT connection lost: {e}; reconnecting");
@@ -372,6 +412,8 @@ async fn run_event_loop(
         }
         if fwd.connected {
             top_up(&handle, &mut fwd);
+            // Also retries acks that found rumqttc's request channel full.
+            flush_acks(&handle);
         }
     }
     counters.connected.store(false, Ordering::Relaxed);
@@ -386,6 +428,20 @@ async fn wait_for_records(outbox: &Option<Arc<Outbox>>) {
     match outbox {
         Some(o) => o.wake.notified().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Send the PubAcks (PubRecs at QoS 2) of the completed prefix, in receive order. Only this task
+/// calls it: it also drains rumqttc's request channel, so it must never wait for room there.
+fn flush_acks(handle: &MqttHandle) {
+    while let Some((pkid, qos)) = handle.acks.peek_ready() {
+        let mut p = Publish::new("", qos, Bytes::new(), None);
+        p.pkid = pkid;
+        match handle.client.try_ack(&p) {
+            Ok(()) => handle.acks.pop(),
+            // The request channel is full: the next turn of the loop tries again.
+            Err(_) => break,
+        }
     }
 }
 
@@ -552,6 +608,7 @@ impl MqttHandle {
             connect_attempts: c.connect_attempts.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
             replayed: c.replayed.load(Ordering::Relaxed),
+            unacked_inputs: self.acks.len(),
         }
     }
 
@@ -566,6 +623,17 @@ impl MqttHandle {
             o.wake.notify_one();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Shutdown began: inputs not processed from now on are not acknowledged, so the broker
+    /// sends them again to the next run (with a persistent session).
+    pub fn inputs_stopping(&self) {
+        self.acks.stopping();
+    }
+
+    /// Inputs received and not yet acknowledged.
+    pub fn unacknowledged(&self) -> usize {
+        self.acks.len()
     }
 
     /// Stop receiving inputs (used first thing at shutdown).

@@ -1,6 +1,7 @@
 //! MQTT: the broker address, the topic layout, payload encodings, the embedded broker and the
 //! client connection shared by MQTT intake and publishing.
 
+pub mod ack;
 pub mod broker;
 pub mod client;
 pub mod discovery;
@@ -8,7 +9,7 @@ pub mod payload;
 pub mod security;
 pub mod topics;
 
-pub use client::{Incoming, MqttHandle};
+pub use client::{Incoming, MqttHandle, Received};
 pub use topics::Topics;
 
 /// `mqtt://host:port` (port defaults to 1883) or `mqtts://host:port` (TLS, 8883).

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::encoders::{Embedding, Modality};
 use crate::error::InputError;
+use crate::mqtt::ack::Ticket;
 
 /// What a request asks for once embedded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +35,7 @@ pub enum Body {
 }
 
 /// One item to embed and where its result goes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Request {
     pub id: String,
     pub modality: Modality,
@@ -47,6 +48,8 @@ pub struct Request {
     pub response_topic: Option<String>,
     pub correlation: Option<Bytes>,
     pub received: Instant,
+    /// The MQTT input's ack, completed by the publisher once the result is spooled.
+    pub ticket: Ticket,
 }
 
 /// A request's outcome, with its queue wait.
@@ -66,11 +69,23 @@ pub enum Event {
         label: String,
         id: String,
         topic: String,
+        ticket: Ticket,
     },
     /// A request refused before it reached an encoder.
     Rejected {
         id: String,
         topic: String,
         reason: String,
+        ticket: Ticket,
     },
+}
+
+impl Event {
+    /// The input's ack, for the publisher to complete once the event's results are durable.
+    pub fn take_ticket(&mut self) -> Ticket {
+        match self {
+            Event::Embedded(o) => std::mem::take(&mut o.request.ticket),
+            Event::Forget { ticket, .. } | Event::Rejected { ticket, .. } => std::mem::take(ticket),
+        }
+    }
 }

@@ -72,6 +72,9 @@ struct ForgottenRecord<'a> {
     ts: &'a str,
 }
 
+/// Environment variable that makes the publisher hold every result (integration tests).
+pub const HOLD_RESULTS: &str = "EDGEFUSE_TEST_HOLD_RESULTS";
+
 fn json_props() -> PublishProperties {
     PublishProperties {
         content_type: Some(CONTENT_TYPE_JSON.into()),
@@ -81,10 +84,21 @@ fn json_props() -> PublishProperties {
 
 impl Publisher {
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>) {
-        while let Some(event) = events.recv().await {
+        if std::env::var_os(HOLD_RESULTS).is_some() {
+            // Test hook: inputs are received and embedded but never answered, so a test can
+            // kill the daemon between receipt and result without racing it.
+            tracing::warn!("{HOLD_RESULTS} is set: holding every result (tests only)");
+            let _events = events;
+            std::future::pending::<()>().await;
+            return;
+        }
+        while let Some(mut event) = events.recv().await {
+            let ticket = event.take_ticket();
             self.handle(event).await;
             // One fsync per input (its embedding, fused record, labels), then send.
             self.mqtt.commit();
+            // Durable (or published, without a spool): the input may be acknowledged.
+            ticket.complete();
         }
         tracing::debug!("publisher finished");
     }
@@ -92,7 +106,9 @@ impl Publisher {
     async fn handle(&mut self, event: Event) {
         match event {
             Event::Embedded(outcome) => self.embedded(*outcome).await,
-            Event::Forget { label, id, topic } => {
+            Event::Forget {
+                label, id, topic, ..
+            } => {
                 let ts = now_rfc3339();
                 match self.fusion.labels.forget(&label) {
                     Ok(existed) => {
@@ -109,9 +125,9 @@ impl Publisher {
                     Err(e) => self.error(&id, &topic, &e.to_string(), None, None).await,
                 }
             }
-            Event::Rejected { id, topic, reason } => {
-                self.error(&id, &topic, &reason, None, None).await
-            }
+            Event::Rejected {
+                id, topic, reason, ..
+            } => self.error(&id, &topic, &reason, None, None).await,
         }
     }
 

@@ -329,12 +329,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &std::path::Path) -> Daemon {
+        Daemon::start_with_env(config, &[])
+    }
+
+    /// With extra environment variables (test hooks such as `EDGEFUSE_TEST_HOLD_RESULTS`).
+    pub fn start_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_edgefuse"))
             .args(["--log", "edgefuse=info"])
             .arg("--config")
             .arg(config)
             .arg("run")
             .env("EDGEFUSE_MODELS", models_dir())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -130,6 +130,7 @@ fn capture(ctx: MicContext, ready: &std_mpsc::Sender<anyhow::Result<()>>) -> any
                 response_topic: None,
                 correlation: None,
                 received: tokio::time::Instant::now(),
+                ticket: crate::mqtt::ack::Ticket::none(),
             });
         }
     }
