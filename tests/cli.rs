@@ -81,7 +81,7 @@ fn bad_inputs_fail_with_one_clear_line_each_and_a_nonzero_exit() {
         (&["embed", "text", ""], "empty text"),
         (
             &["embed", "image", "tests/fixtures/images/not_an_image.jpg"],
-            "unsupported or unrecognised image format",
+            "unrecognised image format (JPEG, PNG and WebP are supported)",
         ),
         (
             &["embed", "image", "tests/fixtures/images/truncated.jpg"],
