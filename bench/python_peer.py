@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import socket
 import sys
 import time
 import tomllib
@@ -103,6 +104,9 @@ def main() -> None:
     subscribed = []
 
     def on_connect(c, _userdata, _flags, _rc, _props):
+        # paho leaves Nagle on: a PUBACK followed by a small publish then waits for the
+        # broker's delayed ACK (~40 ms on loopback). Every contender gets TCP_NODELAY.
+        c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.subscribe([(f"{base}/in/{m}", 1) for m in ("text", "image", "audio")])
 
     def on_subscribe(_c, _userdata, _mid, _codes, _props):

@@ -104,6 +104,8 @@ class Driver:
                              protocol=mqtt.MQTTv5)
         self.c.on_message = self.on_message
         self.c.connect("127.0.0.1", port)
+        # As in python_peer.py: without TCP_NODELAY the driver's own publishes wait for ACKs.
+        self.c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.c.loop_start()
         for prefix in ("edgefuse", "peer", "echo"):
             for what in ("embedding/+", "error"):
@@ -240,8 +242,8 @@ def time_ort(sess: ort.InferenceSession, feeds: dict, n: int) -> list[float]:
     return out
 
 
-def tract_bench(exe: Path, models: Path, modality: str, n: int) -> dict:
-    cmd = [str(exe), "bench", "--json", "-m", modality, "-b", "1", "-t", "1", "-n", str(n),
+def tract_bench(exe: Path, config: Path, models: Path, modality: str, n: int) -> dict:
+    cmd = [str(exe), "--config", str(config), "bench", "--json", "-m", modality, "-b", "1", "-t", "1", "-n", str(n),
            "--warmup", "1", "--text", TEXT, "--image", str(IMAGE), "--audio", str(WAV)]
     out = subprocess.run(cmd, env=dict(os.environ, EDGEFUSE_MODELS=str(models)), cwd=REPO,
                          check=True, capture_output=True, text=True).stdout
@@ -307,7 +309,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgefuse-sbs-") as tmps:
         tmp = Path(tmps)
         port = free_port()
-        (tmp / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        (tmp / "mosquitto.conf").write_text(
+            # Without TCP_NODELAY, mosquitto holds small packets for the peer's delayed ACK (Nagle):
+            # ~40 ms per hop on loopback, more than the text model itself.
+            f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")
         static = tmp / "static-images"
         static.mkdir()
         (tmp / "edgefuse.toml").write_text(
@@ -316,6 +321,9 @@ def main() -> None:
             f'device_id = "bench"\nstate_dir = "{tmp}/state"\n[mqtt]\nbroker = "mqtt://127.0.0.1:{port}"\n'
             f'topic_prefix = "edgefuse"\n[stats]\ninterval_s = 0\n'
             f'[sources.image_dir]\nenabled = true\npath = "{static}"\n'
+            # The very files the peer and raw onnxruntime run: the fp32 originals, so the
+            # comparison is of runtimes, not of compression (docs/models.md has the variants).
+            + "".join(f'[encoders.{m}]\nmodel = "{m}"\n' for m in ("text", "vision", "audio"))
         )
         broker = subprocess.Popen(["mosquitto", "-c", str(tmp / "mosquitto.conf")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -363,7 +371,7 @@ def main() -> None:
                         r["echo"].append(drv.one("echo", m, payloads[m]))
                     r["ort1"] += time_ort(sessions["1"], feeds, args.per_round)
                     r["ortd"] += time_ort(sessions["default"], feeds, args.per_round)
-                    tb = tract_bench(args.edgefuse, ref_models, m, args.per_round)["modalities"][0]["runs"][0]
+                    tb = tract_bench(args.edgefuse, tmp / "edgefuse.toml", ref_models, m, args.per_round)["modalities"][0]["runs"][0]
                     r["tract"].append(tb["inference_ms"]["p50"])
                     r["tract_pre"].append(tb["preprocess_ms"]["p50"])
                     r["tract_post"].append(tb["postprocess_ms"]["p50"])
@@ -411,6 +419,8 @@ def markdown(res: dict, specs: dict, args: argparse.Namespace) -> str:
         f"{m['load_before']} before, {m['load_after']} after): read the ratios, not the absolute times.",
         f"- {m['kernel']}; edgefuse {m['edgefuse']}; tract-onnx {m['tract']} (1 thread); "
         f"onnxruntime {m['onnxruntime']}; Python {m['python']}; {m['mosquitto']}.",
+        "- Models: the fp32 originals (`text`, `vision`, `audio` of models/manifest.toml) for every "
+        "contender, edgefuse included; its compressed defaults are compared in docs/models.md.",
         f"- Python peer: onnxruntime with "
         f"{f'{args.peer_threads} intra-op thread(s)' if args.peer_threads else 'its default thread count'}.",
         "",
