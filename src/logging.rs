@@ -37,9 +37,27 @@ pub fn error_prefix() -> &'static str {
     }
 }
 
+/// rumqttd logs every client that goes away without a DISCONNECT (each `mosquitto_pub`, a
+/// sleeping laptop) at ERROR from these modules: with the embedded broker the journal would fill
+/// with errors nobody can act on. The broker's real failures (e.g. its port in use) are reported
+/// by edgefuse itself. A filter that names `rumqttd` keeps full control.
+const QUIET_BROKER: [&str; 2] = [
+    "rumqttd::server::broker=off",
+    "rumqttd::router::routing=off",
+];
+
+fn with_quiet_broker(filter: &str) -> String {
+    if filter.contains("rumqttd") {
+        filter.to_owned()
+    } else {
+        format!("{filter},{}", QUIET_BROKER.join(","))
+    }
+}
+
 /// Install the global subscriber. An invalid filter falls back to `warn`.
 pub fn init(filter: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_new(with_quiet_broker(filter))
+        .unwrap_or_else(|_| EnvFilter::new(with_quiet_broker("warn")));
     let format = match format {
         LogFormat::Auto if stderr_is_journal() => LogFormat::Journal,
         LogFormat::Auto => LogFormat::Text,
@@ -111,6 +129,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_disconnect_noise_of_the_embedded_broker_is_off_unless_asked_for() {
+        let f = with_quiet_broker("warn");
+        assert_eq!(
+            f,
+            "warn,rumqttd::server::broker=off,rumqttd::router::routing=off"
+        );
+        assert!(EnvFilter::try_new(&f).is_ok());
+        assert_eq!(
+            with_quiet_broker("info,rumqttd=debug"),
+            "info,rumqttd=debug"
+        );
+        assert!(EnvFilter::try_new(with_quiet_broker("edgefuse=debug")).is_ok());
+    }
+
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
