@@ -54,14 +54,7 @@ impl LoadedModel {
         let started = Instant::now();
         let spec = manifest.model(key)?.clone();
         let path = manifest.path_of(&spec.file);
-        let tract_err = |stage: &'static str| {
-            let model = spec.name.clone();
-            move |e: TractError| ModelError::Tract {
-                model: model.clone(),
-                stage,
-                message: format!("{e:#}"),
-            }
-        };
+        let tract_err = |stage| tract_error(&spec, stage);
         let compiled = match cache.map(|c| c.read(&spec)) {
             Some(Ok(found)) => found,
             Some(Err(e)) => {
@@ -119,6 +112,16 @@ impl LoadedModel {
     }
 }
 
+/// Maps a tract error at `stage` of loading `spec` to a [`ModelError`] naming both.
+fn tract_error(spec: &ModelSpec, stage: &'static str) -> impl Fn(TractError) -> ModelError {
+    let model = spec.name.clone();
+    move |e| ModelError::Tract {
+        model: model.clone(),
+        stage,
+        message: format!("{e:#}"),
+    }
+}
+
 /// Verify the ONNX file against the manifest, parse it, apply the manifest's input facts and
 /// outputs, type it, decode compressed weights and declutter: everything before tract's
 /// CPU-specific optimiser, which is what the compiled-model cache stores.
@@ -128,14 +131,7 @@ fn typed_from_onnx(
     spec: &ModelSpec,
     path: &Path,
 ) -> Result<TypedModel, ModelError> {
-    let tract_err = |stage: &'static str| {
-        let model = spec.name.clone();
-        move |e: TractError| ModelError::Tract {
-            model: model.clone(),
-            stage,
-            message: format!("{e:#}"),
-        }
-    };
+    let tract_err = |stage| tract_error(spec, stage);
     let bytes = read_verified(path, &spec.sha256)?;
     let mut model = tract_onnx::onnx()
         .with_ignore_value_info(true)
