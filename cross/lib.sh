@@ -43,6 +43,13 @@ apt_retry() {
   return 1
 }
 
+# A mirror mid-sync fails `update` for one index (seen: the armhf security index) while the
+# others are fine; the install that follows decides whether what we have is enough.
+apt_update() {
+  DEBIAN_FRONTEND=noninteractive sudo_ apt-get update -qq ||
+    echo "apt-get update failed for some index; trying the install with the indexes we have" >&2
+}
+
 # Debian packages for both targets: cross gcc (used by the gcc toolchain; harmless for zig),
 # multiarch ALSA headers and .pc files (cpal links libasound), qemu-user, binutils for objdump.
 # Idempotent: does nothing when everything is installed.
@@ -59,7 +66,7 @@ ensure_debian_packages() {
   for a in "${archs[@]}"; do
     dpkg --print-foreign-architectures | grep -qx "$a" || sudo_ dpkg --add-architecture "$a"
   done
-  apt_retry update -qq
+  apt_update
   DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq --no-install-recommends "${pkgs[@]}" && return 0
   # Multi-Arch "same" libraries must be at one version across architectures. When the host has
   # one the foreign index lacks (e.g. liblzma5 from bookworm-security for amd64 only), apt
