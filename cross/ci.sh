@@ -1,30 +1,32 @@
 #!/usr/bin/env bash
-# The ARM part of CI (called by .ci/run). For aarch64 and armv7: a release build against glibc
-# 2.31 (cargo-zigbuild, as cross/build), then under qemu-user on emulated Pi/Jetson cores:
-#   1. glibc floor: the highest GLIBC_ version each binary needs (objdump -T) is ≤ 2.31;
-#   2. tests/arm.rs via cross/test: NEON kernels per core, the f16 path, and golden comparisons
-#      against the onnxruntime references (every reference text, 2 images, 3 audio clips with
-#      their blocks; cosine ≥ 0.999 text/audio, ≥ 0.99 vision, as tests/encoders.rs). The golden
-#      tests of tests/encoders.rs itself take ~26 min per target under qemu on 2 cores, so they
-#      run only with EDGEFUSE_ARM_ENCODERS=golden (or =all);
-#   3. `edgefuse check --json`: aarch64 under cortex-a53, -a72 and -a76 uses only arm64simd_*
-#      matmul kernels; cortex-a76 with TRACT_CPU_ISA=+fp16 has fp16 in tract's ISA; armv7 with
-#      TRACT_CPU_ARM32_NEON=true uses only armv7neon_*;
-#   4. `edgefuse embed` on sample inputs agrees with the x86-64 build within the golden
-#      tolerance (cross/compare_embeddings.py).
-# The aarch64 emulation runs while armv7 builds. Installs what it needs (Debian multiarch
-# packages, rustup targets, zig from PyPI) if missing.
+# The ARM part of CI (called by .ci/run). For aarch64 and armv7: ONE build of the edgefuse binary
+# against glibc 2.31 (cargo-zigbuild, as cross/build) with the `ci-arm` profile (opt-level 1:
+# tract's kernels are assembly and behave the same; it halves the cold build), the binary that
+# systemd/deb/ci then packages. Everything else runs that binary under qemu-user on emulated
+# Pi/Jetson cores:
+#   1. glibc floor: the highest GLIBC_ version each binary needs (objdump -T) is <= 2.31;
+#   2. kernels (`edgefuse check --json`, cross/check_kernels.py): aarch64 under cortex-a53, -a72
+#      and -a76 uses only arm64simd_* matmul kernels; cortex-a76 with TRACT_CPU_ISA=+fp16 runs
+#      the f16 text variant on arm64fp16_* kernels; armv7 with TRACT_CPU_ARM32_NEON=true uses
+#      only armv7neon_*, without it the armvfpv2_* fallback;
+#   3. golden subset (cross/compare_golden.py): the fp32 models against the onnxruntime
+#      references of tests/golden/reference.json (every reference text, 2 images, 3 audio clips
+#      with their blocks), with tests/encoders.rs's tolerances; aarch64 also the f16 text
+#      variant against the fp32 references;
+#   4. `edgefuse embed` on sample inputs with the default models agrees with the x86-64 build.
+# The Rust test suites for ARM (tests/arm.rs, tests/encoders.rs) run on a device or by hand under
+# qemu with cross/test; CI does not build test executables for ARM (one build per target).
+# The emulation of one target runs while the next one builds.
 #
-# Env: CARGO_TARGET_DIR (honoured; sharing it with the x86 build reuses tests/run's binary),
-# EDGEFUSE_ARM_TARGETS (default "aarch64 armv7"), EDGEFUSE_ARM_ENCODERS (none|golden|all, how
-# much of tests/encoders.rs runs under qemu; default none), EDGEFUSE_X86_BIN (an x86-64 edgefuse to
+# Env: CARGO_TARGET_DIR, EDGEFUSE_ARM_TARGETS (default "aarch64 armv7"), EDGEFUSE_ARM_PROFILE
+# (default ci-arm; `release` to check what users build), EDGEFUSE_X86_BIN (an x86-64 edgefuse to
 # compare with; default: target/debug/edgefuse as `cargo test` builds it, i.e. tests/run's).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
 
 targets=${EDGEFUSE_ARM_TARGETS:-aarch64 armv7}
-encoders=${EDGEFUSE_ARM_ENCODERS:-none}
+profile=${EDGEFUSE_ARM_PROFILE:-ci-arm}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export EDGEFUSE_MODELS=${EDGEFUSE_MODELS:-$REPO/models}
 tdir=${CARGO_TARGET_DIR:-$REPO/target}
@@ -41,11 +43,19 @@ ensure_zig
 [ -f "$EDGEFUSE_MODELS/text/all-minilm-l6-v2.onnx" ] || models/fetch
 timings+=("setup: $((SECONDS - t0)) s")
 
-# Sample inputs for the x86-vs-ARM comparison, through the CLI the way users run it. The
-# comparison against onnxruntime is tests/arm.rs's golden subset (run by cross/test).
+# Sample inputs for the x86-vs-ARM comparison, through the CLI the way users run it.
 texts=("A man plays guitar." "Someone is playing a guitar." "Crème brûlée et café au lait.")
 images=(tests/fixtures/images/coffee.jpg)
 audio=(tests/fixtures/audio/speech_fox.wav tests/fixtures/audio/pink_noise.wav)
+# The golden subset (the references are for the fp32 models; one text per run, as on a device,
+# instead of one batch padded to the longest) and the configs the checks use.
+mapfile -t golden_texts < <(python3 -c '
+import json; [print(i["input"]) for i in json.load(open("tests/golden/reference.json"))["text"]]')
+golden_images=(tests/fixtures/images/coffee.jpg tests/fixtures/images/astronaut.webp)
+golden_audio=(tests/fixtures/audio/speech_fox.wav tests/fixtures/audio/speech_lights_48k_stereo_s24.wav
+  tests/fixtures/audio/pink_noise.wav)
+printf '[encoders.text]\nmodel = "text"\nmax_batch = 1\n[encoders.vision]\nmodel = "vision"\n[encoders.audio]\nmodel = "audio"\n' >"$work/fp32.toml"
+printf '[encoders.text]\nmodel = "text-f16"\nmax_batch = 1\n[encoders.vision]\nenabled = false\n[encoders.audio]\nenabled = false\n' >"$work/f16.toml"
 embed_all() { # embed_all CMD…: JSON lines for all samples
   "$@" embed text "${texts[@]}" && "$@" embed image "${images[@]}" &&
     "$@" embed audio --blocks "${audio[@]}"
@@ -57,20 +67,20 @@ if [ -z "$x86" ]; then
   t0=$SECONDS
   # Built like `cargo test` builds it (dev-dependency features unified), so after tests/run
   # with the same CARGO_TARGET_DIR this is a no-op.
-  cargo test --locked --no-run --test cli
+  cargo test --locked --no-run --tests
   x86=$tdir/debug/edgefuse
   timings+=("x86-64 build: $((SECONDS - t0)) s")
 fi
 embed_all "$x86" >"$work/x86.jsonl"
 
 # ------------------------------------------------------------------------------- per target
-build() { # build NAME: release build of the binary and the tests, then the glibc floor
+build() { # build NAME: the binary, then the glibc floor
   target_info "$1"
-  say "$TRIPLE: release build of edgefuse and its tests (cargo-zigbuild, glibc $GLIBC_FLOOR)"
+  say "$TRIPLE: build of edgefuse (cargo-zigbuild, glibc $GLIBC_FLOOR, profile $profile)"
   local t0=$SECONDS
-  cross/test --no-setup --build-only "$1"
-  timings+=("$TRIPLE release build (binary + tests): $((SECONDS - t0)) s")
-  local bin=$tdir/$TRIPLE/release/edgefuse need
+  cross/build --no-setup "$1" --profile "$profile" --locked --bin edgefuse
+  timings+=("$TRIPLE build ($profile): $((SECONDS - t0)) s")
+  local bin=$tdir/$TRIPLE/$profile/edgefuse need
   ls -l "$bin"
   need=$(max_glibc "$bin")
   echo "$TRIPLE: needs GLIBC_$need (floor $GLIBC_FLOOR); $(readelf -l "$bin" | grep -o 'interpreter: [^]]*'); $(readelf -d "$bin" | grep -o 'Shared library: \[[^]]*' | sed 's/.*\[//' | tr '\n' ' ')"
@@ -83,7 +93,7 @@ build() { # build NAME: release build of the binary and the tests, then the glib
 
 emulate() { # emulate NAME: everything under qemu; results appended to $work/passed|failed
   target_info "$1"
-  local bin=$tdir/$TRIPLE/release/edgefuse t0=$SECONDS
+  local bin=$tdir/$TRIPLE/$profile/edgefuse t0=$SECONDS
   local qemu=("$QEMU" -L /)
   check() { # check LABEL CMD…
     local label=$1; shift
@@ -91,30 +101,47 @@ emulate() { # emulate NAME: everything under qemu; results appended to $work/pas
       echo "$label" >>"$work/failed"; echo "FAILED: $label" >&2
     fi
   }
-  kernels() { # kernels LABEL ENV… -- CHECK_KERNELS_ARGS…
-    local label=$1 envs=(); shift
+  kernels() { # kernels LABEL ENV… -- [--config F] -- CHECK_KERNELS_ARGS…
+    local label=$1 envs=() args=(); shift
     while [ "$1" != -- ]; do envs+=("$1"); shift; done
     shift
-    env "${envs[@]}" "${qemu[@]}" "$bin" check --json | python3 cross/check_kernels.py "$label" "$@"
+    while [ "$1" != -- ]; do args+=("$1"); shift; done
+    shift
+    env "${envs[@]}" "${qemu[@]}" "$bin" "${args[@]}" check --json |
+      python3 cross/check_kernels.py "$label" "$@"
+  }
+  golden() { # golden LABEL CONFIG ENV…: the golden subset through `edgefuse embed`
+    local label=$1 config=$2 out=$work/golden-$TRIPLE-$RANDOM.jsonl; shift 2
+    (export "$@"
+      "${qemu[@]}" "$bin" -c "$config" embed text "${golden_texts[@]}" &&
+        "${qemu[@]}" "$bin" -c "$config" embed image "${golden_images[@]}" &&
+        "${qemu[@]}" "$bin" -c "$config" embed audio --blocks "${golden_audio[@]}") >"$out" &&
+      python3 cross/compare_golden.py "$label" tests/golden/reference.json "$out"
   }
 
   case "$TRIPLE" in
     aarch64*)
-      check "$TRIPLE tests" cross/test --run-only --encoders "$encoders" --cpus "cortex-a72 cortex-a76" "$1"
       say "$TRIPLE: kernels in edgefuse check --json"
       for cpu in cortex-a53 cortex-a72 cortex-a76; do
-        check "$TRIPLE $cpu kernels" kernels "$TRIPLE $cpu" QEMU_CPU=$cpu -- arm64simd_
+        check "$TRIPLE $cpu kernels" kernels "$TRIPLE $cpu" QEMU_CPU=$cpu -- -- arm64simd_
       done
-      # The f32 models keep their f32 kernels; fp16 must be in what tract will use.
-      check "$TRIPLE cortex-a76 +fp16" kernels "$TRIPLE cortex-a76 TRACT_CPU_ISA=+fp16" \
-        QEMU_CPU=cortex-a76 TRACT_CPU_ISA=+fp16 -- arm64simd_ --isa-has fp16
+      # The f32 models keep their f32 kernels; the f16 variant must get fp16 ones.
+      check "$TRIPLE cortex-a76 +fp16 f16 text kernels" kernels "$TRIPLE cortex-a76 TRACT_CPU_ISA=+fp16 text-f16" \
+        QEMU_CPU=cortex-a76 TRACT_CPU_ISA=+fp16 -- -c "$work/f16.toml" -- arm64fp16_ --isa-has fp16
+      say "$TRIPLE: golden subset against onnxruntime (cortex-a72; f16 text on cortex-a76 +fp16)"
+      check "$TRIPLE golden (fp32 models)" golden "$TRIPLE cortex-a72" "$work/fp32.toml" QEMU_CPU=cortex-a72
+      check "$TRIPLE golden text-f16 on fp16 kernels" golden_text_f16
       local embed_env=(QEMU_CPU=cortex-a72)
       ;;
     armv7*)
-      check "$TRIPLE tests" cross/test --run-only --encoders "$encoders" --cpus cortex-a7 "$1"
       say "$TRIPLE: kernels in edgefuse check --json"
       check "$TRIPLE NEON kernels" kernels "$TRIPLE cortex-a7 TRACT_CPU_ARM32_NEON=true" \
-        QEMU_CPU=cortex-a7 TRACT_CPU_ARM32_NEON=true -- armv7neon_ --isa-has neon
+        QEMU_CPU=cortex-a7 TRACT_CPU_ARM32_NEON=true -- -- armv7neon_ --isa-has neon
+      check "$TRIPLE VFP fallback without NEON" kernels "$TRIPLE cortex-a7 (no NEON detected)" \
+        QEMU_CPU=cortex-a7 -- -- armvfpv2_
+      say "$TRIPLE: golden subset against onnxruntime (cortex-a7, NEON)"
+      check "$TRIPLE golden (fp32 models)" golden "$TRIPLE cortex-a7" "$work/fp32.toml" \
+        QEMU_CPU=cortex-a7 TRACT_CPU_ARM32_NEON=true
       local embed_env=(QEMU_CPU=cortex-a7 TRACT_CPU_ARM32_NEON=true)
       ;;
   esac
@@ -126,7 +153,15 @@ emulate() { # emulate NAME: everything under qemu; results appended to $work/pas
   else
     check "$TRIPLE embed ran" false
   fi
-  echo "$TRIPLE under qemu (tests, kernels, embed): $((SECONDS - t0)) s" >>"$work/timings"
+  echo "$TRIPLE under qemu (kernels, golden, embed): $((SECONDS - t0)) s" >>"$work/timings"
+}
+
+# The f16 text variant on fp16 kernels against the fp32 text references (same bound as f32).
+golden_text_f16() {
+  local out=$work/golden-f16.jsonl
+  QEMU_CPU=cortex-a76 TRACT_CPU_ISA=+fp16 "$QEMU" -L / "$tdir/$TRIPLE/$profile/edgefuse" \
+    -c "$work/f16.toml" embed text "${golden_texts[@]}" >"$out" &&
+    python3 cross/compare_golden.py "$TRIPLE text-f16" tests/golden/reference.json "$out"
 }
 
 # Emulation is single-threaded: run each target's while the next one builds.
