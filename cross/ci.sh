@@ -14,11 +14,11 @@
 #   4. `edgefuse embed` on sample inputs with the default models agrees with the x86-64 build.
 # The Rust test suites for ARM (tests/arm.rs, tests/encoders.rs) run on a device or by hand under
 # qemu with cross/test; CI does not build test executables for ARM (one build per target).
-# The emulation of one target runs while the next one builds.
+# Both targets build in one cargo invocation; then both emulate side by side.
 #
 # Env: CARGO_TARGET_DIR, EDGEFUSE_ARM_TARGETS (default "aarch64 armv7"), EDGEFUSE_ARM_PROFILE
-# (default ci-arm; `release` to check what users build), EDGEFUSE_X86_BIN (an x86-64 edgefuse to
-# compare with; default: target/debug/edgefuse as `cargo test` builds it, i.e. tests/run's).
+# (default ci-arm), EDGEFUSE_X86_BIN (an x86-64 edgefuse to
+# compare with; default: target/debug/edgefuse, the one tests/run built).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
@@ -58,25 +58,34 @@ embed_all() { # embed_all CMD…: JSON lines for all samples
     "$@" embed audio --blocks "${audio[@]}"
 }
 
-x86=${EDGEFUSE_X86_BIN:-}
-if [ -z "$x86" ]; then
-  say "x86-64 edgefuse to compare with (the debug build tests/run made, if it is there)"
+x86=${EDGEFUSE_X86_BIN:-$tdir/debug/edgefuse}
+if [ ! -x "$x86" ]; then
+  say "x86-64 edgefuse to compare with"
   t0=$SECONDS
-  # Built like `cargo test` builds it (dev-dependency features unified), so after tests/run
-  # with the same CARGO_TARGET_DIR this is a no-op.
-  cargo test --locked --no-run --tests
+  cargo build --locked --bin edgefuse
   x86=$tdir/debug/edgefuse
   timings+=("x86-64 build: $((SECONDS - t0)) s")
 fi
 embed_all "$x86" >"$work/x86.jsonl"
 
 # ------------------------------------------------------------------------------- per target
-build() { # build NAME: the binary, then the glibc floor
-  target_info "$1"
-  say "$TRIPLE: build of edgefuse (cargo-zigbuild, glibc $GLIBC_FLOOR, profile $profile)"
+build_all() { # one cargo invocation for every target: both cores stay busy across the two
+  # dependency graphs (tract-core alone is minutes of one core), and host build scripts and
+  # proc macros are compiled once
+  local args=() name
+  for name in $targets; do
+    target_info "$name"
+    cargo_env zig
+    args+=(--target "$TRIPLE.$GLIBC_FLOOR")
+  done
+  say "build of edgefuse for $targets (cargo-zigbuild, glibc $GLIBC_FLOOR, profile $profile)"
   local t0=$SECONDS
-  cross/build --no-setup "$1" --profile "$profile" --locked --bin edgefuse
-  timings+=("$TRIPLE build ($profile): $((SECONDS - t0)) s")
+  cargo-zigbuild zigbuild "${args[@]}" --profile "$profile" --locked --bin edgefuse
+  timings+=("build of $targets ($profile): $((SECONDS - t0)) s")
+}
+
+glibc_floor() { # glibc_floor NAME
+  target_info "$1"
   local bin=$tdir/$TRIPLE/$profile/edgefuse need
   ls -l "$bin"
   need=$(max_glibc "$bin")
@@ -154,23 +163,19 @@ emulate() { # emulate NAME: everything under qemu; results appended to $work/pas
   echo "$TRIPLE under qemu (kernels, golden, embed): $((SECONDS - t0)) s" >>"$work/timings"
 }
 
-# Emulation is single-threaded: run each target's while the next one builds.
 touch "$work/passed" "$work/failed" "$work/timings"
-bg_pid="" bg_log=""
+build_all
+for name in $targets; do glibc_floor "$name"; done
+# qemu-user runs one thread per process: the targets' emulations run side by side.
+t0=$SECONDS
+pids=()
 for name in $targets; do
-  build "$name"
-  if [ -n "$bg_pid" ]; then
-    wait "$bg_pid" || true
-    cat "$bg_log"
-  fi
-  bg_log=$work/emulate-$name.log
-  emulate "$name" >"$bg_log" 2>&1 &
-  bg_pid=$!
+  emulate "$name" >"$work/emulate-$name.log" 2>&1 &
+  pids+=($!)
 done
-if [ -n "$bg_pid" ]; then
-  wait "$bg_pid" || true
-  cat "$bg_log"
-fi
+for pid in "${pids[@]}"; do wait "$pid" || true; done
+for name in $targets; do cat "$work/emulate-$name.log"; done
+timings+=("emulation of $targets, side by side: $((SECONDS - t0)) s")
 
 say "ARM summary"
 printf '  %s\n' "${timings[@]}"
