@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The ARM part of CI (called by .ci/run). For aarch64 and armv7: ONE build of the edgefuse binary
-# against glibc 2.31 (cargo-zigbuild, as cross/build) with the `ci-arm` profile (opt-level 1:
-# tract's kernels are assembly and behave the same; it halves the cold build), the binary that
-# systemd/deb/ci then packages. Everything else runs that binary under qemu-user on emulated
-# Pi/Jetson cores:
+# The ARM part of CI (called by .ci/run). For aarch64 and armv7: ONE release build of the
+# edgefuse binary against glibc 2.31 (cargo-zigbuild, as cross/build; the `release` profile users
+# build with, no LTO), the binary that systemd/deb/ci then packages. Everything else runs that
+# binary under qemu-user on emulated Pi/Jetson cores:
 #   1. glibc floor: the highest GLIBC_ version each binary needs (objdump -T) is <= 2.31;
 #   2. kernels (`edgefuse check --json`, cross/check_kernels.py): aarch64 under cortex-a72, and
 #      cortex-a76 with TRACT_CPU_ISA=+fp16 (fp16 in tract's ISA), uses only arm64simd_* matmul
@@ -17,14 +16,14 @@
 # Both targets build in one cargo invocation; then both emulate side by side.
 #
 # Env: CARGO_TARGET_DIR, EDGEFUSE_ARM_TARGETS (default "aarch64 armv7"), EDGEFUSE_ARM_PROFILE
-# (default ci-arm), EDGEFUSE_X86_BIN (an x86-64 edgefuse to
+# (default release), EDGEFUSE_X86_BIN (an x86-64 edgefuse to
 # compare with; default: target/debug/edgefuse, the one tests/run built).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
 
 targets=${EDGEFUSE_ARM_TARGETS:-aarch64 armv7}
-profile=${EDGEFUSE_ARM_PROFILE:-ci-arm}
+profile=${EDGEFUSE_ARM_PROFILE:-release}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export EDGEFUSE_MODELS=${EDGEFUSE_MODELS:-$REPO/models}
 tdir=${CARGO_TARGET_DIR:-$REPO/target}
