@@ -74,7 +74,7 @@ pub fn payload(data: &[u8]) -> Result<(), String> {
         Ok(Parsed::Forget { .. }) => Ok(()),
         Ok(Parsed::Request(r)) => match &r.body {
             Body::Encoded(b) => match r.modality {
-                crate::encoders::Modality::Audio => wav_bytes(b),
+                crate::types::Modality::Audio => wav_bytes(b),
                 _ => image_bytes(b),
             },
             Body::Text(_) | Body::Samples { .. } => Ok(()),

@@ -10,7 +10,6 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::PayloadFormat;
-use crate::encoders::{Modality, ModelInfo};
 use crate::fusion::{Fused, Fusion, LabelScore, Part, ZeroShotScore};
 use crate::mqtt::payload::{
     f16_le, now_rfc3339, user_properties, EmbeddingRecord, ErrorRecord, StageTimings,
@@ -19,6 +18,7 @@ use crate::mqtt::payload::{
 use crate::mqtt::MqttHandle;
 use crate::pipeline::{Body, Event, Outcome, Purpose};
 use crate::sinks::spool::Record;
+use crate::types::{Modality, ModelInfo};
 
 pub struct Publisher {
     pub mqtt: MqttHandle,
