@@ -72,7 +72,9 @@ struct ForgottenRecord<'a> {
     ts: &'a str,
 }
 
-/// Environment variable that makes the publisher hold every result (integration tests).
+/// Environment variable that makes the publisher hold every result. Only in builds with the
+/// `test-hooks` feature, which only the integration tests turn on (Cargo.toml).
+#[cfg(feature = "test-hooks")]
 pub const HOLD_RESULTS: &str = "EDGEFUSE_TEST_HOLD_RESULTS";
 
 fn json_props() -> PublishProperties {
@@ -84,6 +86,7 @@ fn json_props() -> PublishProperties {
 
 impl Publisher {
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        #[cfg(feature = "test-hooks")]
         if std::env::var_os(HOLD_RESULTS).is_some() {
             // Test hook: inputs are received and embedded but never answered, so a test can
             // kill the daemon between receipt and result without racing it.

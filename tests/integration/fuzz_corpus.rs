@@ -2,8 +2,7 @@
 //! the fuzz targets, on the stable toolchain: every input must come back as `Ok` or a refusal,
 //! never a panic. `fuzz/run` grows the corpora; `write_seed_corpus` (ignored) writes the seeds.
 
-mod util;
-
+use crate::util;
 use std::path::{Path, PathBuf};
 
 use edgefuse::fuzz_entry;
