@@ -119,16 +119,11 @@ impl Sub {
     /// Lines in mosquitto_sub's `-F` `format`; read them with [`Sub::line`].
     pub fn start_formatted(port: u16, filter: &str, extra: &[&str], format: &str) -> Sub {
         // -d: the debug lines say when the subscription stands; they are not passed on.
-        let mut child = Command::new("mosquitto_sub")
-            .args([
-                "-d",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-t",
-                filter,
-            ])
+        // mosquitto_sub flushes its stdout after messages only: stdbuf (coreutils) makes the
+        // debug lines arrive as they are written.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-d", "-h", "127.0.0.1"])
+            .args(["-p", &port.to_string(), "-t", filter])
             .args(extra)
             .args(["-F", format])
             .stdout(Stdio::piped())
