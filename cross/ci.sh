@@ -2,10 +2,10 @@
 # The ARM part of CI (called by .ci/run). For aarch64 and armv7: a release build against glibc
 # 2.31 (cargo-zigbuild, as cross/build), then under qemu-user on emulated Pi/Jetson cores:
 #   1. glibc floor: the highest GLIBC_ version each binary needs (objdump -T) is ≤ 2.31;
-#   2. tests/arm.rs via cross/test: NEON kernels per core, the f16 path, and golden comparisons
+#   2. tests/integration/arm.rs via cross/test: NEON kernels per core, the f16 path, and golden comparisons
 #      against the onnxruntime references (every reference text, 2 images, 3 audio clips with
-#      their blocks; cosine ≥ 0.999 text/audio, ≥ 0.99 vision, as tests/encoders.rs). The golden
-#      tests of tests/encoders.rs itself take ~26 min per target under qemu on 2 cores, so they
+#      their blocks; cosine ≥ 0.999 text/audio, ≥ 0.99 vision, as tests/integration/encoders.rs). The golden
+#      tests of tests/integration/encoders.rs itself take ~26 min per target under qemu on 2 cores, so they
 #      run only with EDGEFUSE_ARM_ENCODERS=golden (or =all);
 #   3. `edgefuse check --json`: aarch64 under cortex-a53, -a72 and -a76 uses only arm64simd_*
 #      matmul kernels; cortex-a76 with TRACT_CPU_ISA=+fp16 has fp16 in tract's ISA; armv7 with
@@ -17,7 +17,7 @@
 #
 # Env: CARGO_TARGET_DIR (honoured; sharing it with the x86 build reuses tests/run's binary),
 # EDGEFUSE_ARM_TARGETS (default "aarch64 armv7"), EDGEFUSE_ARM_ENCODERS (none|golden|all, how
-# much of tests/encoders.rs runs under qemu; default none), EDGEFUSE_X86_BIN (an x86-64 edgefuse to
+# much of tests/integration/encoders.rs runs under qemu; default none), EDGEFUSE_X86_BIN (an x86-64 edgefuse to
 # compare with; default: target/debug/edgefuse as `cargo test` builds it, i.e. tests/run's).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -42,7 +42,7 @@ ensure_zig
 timings+=("setup: $((SECONDS - t0)) s")
 
 # Sample inputs for the x86-vs-ARM comparison, through the CLI the way users run it. The
-# comparison against onnxruntime is tests/arm.rs's golden subset (run by cross/test).
+# comparison against onnxruntime is tests/integration/arm.rs's golden subset (run by cross/test).
 texts=("A man plays guitar." "Someone is playing a guitar." "Crème brûlée et café au lait.")
 images=(tests/fixtures/images/coffee.jpg)
 audio=(tests/fixtures/audio/speech_fox.wav tests/fixtures/audio/pink_noise.wav)
@@ -57,7 +57,7 @@ if [ -z "$x86" ]; then
   t0=$SECONDS
   # Built like `cargo test` builds it (dev-dependency features unified), so after tests/run
   # with the same CARGO_TARGET_DIR this is a no-op.
-  cargo test --locked --no-run --test cli
+  cargo test --locked --no-run --test integration
   x86=$tdir/debug/edgefuse
   timings+=("x86-64 build: $((SECONDS - t0)) s")
 fi

@@ -1,5 +1,5 @@
 //! Entry points shared by the cargo-fuzz targets (`fuzz/`), the corpus replay test
-//! (`tests/fuzz_corpus.rs`) and the malformed-input daemon test: arbitrary bytes in, an
+//! (`tests/integration/fuzz_corpus.rs`) and the malformed-input daemon test: arbitrary bytes in, an
 //! `Ok` or a refusal out, never a panic, with memory bounded by the limits below.
 
 use bytes::Bytes;

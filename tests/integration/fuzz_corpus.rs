@@ -171,7 +171,7 @@ fn wav(channels: u16, rate: u32, bits: u16, float: bool, frames: usize) -> Vec<u
 }
 
 /// Seed inputs: small valid files of each kind and a few classic bad ones. Run once with
-/// `cargo test --test fuzz_corpus -- --ignored write_seed_corpus`; fuzzing grows from here.
+/// `cargo test --test integration fuzz_corpus:: -- --ignored write_seed_corpus`; fuzzing grows from here.
 #[test]
 #[ignore]
 fn write_seed_corpus() {
