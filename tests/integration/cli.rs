@@ -108,17 +108,8 @@ fn good_inputs_are_still_printed_when_one_fails() {
 
 #[test]
 fn a_missing_model_says_to_run_the_fetch_step() {
-    let empty = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        repo().join("models/manifest.toml"),
-        empty.path().join("manifest.toml"),
-    )
-    .unwrap();
-    let o = edgefuse_cmd()
-        .args(["embed", "text", "hello"])
-        .env("EDGEFUSE_MODELS", empty.path())
-        .output()
-        .unwrap();
+    let empty = models_with_manifest_only();
+    let o = embed_hello_from(empty.path());
     assert!(!o.status.success());
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -130,12 +121,7 @@ fn a_missing_model_says_to_run_the_fetch_step() {
 
 #[test]
 fn a_tampered_model_is_refused_with_a_checksum_error() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        repo().join("models/manifest.toml"),
-        dir.path().join("manifest.toml"),
-    )
-    .unwrap();
+    let dir = models_with_manifest_only();
     let src = models_dir();
     std::fs::create_dir_all(dir.path().join("text")).unwrap();
     // The file of the text model the default config selects (an original or a variant).
@@ -149,14 +135,30 @@ fn a_tampered_model_is_refused_with_a_checksum_error() {
         dir.path().join("text/tokenizer.json"),
     )
     .unwrap();
-    let o = edgefuse_cmd()
-        .args(["embed", "text", "hello"])
-        .env("EDGEFUSE_MODELS", dir.path())
-        .output()
-        .unwrap();
+    let o = embed_hello_from(dir.path());
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains("sha256") && err.contains("tampered"), "{err}");
+}
+
+/// A models directory holding the repository's manifest and no model.
+fn models_with_manifest_only() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("models/manifest.toml"),
+        dir.path().join("manifest.toml"),
+    )
+    .unwrap();
+    dir
+}
+
+/// `edgefuse embed text hello` on the models in `models`.
+fn embed_hello_from(models: &std::path::Path) -> Output {
+    edgefuse_cmd()
+        .args(["embed", "text", "hello"])
+        .env("EDGEFUSE_MODELS", models)
+        .output()
+        .unwrap()
 }
 
 #[test]

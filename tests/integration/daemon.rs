@@ -6,6 +6,32 @@ use crate::util::{fixture_path as fixture, free_port, Daemon, Harness, Sub, T};
 /// Every daemon here publishes stats every second.
 const STATS_EVERY_SECOND: &str = "[stats]\ninterval_s = 1\n";
 
+/// A daemon (`mqtt_extra` in its `[mqtt]` table) started on a fresh broker, and a subscriber
+/// on `filter` that has seen it come online on `available`.
+fn started(mqtt_extra: &str, filter: &str, available: &str) -> (Harness, Sub) {
+    let mut h = Harness::new(STATS_EVERY_SECOND, mqtt_extra);
+    let mut sub = h.sub(filter);
+    h.start();
+    sub.expect(available, T, |m| m.payload == "online");
+    (h, sub)
+}
+
+/// The fixture file at `rel` on `topic`, with MQTT 5 correlation data.
+fn publish_file(h: &Harness, topic: &str, rel: &str, correlation: &str) {
+    let path = fixture(rel);
+    h.publish(
+        topic,
+        &[
+            "-f",
+            &path,
+            "-D",
+            "publish",
+            "correlation-data",
+            correlation,
+        ],
+    );
+}
+
 fn unit_norm(v: &serde_json::Value) -> f64 {
     v.as_array()
         .unwrap()
@@ -17,10 +43,7 @@ fn unit_norm(v: &serde_json::Value) -> f64 {
 
 #[test]
 fn every_topic_round_trips_through_mosquitto() {
-    let mut h = Harness::new(STATS_EVERY_SECOND, "");
-    let mut sub = h.sub("#");
-    h.start();
-    sub.expect("edgefuse/test/available", T, |m| m.payload == "online");
+    let (mut h, mut sub) = started("", "#", "edgefuse/test/available");
 
     // Text, as JSON with an id; the result carries it.
     h.publish(
@@ -143,30 +166,19 @@ fn every_topic_round_trips_through_mosquitto() {
 
 #[test]
 fn last_will_says_offline_when_the_daemon_dies() {
-    let mut h = Harness::new(STATS_EVERY_SECOND, "keepalive_s = 5");
-    let mut sub = h.sub("edgefuse/test/available");
-    h.start();
-    sub.expect("available", T, |m| m.payload == "online");
+    let (mut h, mut sub) = started("keepalive_s = 5", "edgefuse/test/available", "available");
     h.kill();
     sub.expect("available", T, |m| m.payload == "offline");
 }
 
 #[test]
 fn enrolled_labels_survive_a_restart_and_can_be_forgotten() {
-    let mut h = Harness::new(STATS_EVERY_SECOND, "");
-    let mut sub = h.sub("edgefuse/test/#");
-    h.start();
-    sub.expect("available", T, |m| m.payload == "online");
-    h.publish(
+    let (mut h, mut sub) = started("", "edgefuse/test/#", "available");
+    publish_file(
+        &h,
         "edgefuse/test/enroll/cat",
-        &[
-            "-f",
-            &fixture("tests/fixtures/images/chelsea_exif6.jpg"),
-            "-D",
-            "publish",
-            "correlation-data",
-            "ex-cat",
-        ],
+        "tests/fixtures/images/chelsea_exif6.jpg",
+        "ex-cat",
     );
     let ack = sub.expect("/enrolled", T, |_| true).json();
     assert_eq!(
@@ -177,16 +189,11 @@ fn enrolled_labels_survive_a_restart_and_can_be_forgotten() {
         ),
         (Some("cat"), Some("vision"), Some(1))
     );
-    h.publish(
+    publish_file(
+        &h,
         "edgefuse/test/enroll/rocket",
-        &[
-            "-f",
-            &fixture("tests/fixtures/images/rocket.jpg"),
-            "-D",
-            "publish",
-            "correlation-data",
-            "ex-rocket",
-        ],
+        "tests/fixtures/images/rocket.jpg",
+        "ex-rocket",
     );
     sub.expect("/enrolled", T, |m| m.json()["label"] == "rocket");
     h.publish(
@@ -199,16 +206,11 @@ fn enrolled_labels_survive_a_restart_and_can_be_forgotten() {
 
     h.start();
     sub.expect("available", T, |m| m.payload == "online");
-    h.publish(
+    publish_file(
+        &h,
         "edgefuse/test/in/image",
-        &[
-            "-f",
-            &fixture("tests/fixtures/images/chelsea.jpg"),
-            "-D",
-            "publish",
-            "correlation-data",
-            "q-1",
-        ],
+        "tests/fixtures/images/chelsea.jpg",
+        "q-1",
     );
     let labels = sub.expect("/labels", T, |_| true).json();
     let best = &labels["labels"][0];

@@ -309,10 +309,7 @@ fn tls_with_client_certificate_and_a_credential_password_round_trips() {
 
 #[test]
 fn a_broker_certificate_from_another_ca_is_refused_with_a_clear_error() {
-    let b = SecureBroker::start();
-    let (_dir, config, creds) = setup(&b, "other-ca.pem", "device-secret");
-    let mut daemon = LoggedDaemon::start(&config, &creds);
-    let line = daemon.expect_log("cannot reach the MQTT broker");
+    let line = refusal("other-ca.pem", "device-secret");
     assert!(
         line.contains("not signed by a CA in mqtt.ca_file") && line.contains("UnknownIssuer"),
         "{line}"
@@ -321,12 +318,18 @@ fn a_broker_certificate_from_another_ca_is_refused_with_a_clear_error() {
 
 #[test]
 fn a_wrong_password_is_refused_with_a_clear_error() {
-    let b = SecureBroker::start();
-    let (_dir, config, creds) = setup(&b, "ca.pem", "not-the-password");
-    let mut daemon = LoggedDaemon::start(&config, &creds);
-    let line = daemon.expect_log("cannot reach the MQTT broker");
+    let line = refusal("ca.pem", "not-the-password");
     assert!(
         line.contains("refused the credentials: wrong user name or password"),
         "{line}"
     );
+}
+
+/// The log line saying why the daemon cannot reach a TLS broker, trusting `ca` and sending
+/// `password`.
+fn refusal(ca: &str, password: &str) -> String {
+    let b = SecureBroker::start();
+    let (_dir, config, creds) = setup(&b, ca, password);
+    let mut daemon = LoggedDaemon::start(&config, &creds);
+    daemon.expect_log("cannot reach the MQTT broker")
 }

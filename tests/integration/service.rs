@@ -8,6 +8,14 @@ use std::time::{Duration, Instant};
 
 use crate::util::{fixture_path, publish, wait_for, write_config, Broker, Daemon, Sub};
 
+/// A broker, a temporary directory and the notify socket bound in it (path and socket).
+fn fake_systemd() -> (Broker, tempfile::TempDir, std::path::PathBuf, UnixDatagram) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    (Broker::any(), dir, sock_path, sock)
+}
+
 /// Datagrams until `until` matches one, or panic after `timeout`.
 fn recv_until(
     sock: &UnixDatagram,
@@ -34,10 +42,7 @@ fn recv_until(
 
 #[test]
 fn the_daemon_speaks_sd_notify_ready_status_watchdog_and_stopping() {
-    let broker = Broker::any();
-    let dir = tempfile::tempdir().unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let (broker, dir, sock_path, sock) = fake_systemd();
     let config = write_config(dir.path(), "svc", &mqtt_table(broker.port));
     let daemon = Daemon::start_with(&config, |cmd| {
         cmd.env("NOTIFY_SOCKET", &sock_path)
@@ -113,10 +118,7 @@ fn wait_for_log(log: &std::path::Path, timeout: Duration, pred: impl Fn(&str) ->
 
 #[test]
 fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
-    let broker = Broker::any();
-    let dir = tempfile::tempdir().unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let (broker, dir, sock_path, sock) = fake_systemd();
     let log = dir.path().join("daemon.log");
     write_reload_config(dir.path(), broker.port, "");
     let config = dir.path().join("edgefuse.toml");
