@@ -77,7 +77,7 @@ pub fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
 
-/// Only vision and audio off: the cheapest daemon (text inputs alone).
+/// Vision and audio off: the cheapest daemon (text inputs alone).
 pub const TEXT_ONLY: &str =
     "[encoders.vision]\nenabled = false\n[encoders.audio]\nenabled = false\n";
 
