@@ -88,7 +88,7 @@ fn every_fuzz_target_has_a_corpus() {
 
 /// Without nightly: seeded libFuzzer-style mutations of each corpus through its entry point.
 /// Not coverage-guided, so no substitute for `fuzz/run`, but it needs only stable Rust.
-/// `EDGEFUSE_MUTATIONS=100000 cargo test --release --test fuzz_corpus -- --ignored mutations`
+/// `EDGEFUSE_MUTATIONS=100000 cargo test --release --test integration fuzz_corpus:: -- --ignored mutations`
 #[test]
 #[ignore]
 fn mutations_of_the_corpora_do_not_panic() {
