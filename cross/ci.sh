@@ -9,9 +9,9 @@
 #      kernels; armv7 with TRACT_CPU_ARM32_NEON=true only armv7neon_*, without it armvfpv2_*;
 #   3. golden subset (cross/compare_golden.py): the fp32 models against the onnxruntime
 #      references of tests/golden/reference.json (every reference text, 2 images, 3 audio clips
-#      with their blocks), with tests/encoders.rs's tolerances;
+#      with their blocks), with the tolerances of tests/integration/encoders.rs;
 #   4. `edgefuse embed` on sample inputs with the default models agrees with the x86-64 build.
-# The Rust test suites for ARM (tests/arm.rs, tests/encoders.rs) run on a device or by hand under
+# The Rust test suites for ARM (tests/integration/arm.rs, encoders.rs) run on a device or by hand under
 # qemu with cross/test; CI does not build test executables for ARM (one build per target).
 # Both targets build in one cargo invocation; then both emulate side by side.
 #

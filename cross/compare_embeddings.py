@@ -5,7 +5,7 @@
 
 Lines are matched by (modality, input); every reference line must have a candidate. The cosine
 of each vector (and of each audio block) must reach the golden tests' tolerance: 0.999 for text
-and audio, 0.99 for vision (tests/encoders.rs). Prints one line per input and exits 1 on any
+and audio, 0.99 for vision (tests/integration/encoders.rs). Prints one line per input and exits 1 on any
 miss. Standard library only.
 """
 

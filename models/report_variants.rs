@@ -128,7 +128,7 @@ fn inputs(repo: &Path) -> Result<Inputs> {
             .map(str::to_owned)
             .collect();
     let read = |p: PathBuf| std::fs::read(&p).with_context(|| p.display().to_string());
-    // The evaluation lists are shared with tests/variants.rs.
+    // The evaluation lists are shared with tests/integration/variants.rs.
     let list = |name: &str| -> Result<Vec<String>> {
         let p = repo.join("tests/fixtures/eval").join(name);
         let text = std::fs::read_to_string(&p).with_context(|| p.display().to_string())?;

@@ -1,5 +1,5 @@
 //! Entry points shared by the cargo-fuzz targets (`fuzz/`), the corpus replay test
-//! (`tests/fuzz_corpus.rs`) and the malformed-input daemon test: arbitrary bytes in, an
+//! (`tests/integration/fuzz_corpus.rs`) and the malformed-input daemon test: arbitrary bytes in, an
 //! `Ok` or a refusal out, never a panic, with memory bounded by the limits below.
 
 use bytes::Bytes;
@@ -74,7 +74,7 @@ pub fn payload(data: &[u8]) -> Result<(), String> {
         Ok(Parsed::Forget { .. }) => Ok(()),
         Ok(Parsed::Request(r)) => match &r.body {
             Body::Encoded(b) => match r.modality {
-                crate::encoders::Modality::Audio => wav_bytes(b),
+                crate::types::Modality::Audio => wav_bytes(b),
                 _ => image_bytes(b),
             },
             Body::Text(_) | Body::Samples { .. } => Ok(()),

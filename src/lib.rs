@@ -1,6 +1,7 @@
 //! edgefuse: text, vision and audio encoders in tract, fused embeddings over MQTT.
 //!
-//! Data flows left to right: sources → [`preprocess`] → [`encoders`] → fusion → sinks.
+//! Data flows left to right: sources → [`preprocess`] → [`encoders`] → fusion → sinks; the
+//! value types they pass along ([`types`]) sit below all of them.
 
 pub mod app;
 pub mod atomic_file;
@@ -23,3 +24,4 @@ pub mod sinks;
 pub mod sources;
 pub mod stats;
 pub mod systemd;
+pub mod types;

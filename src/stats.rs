@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use serde::Serialize;
 
-use crate::encoders::{ItemResult, Modality};
+use crate::types::{ItemResult, Modality};
 
 const WINDOW: usize = 1024;
 

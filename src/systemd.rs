@@ -25,8 +25,8 @@ use serde::Deserialize;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::MissedTickBehavior;
 
-use crate::encoders::Modality;
 use crate::stats::Stats;
+use crate::types::Modality;
 
 /// `[watchdog]` in the config.
 #[derive(Debug, Clone, Deserialize)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::encoders::{cosine, l2_normalize, Modality};
+use crate::types::{cosine, l2_normalize, Modality};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Example {

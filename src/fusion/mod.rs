@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::config::FusionConfig;
-use crate::encoders::{cosine, l2_normalize, Modality};
+use crate::types::{cosine, l2_normalize, Modality};
 pub use labels::{LabelScore, LabelStore, LabelStoreError};
 use window::{Entry, Windows};
 

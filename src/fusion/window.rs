@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::encoders::Modality;
+use crate::types::Modality;
 
 #[derive(Debug, Clone)]
 pub struct Entry {

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::encoders::{Modality, ModelInfo};
+use crate::types::{Modality, ModelInfo};
 
 pub const SCHEMA: u32 = 1;
 pub const CONTENT_TYPE_JSON: &str = "application/json";

@@ -1,6 +1,6 @@
 //! The topic layout under `<prefix>/<device_id>/`. Documented in docs/mqtt.md.
 
-use crate::encoders::Modality;
+use crate::types::Modality;
 
 #[derive(Debug, Clone)]
 pub struct Topics {

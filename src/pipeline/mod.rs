@@ -9,9 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::encoders::{Embedding, Modality};
 use crate::error::InputError;
 use crate::mqtt::ack::Ticket;
+use crate::types::{Embedding, Modality};
 
 /// What a request asks for once embedded.
 #[derive(Debug, Clone, PartialEq, Eq)]

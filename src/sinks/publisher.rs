@@ -10,7 +10,6 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::PayloadFormat;
-use crate::encoders::{Modality, ModelInfo};
 use crate::fusion::{Fused, Fusion, LabelScore, Part, ZeroShotScore};
 use crate::mqtt::payload::{
     f16_le, now_rfc3339, user_properties, EmbeddingRecord, ErrorRecord, StageTimings,
@@ -19,6 +18,7 @@ use crate::mqtt::payload::{
 use crate::mqtt::MqttHandle;
 use crate::pipeline::{Body, Event, Outcome, Purpose};
 use crate::sinks::spool::Record;
+use crate::types::{Modality, ModelInfo};
 
 pub struct Publisher {
     pub mqtt: MqttHandle,
@@ -72,7 +72,9 @@ struct ForgottenRecord<'a> {
     ts: &'a str,
 }
 
-/// Environment variable that makes the publisher hold every result (integration tests).
+/// Environment variable that makes the publisher hold every result. Only in builds with the
+/// `test-hooks` feature, which only the integration tests turn on (Cargo.toml).
+#[cfg(feature = "test-hooks")]
 pub const HOLD_RESULTS: &str = "EDGEFUSE_TEST_HOLD_RESULTS";
 
 fn json_props() -> PublishProperties {
@@ -84,6 +86,7 @@ fn json_props() -> PublishProperties {
 
 impl Publisher {
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        #[cfg(feature = "test-hooks")]
         if std::env::var_os(HOLD_RESULTS).is_some() {
             // Test hook: inputs are received and embedded but never answered, so a test can
             // kill the daemon between receipt and result without racing it.

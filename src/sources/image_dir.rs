@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ImageDirConfig;
-use crate::encoders::Modality;
 use crate::pipeline::{Body, Purpose, Request};
 use crate::sources::new_id;
+use crate::types::Modality;
 
 /// The formats the vision encoder decodes (see `preprocess::image`); other files are ignored.
 const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];

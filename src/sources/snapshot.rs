@@ -9,10 +9,10 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SnapshotConfig;
-use crate::encoders::Modality;
 use crate::pipeline::queue::DropOldest;
 use crate::pipeline::{Body, Purpose, Request};
 use crate::sources::new_id;
+use crate::types::Modality;
 
 pub async fn run(
     cfg: SnapshotConfig,

@@ -9,9 +9,9 @@ use cpal::SampleFormat;
 
 use super::{mix_to_mono, passes_energy_gate, ToF32, Windower};
 use crate::app::MicContext;
-use crate::encoders::Modality;
 use crate::pipeline::{Body, Purpose, Request};
 use crate::sources::new_id;
+use crate::types::Modality;
 
 /// Open the configured input device and start capturing; returns once the stream runs.
 pub fn spawn(ctx: MicContext) -> anyhow::Result<()> {

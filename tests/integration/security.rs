@@ -4,17 +4,13 @@
 //! credential ($CREDENTIALS_DIRECTORY/mqtt-password). A wrong CA or a wrong password is
 //! refused with an error that says so.
 
-mod util;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use util::{free_port, models_dir, repo, wait_port};
-
-const T: Duration = Duration::from_secs(60);
+use crate::util::{free_port, repo, wait_port, write_config, Daemon, T, TEXT_ONLY};
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("the command runs");
@@ -200,12 +196,7 @@ struct LoggedDaemon {
 
 impl LoggedDaemon {
     fn start(config: &Path, credentials: &Path) -> LoggedDaemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edgefuse"))
-            .args(["--log", "edgefuse=info"])
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .env("EDGEFUSE_MODELS", models_dir())
+        let mut child = Daemon::command(config)
             .env("CREDENTIALS_DIRECTORY", credentials)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -258,24 +249,19 @@ fn setup(b: &SecureBroker, ca: &str, password: &str) -> (tempfile::TempDir, Path
     let creds = dir.path().join("credentials");
     std::fs::create_dir(&creds).unwrap();
     std::fs::write(creds.join("mqtt-password"), format!("{password}\n")).unwrap();
-    let config = dir.path().join("edgefuse.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "device_id = \"test\"\nstate_dir = \"{state}\"\n[models]\ndir = \"{models}\"\n\
-             [encoders.vision]\nenabled = false\n[encoders.audio]\nenabled = false\n\
-             [stats]\ninterval_s = 0\n[mqtt]\nbroker = \"mqtts://localhost:{port}\"\n\
+    let config = write_config(
+        dir.path(),
+        "test",
+        &format!(
+            "{TEXT_ONLY}[stats]\ninterval_s = 0\n[mqtt]\nbroker = \"mqtts://localhost:{port}\"\n\
              username = \"test\"\nca_file = \"{ca}\"\nclient_cert_file = \"{cert}\"\n\
              client_key_file = \"{key}\"\nkeepalive_s = 5\n",
-            state = dir.path().join("state").display(),
-            models = models_dir().display(),
             port = b.port,
             ca = b.file(ca),
             cert = b.file("client.pem"),
             key = b.file("client.key"),
         ),
-    )
-    .unwrap();
+    );
     (dir, config, creds)
 }
 
@@ -323,10 +309,7 @@ fn tls_with_client_certificate_and_a_credential_password_round_trips() {
 
 #[test]
 fn a_broker_certificate_from_another_ca_is_refused_with_a_clear_error() {
-    let b = SecureBroker::start();
-    let (_dir, config, creds) = setup(&b, "other-ca.pem", "device-secret");
-    let mut daemon = LoggedDaemon::start(&config, &creds);
-    let line = daemon.expect_log("cannot reach the MQTT broker");
+    let line = refusal("other-ca.pem", "device-secret");
     assert!(
         line.contains("not signed by a CA in mqtt.ca_file") && line.contains("UnknownIssuer"),
         "{line}"
@@ -335,12 +318,18 @@ fn a_broker_certificate_from_another_ca_is_refused_with_a_clear_error() {
 
 #[test]
 fn a_wrong_password_is_refused_with_a_clear_error() {
-    let b = SecureBroker::start();
-    let (_dir, config, creds) = setup(&b, "ca.pem", "not-the-password");
-    let mut daemon = LoggedDaemon::start(&config, &creds);
-    let line = daemon.expect_log("cannot reach the MQTT broker");
+    let line = refusal("ca.pem", "not-the-password");
     assert!(
         line.contains("refused the credentials: wrong user name or password"),
         "{line}"
     );
+}
+
+/// The log line saying why the daemon cannot reach a TLS broker, trusting `ca` and sending
+/// `password`.
+fn refusal(ca: &str, password: &str) -> String {
+    let b = SecureBroker::start();
+    let (_dir, config, creds) = setup(&b, ca, password);
+    let mut daemon = LoggedDaemon::start(&config, &creds);
+    daemon.expect_log("cannot reach the MQTT broker")
 }

@@ -7,12 +7,11 @@
 //! `parse_incoming` and decoders the daemon runs): a mutation that still decodes to a valid
 //! input is mutated further or dropped, since the daemon rightly embeds it.
 
-mod util;
-
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 use std::time::Duration;
 
+use crate::util::mutate::{mutate, mutate_one, Rng};
+use crate::util::{exclusive, repo, Harness};
 use bytes::Bytes;
 use edgefuse::app::{parse_incoming, Parsed};
 use edgefuse::encoders::Modality;
@@ -22,8 +21,6 @@ use edgefuse::pipeline::Body;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use util::mutate::{mutate, mutate_one, Rng};
-use util::{models_dir, Daemon, Mosquitto};
 
 const INPUTS: usize = 10_000;
 const MAX_PAYLOAD: usize = 64 * 1024;
@@ -32,7 +29,7 @@ const MAX_PAYLOAD: usize = 64 * 1024;
 const WINDOW: usize = 200;
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = util::repo().join("fuzz/corpus").join(target);
+    let dir = repo().join("fuzz/corpus").join(target);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -164,27 +161,20 @@ fn incoming(topic: String, payload: Vec<u8>) -> Incoming {
     }
 }
 
-fn write_config(dir: &Path, port: u16, max_text: usize) -> std::path::PathBuf {
-    let p = dir.join("edgefuse.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "device_id = \"test\"\nstate_dir = \"{state}\"\n[models]\ndir = \"{models}\"\n\
-             [encoders.text]\nmax_bytes = {max_text}\n\
-             [encoders.vision]\nmax_pixels = {pixels}\n\
-             [encoders.audio]\nmax_seconds = {seconds:.1}\n\
-             [stats]\ninterval_s = 1\n\
-             [mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\nmax_payload_bytes = {MAX_PAYLOAD}\n",
-            state = dir.join("state").display(),
-            models = models_dir().display(),
-            pixels = fuzz_entry::MAX_PIXELS,
-            seconds = fuzz_entry::MAX_SECONDS,
-        ),
+/// Tight input limits, so the corpus crosses them.
+fn limits(max_text: usize) -> String {
+    format!(
+        "[encoders.text]\nmax_bytes = {max_text}\n\
+         [encoders.vision]\nmax_pixels = {pixels}\n\
+         [encoders.audio]\nmax_seconds = {seconds:.1}\n\
+         [stats]\ninterval_s = 1\n",
+        pixels = fuzz_entry::MAX_PIXELS,
+        seconds = fuzz_entry::MAX_SECONDS,
     )
-    .unwrap();
-    p
 }
 
+// The guard only serializes whole tests; this test's runtime is its own.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_malformed_inputs_are_each_answered_on_error() {
     let max_text = 4096;
@@ -192,12 +182,15 @@ async fn ten_thousand_malformed_inputs_are_each_answered_on_error() {
     let inputs = malformed_inputs(&topics, max_text);
     assert_eq!(inputs.len(), INPUTS);
 
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, max_text);
+    // 10,000 inputs against a deadline: not alongside the other heavy tests.
+    let _exclusive = exclusive();
+    let mut h = Harness::new(
+        &limits(max_text),
+        &format!("max_payload_bytes = {MAX_PAYLOAD}"),
+    );
 
     // One client listens, one sends.
-    let mut opts = MqttOptions::new("malformed-listener", "127.0.0.1", broker.port);
+    let mut opts = MqttOptions::new("malformed-listener", "127.0.0.1", h.port());
     opts.set_max_packet_size(Some(1 << 20));
     let (listener, mut events) = AsyncClient::new(opts, 64);
     let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel::<(String, Bytes)>();
@@ -232,7 +225,7 @@ async fn ten_thousand_malformed_inputs_are_each_answered_on_error() {
             .unwrap();
     }
 
-    let mut daemon = Daemon::start(&config);
+    tokio::task::block_in_place(|| h.start());
     let online = |t: &str, p: &Bytes| t.ends_with("/available") && p.as_ref() == b"online";
     loop {
         let (t, p) = tokio::time::timeout(Duration::from_secs(120), answers.recv())
@@ -244,7 +237,7 @@ async fn ten_thousand_malformed_inputs_are_each_answered_on_error() {
         }
     }
 
-    let mut opts = MqttOptions::new("malformed-sender", "127.0.0.1", broker.port);
+    let mut opts = MqttOptions::new("malformed-sender", "127.0.0.1", h.port());
     opts.set_max_packet_size(Some(1 << 20));
     let (sender, mut sender_events) = AsyncClient::new(opts, 64);
     tokio::spawn(async move { while sender_events.poll().await.is_ok() {} });
@@ -280,7 +273,13 @@ async fn ten_thousand_malformed_inputs_are_each_answered_on_error() {
             ),
         }
         assert!(
-            daemon.child.try_wait().unwrap().is_none(),
+            h.daemon
+                .as_mut()
+                .unwrap()
+                .child
+                .try_wait()
+                .unwrap()
+                .is_none(),
             "the daemon exited after {} answers",
             tally.errors.len()
         );
@@ -348,11 +347,14 @@ async fn ten_thousand_malformed_inputs_are_each_answered_on_error() {
         reasons,
     } = tally;
     let peak = rss.iter().max().copied().unwrap_or(0);
-    let hwm = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_owned()))
-        .unwrap_or_default();
+    let hwm = std::fs::read_to_string(format!(
+        "/proc/{}/status",
+        h.daemon.as_ref().unwrap().child.id()
+    ))
+    .unwrap_or_default()
+    .lines()
+    .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_owned()))
+    .unwrap_or_default();
     eprintln!(
         "malformed inputs: {} sent, {} answered on error, {} results, daemon RSS first {} MB, \
          peak {} MB over {} stats records, VmHWM {hwm}; reasons: {reasons:#?}",
@@ -365,7 +367,7 @@ async fn ten_thousand_malformed_inputs_are_each_answered_on_error() {
     );
     // Bounded memory: far below what keeping the inputs (or decoding a bomb) would take.
     assert!(peak > 0 && peak < 2 << 30, "peak RSS {peak}");
-    let status = daemon.terminate();
+    let status = h.stop();
     assert!(status.success(), "{status}");
 }
 

@@ -1,26 +1,9 @@
 //! `edgefuse bench` as a user runs it: the JSON schema, and numbers that are positive and agree
 //! with each other. Tiny iteration counts; no timing thresholds (speed belongs in docs/performance.md).
 
-mod util;
-
-use std::process::{Command, Output};
-
 use serde_json::Value;
-use util::{models_dir, repo};
 
-fn edgefuse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgefuse"))
-        .args(args)
-        .current_dir(repo())
-        .env("EDGEFUSE_MODELS", models_dir())
-        .env_remove("EDGEFUSE_CONFIG")
-        .output()
-        .expect("edgefuse runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::util::{run_edgefuse as edgefuse, stderr};
 
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))

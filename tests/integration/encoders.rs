@@ -1,47 +1,10 @@
 //! Encoders against onnxruntime references (tests/golden/reference.json, made by
 //! tests/golden/make_reference.py), semantic sanity on real inputs, and bad-input errors.
 
-mod util;
-
-use std::sync::OnceLock;
-
-use edgefuse::encoders::EncoderSet;
 use edgefuse::error::InputError;
-use serde::Deserialize;
-use util::{cosine, fixture, models_dir, norm};
 
-const TEXT_AUDIO_MIN_COSINE: f32 = 0.999;
-const VISION_MIN_COSINE: f32 = 0.99;
-
-#[derive(Deserialize)]
-struct Reference {
-    text: Vec<Item>,
-    vision: Vec<Item>,
-    audio: Vec<Item>,
-}
-
-#[derive(Deserialize)]
-struct Item {
-    input: String,
-    vector: Vec<f32>,
-    #[serde(default)]
-    blocks: Option<Vec<Vec<f32>>>,
-}
-
-fn reference() -> &'static Reference {
-    static R: OnceLock<Reference> = OnceLock::new();
-    R.get_or_init(|| {
-        serde_json::from_slice(&fixture("tests/golden/reference.json"))
-            .expect("reference.json parses")
-    })
-}
-
-fn encoders() -> &'static EncoderSet {
-    static E: OnceLock<EncoderSet> = OnceLock::new();
-    E.get_or_init(|| {
-        EncoderSet::load(&util::fp32_config(), &models_dir(), &[]).unwrap_or_else(|e| panic!("{e}"))
-    })
-}
+use crate::util::golden::{encoders, reference, TEXT_AUDIO_MIN_COSINE, VISION_MIN_COSINE};
+use crate::util::{cosine, fixture, norm};
 
 fn embed_text(texts: &[&str]) -> Vec<Vec<f32>> {
     let enc = encoders().text.as_ref().unwrap();

@@ -2,16 +2,13 @@
 //! its measured quality vs the fp32 original on evaluation inputs (never calibration inputs),
 //! and pruning really shrinks the matrices.
 
-mod util;
-
 use std::sync::OnceLock;
 
+use crate::util::{fixture, manifest, repo};
 use edgefuse::encoders::quality::{agreement, Agreement};
 use edgefuse::encoders::{AudioEncoder, TextEncoder, VisionEncoder};
-use edgefuse::manifest::Manifest;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
-use util::{fixture, models_dir, repo};
 
 /// Quality floors on the evaluation set: (variant, min mean cosine, min Spearman). The ones at
 /// 0.98/0.98 are eligible as defaults (docs/models.md); the others are held where they were
@@ -35,13 +32,6 @@ const FLOORS: [(&str, f64, f64); 14] = [
     ("audio-pruned-w8", 0.95, 0.97),
     ("audio-pruned75", 0.98, 0.98),
 ];
-
-fn manifest() -> &'static Manifest {
-    static M: OnceLock<Manifest> = OnceLock::new();
-    M.get_or_init(|| {
-        Manifest::load(&models_dir().join("manifest.toml")).unwrap_or_else(|e| panic!("{e}"))
-    })
-}
 
 /// An evaluation list of tests/fixtures/eval/, shared with models/report (one item per line).
 fn eval_list(name: &str) -> Vec<String> {

@@ -1,60 +1,13 @@
-//! Shared helpers for the integration tests.
-#![allow(dead_code)]
-
-use std::path::{Path, PathBuf};
-
-pub mod mutate;
-
-pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The fetched models: `EDGEFUSE_MODELS` or the repository's `models/`. Tests that need them
-/// fail (not skip) without them, naming the fix.
-pub fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("EDGEFUSE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("models"));
-    let probe = dir.join("text/all-minilm-l6-v2.onnx");
-    assert!(
-        probe.exists(),
-        "{} is missing: run `models/fetch` first (or set EDGEFUSE_MODELS)",
-        probe.display()
-    );
-    dir
-}
-
-/// The built-in config with every encoder on its fp32 original: the golden tests compare those
-/// with onnxruntime, whatever compressed variant the defaults select (tests/variants.rs covers
-/// the variants).
-pub fn fp32_config() -> edgefuse::config::Config {
-    let mut c = edgefuse::config::Config::builtin();
-    c.encoders.text.model = "text".into();
-    c.encoders.vision.model = "vision".into();
-    c.encoders.audio.model = "audio".into();
-    c
-}
-
-pub fn fixture(rel: &str) -> Vec<u8> {
-    let p = repo().join(rel);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
-}
-
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    edgefuse::encoders::cosine(a, b)
-}
-
-pub fn norm(v: &[f32]) -> f32 {
-    v.iter().map(|x| x * x).sum::<f32>().sqrt()
-}
-
-// ------------------------------------------------------------------ MQTT test harness
+//! Real mosquitto brokers on free loopback ports, `mosquitto_sub` subscribers that say when
+//! their subscription stands, and `mosquitto_pub`.
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use super::wait_for;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -65,51 +18,16 @@ pub fn free_port() -> u16 {
 }
 
 pub fn wait_port(port: u16, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing listens on 127.0.0.1:{port}");
+    wait_for(
+        &format!("something listening on 127.0.0.1:{port}"),
+        timeout,
+        Duration::from_millis(50),
+        || TcpStream::connect(("127.0.0.1", port)).ok(),
+    );
 }
 
-/// A real mosquitto on a free loopback port, killed on drop.
-pub struct Mosquitto {
-    pub port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    pub fn start() -> Mosquitto {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (tests/run installs it)");
-        wait_port(port, Duration::from_secs(10));
-        Mosquitto {
-            port,
-            child,
-            _dir: dir,
-        }
-    }
-}
-
-/// A mosquitto that can be stopped and started again on the same port and config
-/// (`extra` lines go into its config file, e.g. persistence or a bridge).
+/// A real mosquitto, killed on drop, that can be stopped and started again on the same port
+/// and config (`extra` lines go into its config file, e.g. persistence or a bridge).
 pub struct Broker {
     pub port: u16,
     child: Option<Child>,
@@ -117,6 +35,11 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// On a free port, with the default config.
+    pub fn any() -> Broker {
+        Broker::start(free_port(), "")
+    }
+
     pub fn start(port: u16, extra: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         // mosquitto started as root drops to the `mosquitto` user: let it write persistence.
@@ -171,14 +94,11 @@ impl Drop for Broker {
     }
 }
 
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The output format of [`Sub::start`]: topic, content type, correlation data, payload.
+const FORMAT: &str = "%t|%C|%D|%p";
 
-/// `mosquitto_sub` (MQTT 5) printing `topic|correlation|payload` lines into a channel.
+/// `mosquitto_sub` printing one line per message into a channel; it is returned once the broker
+/// has acknowledged the subscription.
 pub struct Sub {
     child: Child,
     rx: mpsc::Receiver<String>,
@@ -186,22 +106,33 @@ pub struct Sub {
 }
 
 impl Sub {
+    /// MQTT 5, `topic|correlation|payload` lines.
     pub fn start(port: u16, filter: &str) -> Sub {
         Sub::start_with(port, filter, &["-V", "5"])
     }
 
     /// With extra mosquitto_sub arguments (e.g. `-c -i id -q 1` for a persistent session).
     pub fn start_with(port: u16, filter: &str, extra: &[&str]) -> Sub {
-        let mut child = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", filter])
+        Sub::start_formatted(port, filter, extra, FORMAT)
+    }
+
+    /// Lines in mosquitto_sub's `-F` `format`; read them with [`Sub::line`].
+    pub fn start_formatted(port: u16, filter: &str, extra: &[&str], format: &str) -> Sub {
+        // -d: the debug lines say when the subscription stands; they are not passed on.
+        // mosquitto_sub flushes its stdout after messages only: stdbuf (coreutils) makes the
+        // debug lines arrive as they are written.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-d", "-h", "127.0.0.1"])
+            .args(["-p", &port.to_string(), "-t", filter])
             .args(extra)
-            .args(["-F", "%t|%C|%D|%p"])
+            .args(["-F", format])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto_sub is installed");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready) = mpsc::channel();
         std::thread::spawn(move || {
             // Raw inputs (JPEG, WAV) echo on the input topics: read bytes, not UTF-8 lines.
             let mut reader = BufReader::new(stdout);
@@ -211,13 +142,19 @@ impl Sub {
                     .trim_end_matches('\n')
                     .to_owned();
                 buf.clear();
-                if tx.send(line).is_err() {
+                if line.starts_with("Subscribed (mid: ") {
+                    let _ = ready_tx.send(());
+                } else if line.starts_with("Client ") {
+                    // mosquitto_sub's own debug output.
+                } else if tx.send(line).is_err() {
                     break;
                 }
             }
         });
-        // Give the subscription a moment to be registered.
-        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            ready.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "mosquitto_sub on 127.0.0.1:{port} got no SUBACK for {filter}"
+        );
         Sub {
             child,
             rx,
@@ -236,12 +173,14 @@ impl Sub {
         out
     }
 
+    /// The next line as printed, if one arrives within `timeout`.
+    pub fn line(&mut self, timeout: Duration) -> Option<String> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
     /// The next message, if one arrives within `timeout`.
     pub fn next(&mut self, timeout: Duration) -> Option<Msg> {
-        self.rx
-            .recv_timeout(timeout)
-            .ok()
-            .and_then(|l| Msg::parse(&l))
+        self.line(timeout).and_then(|l| Msg::parse(&l))
     }
 
     /// The first new line whose topic ends with `suffix` and whose payload satisfies `pred`.
@@ -302,78 +241,13 @@ impl Msg {
     }
 }
 
+/// `mosquitto_pub` (MQTT 5, QoS 1) of one message; `args` give the payload and properties.
 pub fn publish(port: u16, topic: &str, args: &[&str]) {
     let status = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-V",
-            "5",
-            "-q",
-            "1",
-            "-t",
-            topic,
-        ])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-V", "5", "-q", "1", "-t", topic])
         .args(args)
         .status()
         .expect("mosquitto_pub is installed");
     assert!(status.success(), "mosquitto_pub {topic} {args:?}");
-}
-
-/// The daemon as a child process, killed on drop.
-pub struct Daemon {
-    pub child: Child,
-}
-
-impl Daemon {
-    pub fn start(config: &std::path::Path) -> Daemon {
-        Daemon::start_with_env(config, &[])
-    }
-
-    /// With extra environment variables (test hooks such as `EDGEFUSE_TEST_HOLD_RESULTS`).
-    pub fn start_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_edgefuse"))
-            .args(["--log", "edgefuse=info"])
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .env("EDGEFUSE_MODELS", models_dir())
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("edgefuse starts");
-        Daemon { child }
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -2,18 +2,11 @@
 //! model loaded from its ONNX file, a damaged cache file is rebuilt rather than loaded, and an
 //! older compiled form of the same model is removed when a new one is written.
 
-mod util;
-
+use crate::util::{cosine, fixture, manifest};
 use edgefuse::config::Config;
 use edgefuse::encoders::{
     AudioEncoder, LoadedModel, ModelCache, ModelSource, TextEncoder, VisionEncoder,
 };
-use edgefuse::manifest::Manifest;
-use util::{cosine, fixture, models_dir};
-
-fn manifest() -> Manifest {
-    Manifest::load(&models_dir().join("manifest.toml")).unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// Both embeddings agree to float rounding (the same graph, optimised again on the same CPU).
 fn assert_same(what: &str, a: &[f32], b: &[f32]) {
@@ -38,8 +31,8 @@ fn compiled_models_embed_like_their_onnx_files() {
     let e = &defaults.encoders;
     // The defaults (int8-weight and pruned variants) and an fp32 original with GELU.
     for key in [e.text.model.as_str(), "text"] {
-        let first = TextEncoder::load(&m, key, Some(&cache), None, 4).unwrap();
-        let second = TextEncoder::load(&m, key, Some(&cache), None, 4).unwrap();
+        let first = TextEncoder::load(m, key, Some(&cache), None, 4).unwrap();
+        let second = TextEncoder::load(m, key, Some(&cache), None, 4).unwrap();
         assert_eq!(first.model.source, ModelSource::Onnx, "{key}");
         assert_eq!(second.model.source, ModelSource::Compiled, "{key}");
         let texts = [
@@ -51,8 +44,8 @@ fn compiled_models_embed_like_their_onnx_files() {
         }
     }
     let key = e.vision.model.as_str();
-    let first = VisionEncoder::load(&m, key, Some(&cache), 2, 40_000_000).unwrap();
-    let second = VisionEncoder::load(&m, key, Some(&cache), 2, 40_000_000).unwrap();
+    let first = VisionEncoder::load(m, key, Some(&cache), 2, 40_000_000).unwrap();
+    let second = VisionEncoder::load(m, key, Some(&cache), 2, 40_000_000).unwrap();
     assert_eq!(second.model.source, ModelSource::Compiled);
     let images = [
         fixture("tests/fixtures/images/chelsea.jpg"),
@@ -63,8 +56,8 @@ fn compiled_models_embed_like_their_onnx_files() {
         assert_same(key, &a.unwrap().vector, &b.unwrap().vector);
     }
     let key = e.audio.model.as_str();
-    let first = AudioEncoder::load(&m, key, Some(&cache), 4, 600.0).unwrap();
-    let second = AudioEncoder::load(&m, key, Some(&cache), 4, 600.0).unwrap();
+    let first = AudioEncoder::load(m, key, Some(&cache), 4, 600.0).unwrap();
+    let second = AudioEncoder::load(m, key, Some(&cache), 4, 600.0).unwrap();
     assert_eq!(second.model.source, ModelSource::Compiled);
     let wav = fixture("tests/fixtures/audio/speech_fox.wav");
     let a = first.embed_wavs(&[&wav]).remove(0).unwrap();
@@ -79,7 +72,7 @@ fn a_damaged_compiled_model_is_rebuilt_not_loaded() {
     let cache = ModelCache::new(dir.path());
     let key = Config::load(None).unwrap().encoders.audio.model;
     let spec = m.model(&key).unwrap().clone();
-    LoadedModel::load_with(&m, &key, Some(&cache)).unwrap();
+    LoadedModel::load_with(m, &key, Some(&cache)).unwrap();
     let path = cache.path_for(&spec);
     let good = std::fs::read(&path).unwrap();
 
@@ -89,14 +82,14 @@ fn a_damaged_compiled_model_is_rebuilt_not_loaded() {
     flipped[mid] ^= 0x10;
     for damaged in [flipped, good[..good.len() / 3].to_vec()] {
         std::fs::write(&path, &damaged).unwrap();
-        let loaded = LoadedModel::load_with(&m, &key, Some(&cache)).unwrap();
+        let loaded = LoadedModel::load_with(m, &key, Some(&cache)).unwrap();
         assert_eq!(
             loaded.source,
             ModelSource::Onnx,
             "damaged cache must not load"
         );
         assert_eq!(std::fs::read(&path).unwrap(), good, "rebuilt byte for byte");
-        let again = LoadedModel::load_with(&m, &key, Some(&cache)).unwrap();
+        let again = LoadedModel::load_with(m, &key, Some(&cache)).unwrap();
         assert_eq!(again.source, ModelSource::Compiled);
     }
 }
@@ -121,7 +114,7 @@ fn a_new_compiled_form_replaces_the_old_one() {
     let unrelated = dir.path().join("notes.txt");
     std::fs::write(&unrelated, b"keep").unwrap();
 
-    LoadedModel::load_with(&m, &key, Some(&cache)).unwrap();
+    LoadedModel::load_with(m, &key, Some(&cache)).unwrap();
     assert!(file.is_file());
     assert!(!stale.exists(), "the older compiled form is removed");
     assert!(unrelated.is_file(), "other files are left alone");
@@ -136,6 +129,6 @@ fn an_unwritable_cache_costs_time_not_the_model() {
     std::fs::write(&blocked, b"").unwrap();
     let cache = ModelCache::new(&blocked);
     let key = Config::load(None).unwrap().encoders.audio.model;
-    let loaded = LoadedModel::load_with(&m, &key, Some(&cache)).unwrap();
+    let loaded = LoadedModel::load_with(m, &key, Some(&cache)).unwrap();
     assert_eq!(loaded.source, ModelSource::Onnx);
 }

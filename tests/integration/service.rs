@@ -2,13 +2,19 @@
 //! temporary directory, `WATCHDOG_USEC` asks for pings. (The watchdog's liveness rules, such as
 //! a stuck encoder stopping the pings, are unit-tested in src/systemd.rs.)
 
-mod util;
-
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use util::{models_dir, publish, repo, Daemon, Mosquitto, Sub};
+use crate::util::{fixture_path, publish, wait_for, write_config, Broker, Daemon, Sub};
+
+/// A broker, a temporary directory and the notify socket bound in it (path and socket).
+fn fake_systemd() -> (Broker, tempfile::TempDir, std::path::PathBuf, UnixDatagram) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    (Broker::any(), dir, sock_path, sock)
+}
 
 /// Datagrams until `until` matches one, or panic after `timeout`.
 fn recv_until(
@@ -36,34 +42,13 @@ fn recv_until(
 
 #[test]
 fn the_daemon_speaks_sd_notify_ready_status_watchdog_and_stopping() {
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let config = dir.path().join("edgefuse.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "device_id = \"svc\"\nstate_dir = \"{}\"\n[models]\ndir = \"{}\"\n\
-             [mqtt]\nbroker = \"mqtt://127.0.0.1:{}\"\n",
-            dir.path().join("state").display(),
-            models_dir().display(),
-            broker.port
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_edgefuse"))
-        .args(["--log", "edgefuse=info", "--config"])
-        .arg(&config)
-        .arg("run")
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "1000000") // pings every 0.5 s
-        .env_remove("WATCHDOG_PID")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("edgefuse starts");
-    let daemon = Daemon { child };
+    let (broker, dir, sock_path, sock) = fake_systemd();
+    let config = write_config(dir.path(), "svc", &mqtt_table(broker.port));
+    let daemon = Daemon::start_with(&config, |cmd| {
+        cmd.env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "1000000") // pings every 0.5 s
+            .env_remove("WATCHDOG_PID");
+    });
 
     let mut seen = Vec::new();
     recv_until(&sock, &mut seen, Duration::from_secs(120), |m| {
@@ -106,71 +91,53 @@ fn the_daemon_speaks_sd_notify_ready_status_watchdog_and_stopping() {
     assert!(status.success(), "{status:?}");
 }
 
+fn mqtt_table(port: u16) -> String {
+    format!("[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n")
+}
+
 /// The config file the reload test rewrites: text and vision on, audio off.
-fn write_reload_config(path: &std::path::Path, port: u16, extra: &str) {
-    std::fs::write(
-        path,
-        format!(
-            "device_id = \"hup\"\nstate_dir = \"{}\"\n[models]\ndir = \"{}\"\n\
-             [mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n\
-             [encoders.audio]\nenabled = false\n{extra}",
-            path.with_file_name("state").display(),
-            models_dir().display(),
-        ),
-    )
-    .unwrap();
+fn write_reload_config(dir: &std::path::Path, port: u16, extra: &str) {
+    let rest = format!(
+        "{}[encoders.audio]\nenabled = false\n{extra}",
+        mqtt_table(port)
+    );
+    write_config(dir, "hup", &rest);
 }
 
 fn wait_for_log(log: &std::path::Path, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| pred(l)) {
-            return line.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no such log line; log:\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        &format!("a log line in {}", log.display()),
+        timeout,
+        Duration::from_millis(100),
+        || {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            text.lines().find(|l| pred(l)).map(str::to_owned)
+        },
+    )
 }
 
 #[test]
 fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let config = dir.path().join("edgefuse.toml");
+    let (broker, dir, sock_path, sock) = fake_systemd();
     let log = dir.path().join("daemon.log");
-    write_reload_config(&config, broker.port, "");
+    write_reload_config(dir.path(), broker.port, "");
+    let config = dir.path().join("edgefuse.toml");
     let mut sub = Sub::start(broker.port, "edgefuse/hup/#");
-    let child = Command::new(env!("CARGO_BIN_EXE_edgefuse"))
-        .args(["--log", "edgefuse=info", "--config"])
-        .arg(&config)
-        .arg("run")
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env_remove("WATCHDOG_USEC")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("edgefuse starts");
-    let pid = child.id().to_string();
-    let daemon = Daemon { child };
-    let hup = || {
-        let ok = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-        assert!(ok.success());
-    };
+    let daemon = Daemon::start_with(&config, |cmd| {
+        cmd.env("NOTIFY_SOCKET", &sock_path)
+            .env_remove("WATCHDOG_USEC")
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    });
+    let hup = || daemon.signal("HUP");
     let t = Duration::from_secs(120);
     let mut seen = Vec::new();
     recv_until(&sock, &mut seen, t, |m| m.lines().any(|l| l == "READY=1"));
     sub.expect("edgefuse/hup/available", t, |m| m.payload == "online");
-    let image = repo()
-        .join("tests/fixtures/images/coffee.jpg")
-        .display()
-        .to_string();
+    let image = fixture_path("tests/fixtures/images/coffee.jpg");
 
     // 1. Invalid: the daemon says why (log, STATUS=, error topic) and keeps the old config.
     write_reload_config(
-        &config,
+        dir.path(),
         broker.port,
         "[encoders.text]\nmax_batch = 0\nbogus_key = 1\n",
     );
@@ -192,7 +159,7 @@ fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
 
     // 2. Valid: vision off, text untouched. Only what changed is reloaded.
     write_reload_config(
-        &config,
+        dir.path(),
         broker.port,
         "[encoders.vision]\nenabled = false\n[stats]\ninterval_s = 1\n",
     );
@@ -218,7 +185,7 @@ fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
     // before are answered across the swap, and acknowledged: none is left holding the broker's
     // window.
     write_reload_config(
-        &config,
+        dir.path(),
         broker.port,
         "[encoders.vision]\nenabled = false\n[encoders.text]\nmax_length = 128\n\
          [stats]\ninterval_s = 1\n",

@@ -1,20 +1,8 @@
 //! The `edgefuse` binary as a user runs it: JSON lines out, one clear error line, exit codes.
 
-mod util;
+use std::process::Output;
 
-use std::process::{Command, Output};
-
-use util::{models_dir, repo};
-
-fn edgefuse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgefuse"))
-        .args(args)
-        .current_dir(repo())
-        .env("EDGEFUSE_MODELS", models_dir())
-        .env_remove("EDGEFUSE_CONFIG")
-        .output()
-        .expect("edgefuse runs")
-}
+use crate::util::{edgefuse_cmd, manifest, models_dir, repo, run_edgefuse, stderr};
 
 fn stdout_lines(o: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&o.stdout)
@@ -23,13 +11,9 @@ fn stdout_lines(o: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[test]
 fn embed_text_prints_one_unit_vector_per_input() {
-    let o = edgefuse(&[
+    let o = run_edgefuse(&[
         "embed",
         "text",
         "A man plays guitar.",
@@ -60,10 +44,10 @@ fn embed_text_prints_one_unit_vector_per_input() {
 
 #[test]
 fn embed_image_and_audio_work_from_the_repository_root() {
-    let o = edgefuse(&["embed", "image", "tests/fixtures/images/coffee.jpg"]);
+    let o = run_edgefuse(&["embed", "image", "tests/fixtures/images/coffee.jpg"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout_lines(&o)[0]["dim"], 384);
-    let o = edgefuse(&[
+    let o = run_edgefuse(&[
         "embed",
         "audio",
         "--blocks",
@@ -97,7 +81,7 @@ fn bad_inputs_fail_with_one_clear_line_each_and_a_nonzero_exit() {
         ),
     ];
     for (args, want) in cases {
-        let o = edgefuse(args);
+        let o = run_edgefuse(args);
         assert!(!o.status.success(), "{args:?} succeeded");
         let err = stderr(&o);
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
@@ -111,7 +95,7 @@ fn bad_inputs_fail_with_one_clear_line_each_and_a_nonzero_exit() {
 
 #[test]
 fn good_inputs_are_still_printed_when_one_fails() {
-    let o = edgefuse(&[
+    let o = run_edgefuse(&[
         "embed",
         "image",
         "tests/fixtures/images/coffee.jpg",
@@ -124,17 +108,8 @@ fn good_inputs_are_still_printed_when_one_fails() {
 
 #[test]
 fn a_missing_model_says_to_run_the_fetch_step() {
-    let empty = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        repo().join("models/manifest.toml"),
-        empty.path().join("manifest.toml"),
-    )
-    .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_edgefuse"))
-        .args(["embed", "text", "hello"])
-        .env("EDGEFUSE_MODELS", empty.path())
-        .output()
-        .unwrap();
+    let empty = models_with_manifest_only();
+    let o = embed_hello_from(empty.path());
     assert!(!o.status.success());
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -146,12 +121,7 @@ fn a_missing_model_says_to_run_the_fetch_step() {
 
 #[test]
 fn a_tampered_model_is_refused_with_a_checksum_error() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        repo().join("models/manifest.toml"),
-        dir.path().join("manifest.toml"),
-    )
-    .unwrap();
+    let dir = models_with_manifest_only();
     let src = models_dir();
     std::fs::create_dir_all(dir.path().join("text")).unwrap();
     // The file of the text model the default config selects (an original or a variant).
@@ -165,19 +135,35 @@ fn a_tampered_model_is_refused_with_a_checksum_error() {
         dir.path().join("text/tokenizer.json"),
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_edgefuse"))
-        .args(["embed", "text", "hello"])
-        .env("EDGEFUSE_MODELS", dir.path())
-        .output()
-        .unwrap();
+    let o = embed_hello_from(dir.path());
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains("sha256") && err.contains("tampered"), "{err}");
 }
 
+/// A models directory holding the repository's manifest and no model.
+fn models_with_manifest_only() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("models/manifest.toml"),
+        dir.path().join("manifest.toml"),
+    )
+    .unwrap();
+    dir
+}
+
+/// `edgefuse embed text hello` on the models in `models`.
+fn embed_hello_from(models: &std::path::Path) -> Output {
+    edgefuse_cmd()
+        .args(["embed", "text", "hello"])
+        .env("EDGEFUSE_MODELS", models)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_names_models_kernels_and_cpu_features() {
-    let o = edgefuse(&["check", "--json"]);
+    let o = run_edgefuse(&["check", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["cpu"]["arch"], std::env::consts::ARCH);
@@ -207,7 +193,7 @@ fn check_names_models_kernels_and_cpu_features() {
             }
         }
     }
-    let text = edgefuse(&["check"]);
+    let text = run_edgefuse(&["check"]);
     assert!(text.status.success());
     let out = String::from_utf8_lossy(&text.stdout);
     assert!(
@@ -225,7 +211,7 @@ fn an_invalid_config_reports_every_problem_with_its_path() {
         "[encoders.text]\nmax_length = 0\n[encoders.vision]\nmax_batch = 0\n",
     )
     .unwrap();
-    let o = edgefuse(&["--config", p.to_str().unwrap(), "check"]);
+    let o = run_edgefuse(&["--config", p.to_str().unwrap(), "check"]);
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
@@ -236,8 +222,7 @@ fn an_invalid_config_reports_every_problem_with_its_path() {
 
 fn default_text_spec() -> edgefuse::manifest::ModelSpec {
     let key = edgefuse::config::Config::builtin().encoders.text.model;
-    let m = edgefuse::manifest::Manifest::load(&models_dir().join("manifest.toml")).unwrap();
-    m.model(&key).unwrap().clone()
+    manifest().model(&key).unwrap().clone()
 }
 
 fn default_text_quantization() -> String {

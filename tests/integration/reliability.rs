@@ -2,11 +2,8 @@
 //! store-and-forward across broker restarts (every result arrives), a mosquitto bridge, and
 //! Home Assistant discovery. Figures from these tests are in docs/reliability.md.
 
-mod util;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,35 +11,18 @@ use edgefuse::mqtt::client::{connect, ConnectSettings};
 use edgefuse::mqtt::Topics;
 use edgefuse::sinks::spool::{Record, Spool, SpoolConfig};
 use tokio_util::sync::CancellationToken;
-use util::{free_port, models_dir, publish, Broker, Daemon, Sub};
 
-const T: Duration = Duration::from_secs(60);
+use crate::util::{exclusive, free_port, publish, Broker, Harness, Msg, Sub, T, TEXT_ONLY};
 
-/// These tests restart brokers and push thousands of inputs against deadlines: one at a time,
-/// so on a 2-core CI host they do not starve each other (or flake on ports and timing).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A text-only daemon config (cheapest inputs) for `device_id = "test"`.
-fn text_only_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
-    let p = dir.join("edgefuse.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "device_id = \"test\"\nstate_dir = \"{}\"\n[models]\ndir = \"{}\"\n\
-             [encoders.vision]\nenabled = false\n[encoders.audio]\nenabled = false\n\
-             [stats]\ninterval_s = 1\n{extra}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n",
-            dir.join("state").display(),
-            models_dir().display()
-        ),
-    )
-    .unwrap();
-    p
+/// The cheapest daemon (text only), with stats every second: `clean_start` as given.
+fn text_only(broker: Broker, clean_start: bool) -> Harness {
+    let before = format!("{TEXT_ONLY}[stats]\ninterval_s = 1\n");
+    let session = if clean_start {
+        ""
+    } else {
+        "clean_start = false"
+    };
+    Harness::on(broker, &before, session)
 }
 
 fn record(i: usize) -> Record {
@@ -58,7 +38,7 @@ fn record(i: usize) -> Record {
 #[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_broker_is_down_the_client_backs_off_then_replays_the_spool_in_order() {
-    let _serial = serial();
+    let _exclusive = exclusive();
     let port = free_port();
     // The subscriber's persistent session exists before the client can ever connect, so no
     // replayed result slips past it however fast the client reconnects: subscribe once, then
@@ -196,7 +176,7 @@ impl Collector {
         }
     }
 
-    fn take(&mut self, m: util::Msg) {
+    fn take(&mut self, m: Msg) {
         if !m.topic.ends_with("embedding/text") {
             return;
         }
@@ -211,20 +191,17 @@ impl Collector {
 
 #[test]
 fn every_result_arrives_although_the_broker_restarts_five_times_during_2000_inputs() {
-    let _serial = serial();
+    let _exclusive = exclusive();
     const INPUTS: usize = 2000;
     const RESTARTS: usize = 5;
     let port = free_port();
     // Persistence: the broker keeps the sessions and messages it acknowledged across a restart.
-    let mut broker = Broker::start(
+    let broker = Broker::start(
         port,
         "persistence true\npersistence_location ./\nmax_queued_messages 100000\n",
     );
-    let dir = tempfile::tempdir().unwrap();
     // A persistent session, so inputs published while the daemon reconnects wait for it.
-    let config = text_only_config(dir.path(), port, "");
-    let cfg = std::fs::read_to_string(&config).unwrap() + "clean_start = false\n";
-    std::fs::write(&config, cfg).unwrap();
+    let mut h = text_only(broker, false);
     // The collector has a persistent session too (-c): the broker keeps its messages.
     let mut col = Collector {
         sub: Sub::start_with(
@@ -236,10 +213,7 @@ fn every_result_arrives_although_the_broker_restarts_five_times_during_2000_inpu
         historical: 0,
         messages: 0,
     };
-    let mut sub = Sub::start(port, "edgefuse/test/available");
-    let daemon = Daemon::start(&config);
-    sub.expect("available", T, |m| m.payload == "online");
-    drop(sub);
+    h.start();
 
     let chunk = INPUTS / RESTARTS;
     let started = Instant::now();
@@ -265,9 +239,9 @@ fn every_result_arrives_although_the_broker_restarts_five_times_during_2000_inpu
             );
             col.pump(Duration::from_millis(100));
         }
-        broker.halt("TERM");
+        h.broker.halt("TERM");
         std::thread::sleep(Duration::from_millis(1500));
-        broker.resume();
+        h.broker.resume();
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while col.ids.len() < INPUTS && Instant::now() < deadline {
@@ -294,17 +268,17 @@ fn every_result_arrives_although_the_broker_restarts_five_times_during_2000_inpu
         col.historical > 0,
         "some results must have waited in the spool (historical: true)"
     );
-    let status = daemon.terminate();
+    let status = h.stop();
     assert!(status.success(), "{status}");
 }
 
 #[test]
 fn results_cross_a_mosquitto_bridge_to_a_second_broker() {
-    let _serial = serial();
+    let _exclusive = exclusive();
     let central_port = free_port();
     let _central = Broker::start(central_port, "");
     let local_port = free_port();
-    let _local = Broker::start(
+    let local = Broker::start(
         local_port,
         &format!(
             "connection central\naddress 127.0.0.1:{central_port}\n\
@@ -325,9 +299,8 @@ fn results_cross_a_mosquitto_bridge_to_a_second_broker() {
         }
         assert!(Instant::now() < deadline, "the bridge never connected");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let config = text_only_config(dir.path(), local_port, "");
-    let daemon = Daemon::start(&config);
+    let mut h = text_only(local, true);
+    h.start();
     sub.expect("edgefuse/test/available", T, |m| m.payload == "online");
     publish(
         local_port,
@@ -342,18 +315,16 @@ fn results_cross_a_mosquitto_bridge_to_a_second_broker() {
     );
     let f = sub.expect("/fused", T, |_| true).json();
     assert_eq!(f["items"]["text"]["id"], "via-bridge");
-    assert!(daemon.terminate().success());
+    assert!(h.stop().success());
 }
 
 #[test]
 fn home_assistant_discovery_is_retained_and_announced_again_when_home_assistant_restarts() {
-    let _serial = serial();
-    let port = free_port();
-    let _broker = Broker::start(port, "");
-    let dir = tempfile::tempdir().unwrap();
-    let config = text_only_config(dir.path(), port, "");
-    let mut avail = Sub::start(port, "edgefuse/test/available");
-    let daemon = Daemon::start(&config);
+    let _exclusive = exclusive();
+    let mut h = text_only(Broker::any(), true);
+    let port = h.port();
+    let mut avail = h.sub("edgefuse/test/available");
+    h.start();
     avail.expect("available", T, |m| m.payload == "online");
 
     // A subscriber arriving later still gets every config: they are retained.
@@ -405,7 +376,7 @@ fn home_assistant_discovery_is_retained_and_announced_again_when_home_assistant_
     let mut errors = Sub::start(port, "edgefuse/test/error");
     publish(port, "homeassistant/status", &["-m", "offline"]);
     assert!(errors.next(Duration::from_secs(1)).is_none());
-    assert!(daemon.terminate().success());
+    assert!(h.stop().success());
 }
 
 /// Inputs the daemon received but had not answered when it was killed: with manual acks the
@@ -414,21 +385,20 @@ fn home_assistant_discovery_is_retained_and_announced_again_when_home_assistant_
 /// default, before) they were acknowledged on arrival and lost.
 #[test]
 fn inputs_received_but_unanswered_when_the_daemon_is_killed_are_answered_after_a_restart() {
-    let _serial = serial();
+    let _exclusive = exclusive();
     // More than the Receive Maximum (128), so the test also sees the broker respect it, and
     // fewer than the pipeline holds (queues and channels), so only the broker limits intake.
     const INPUTS: usize = 150;
     let receive_max = usize::from(edgefuse::mqtt::ack::RECEIVE_MAXIMUM);
-    let port = free_port();
-    let _broker = Broker::start(port, "");
-    let dir = tempfile::tempdir().unwrap();
-    let config = text_only_config(dir.path(), port, "");
-    let cfg = std::fs::read_to_string(&config).unwrap() + "clean_start = false\n";
-    std::fs::write(&config, cfg).unwrap();
-    let mut results = Sub::start(port, "edgefuse/test/embedding/text");
-    let mut avail = Sub::start(port, "edgefuse/test/available");
-    // The hook holds every result: inputs are received and embedded, never answered.
-    let held = Daemon::start_with_env(&config, &[(edgefuse::sinks::publisher::HOLD_RESULTS, "1")]);
+    let mut h = text_only(Broker::any(), false);
+    let port = h.port();
+    let mut results = h.sub("edgefuse/test/embedding/text");
+    let mut avail = h.sub("edgefuse/test/available");
+    // The hook (a `test-hooks` build, Cargo.toml) holds every result: inputs are received and
+    // embedded, never answered.
+    h.start_with(|cmd| {
+        cmd.env(edgefuse::sinks::publisher::HOLD_RESULTS, "1");
+    });
     avail.expect("available", T, |m| m.payload == "online");
     let mut stats = Sub::start(port, "edgefuse/test/stats");
     let lines: Vec<String> = (0..INPUTS)
@@ -437,7 +407,7 @@ fn inputs_received_but_unanswered_when_the_daemon_is_killed_are_answered_after_a
     publish_lines(port, "edgefuse/test/in/text", &lines);
     // No race: wait until the daemon itself reports the inputs received and unacknowledged
     // (under automatic acks the broker would have had their PubAcks by now).
-    let unacked = |m: &util::Msg| m.json()["mqtt"]["unacked_inputs"].as_u64();
+    let unacked = |m: &Msg| m.json()["mqtt"]["unacked_inputs"].as_u64();
     let first = stats.expect("stats", T, |m| unacked(m) == Some(receive_max as u64));
     eprintln!("held daemon: {:?} inputs unacknowledged", unacked(&first));
     // Two stats later the broker has still not sent more.
@@ -453,9 +423,9 @@ fn inputs_received_but_unanswered_when_the_daemon_is_killed_are_answered_after_a
         results.drain().is_empty(),
         "the hook let a result through before the kill"
     );
-    held.kill(); // SIGKILL: no shutdown path runs
+    h.kill(); // SIGKILL: no shutdown path runs
 
-    let daemon = Daemon::start(&config);
+    h.start();
     let mut ids = BTreeSet::new();
     let mut messages = 0;
     let deadline = Instant::now() + T;
@@ -488,5 +458,5 @@ fn inputs_received_but_unanswered_when_the_daemon_is_killed_are_answered_after_a
         }
         assert!(Instant::now() < deadline, "inputs left unacknowledged");
     }
-    assert!(daemon.terminate().success());
+    assert!(h.stop().success());
 }

@@ -2,8 +2,7 @@
 //! the fuzz targets, on the stable toolchain: every input must come back as `Ok` or a refusal,
 //! never a panic. `fuzz/run` grows the corpora; `write_seed_corpus` (ignored) writes the seeds.
 
-mod util;
-
+use crate::util;
 use std::path::{Path, PathBuf};
 
 use edgefuse::fuzz_entry;
@@ -89,7 +88,7 @@ fn every_fuzz_target_has_a_corpus() {
 
 /// Without nightly: seeded libFuzzer-style mutations of each corpus through its entry point.
 /// Not coverage-guided, so no substitute for `fuzz/run`, but it needs only stable Rust.
-/// `EDGEFUSE_MUTATIONS=100000 cargo test --release --test fuzz_corpus -- --ignored mutations`
+/// `EDGEFUSE_MUTATIONS=100000 cargo test --release --test integration fuzz_corpus:: -- --ignored mutations`
 #[test]
 #[ignore]
 fn mutations_of_the_corpora_do_not_panic() {
@@ -172,7 +171,7 @@ fn wav(channels: u16, rate: u32, bits: u16, float: bool, frames: usize) -> Vec<u
 }
 
 /// Seed inputs: small valid files of each kind and a few classic bad ones. Run once with
-/// `cargo test --test fuzz_corpus -- --ignored write_seed_corpus`; fuzzing grows from here.
+/// `cargo test --test integration fuzz_corpus:: -- --ignored write_seed_corpus`; fuzzing grows from here.
 #[test]
 #[ignore]
 fn write_seed_corpus() {

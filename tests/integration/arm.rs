@@ -1,6 +1,6 @@
 //! ARM-only checks: which tract-linalg kernels the models get, the f16 path, and a subset of
 //! the golden comparisons that is affordable under emulation. Run natively on a device
-//! (`cargo test --release --test arm`) or under qemu-user by `cross/test` and `cross/ci.sh`
+//! (`cargo test --release --test integration arm::`) or under qemu-user by `cross/test` and `cross/ci.sh`
 //! (see docs/arm.md). On other architectures this file compiles to nothing.
 //!
 //! The kernel a model gets depends on what tract detects: on aarch64 it reads fp16 and the core
@@ -8,22 +8,16 @@
 //! /proc/cpuinfo. Under qemu-user /proc/cpuinfo is the host's, so cross/test stands in for the
 //! device with tract's `TRACT_CPU_ISA=+fp16` and `TRACT_CPU_ARM32_NEON=true`.
 //!
-//! The golden tests of tests/encoders.rs embed every reference input, the texts in one padded
+//! The golden tests of the `encoders` module embed every reference input, the texts in one padded
 //! batch: about 26 minutes under qemu on 2 cores. The `golden_*` tests here compare a subset,
 //! each text on its own, against the same onnxruntime references with the same tolerances.
 #![cfg(any(target_arch = "aarch64", target_arch = "arm"))]
 
-mod util;
+use edgefuse::encoders::LoadedModel;
 
-use std::sync::OnceLock;
+use crate::util::golden::{encoders, find, reference, TEXT_AUDIO_MIN_COSINE, VISION_MIN_COSINE};
+use crate::util::{cosine, fixture, manifest, norm};
 
-use edgefuse::encoders::{EncoderSet, LoadedModel};
-use edgefuse::manifest::Manifest;
-use serde::Deserialize;
-use util::{cosine, fixture, models_dir, norm};
-
-const TEXT_AUDIO_MIN_COSINE: f32 = 0.999;
-const VISION_MIN_COSINE: f32 = 0.99;
 const VISION_SUBSET: [&str; 2] = [
     "tests/fixtures/images/coffee.jpg",
     "tests/fixtures/images/astronaut.webp",
@@ -34,48 +28,10 @@ const AUDIO_SUBSET: [&str; 3] = [
     "tests/fixtures/audio/pink_noise.wav",
 ];
 
-fn manifest() -> Manifest {
-    Manifest::load(&models_dir().join("manifest.toml")).unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn tract_has(feature: &str) -> bool {
     tract_linalg::isa::native()
         .iter()
         .any(|i| i.name() == feature)
-}
-
-#[derive(Deserialize)]
-struct Reference {
-    text: Vec<Item>,
-    vision: Vec<Item>,
-    audio: Vec<Item>,
-}
-
-#[derive(Deserialize)]
-struct Item {
-    input: String,
-    vector: Vec<f32>,
-    #[serde(default)]
-    blocks: Option<Vec<Vec<f32>>>,
-}
-
-fn reference() -> &'static Reference {
-    static R: OnceLock<Reference> = OnceLock::new();
-    R.get_or_init(|| serde_json::from_slice(&fixture("tests/golden/reference.json")).unwrap())
-}
-
-fn encoders() -> &'static EncoderSet {
-    static E: OnceLock<EncoderSet> = OnceLock::new();
-    E.get_or_init(|| {
-        EncoderSet::load(&util::fp32_config(), &models_dir(), &[]).unwrap_or_else(|e| panic!("{e}"))
-    })
-}
-
-fn find<'a>(items: &'a [Item], input: &str) -> &'a Item {
-    items
-        .iter()
-        .find(|i| i.input == input)
-        .unwrap_or_else(|| panic!("{input} is not in tests/golden/reference.json"))
 }
 
 // ---------------------------------------------------------------- kernels
@@ -88,7 +44,7 @@ fn kernels_of_f32_models_are_neon_on_aarch64() {
     let m = manifest();
     let sve = tract_has("sve2");
     for key in ["text", "vision", "audio"] {
-        let model = LoadedModel::load(&m, key).unwrap_or_else(|e| panic!("{e}"));
+        let model = LoadedModel::load(m, key).unwrap_or_else(|e| panic!("{e}"));
         eprintln!("{key}: {:?}", model.kernels);
         assert!(!model.kernels.is_empty(), "{key}: no matmul kernels");
         if sve {
@@ -113,7 +69,7 @@ fn kernels_of_f32_models_are_neon_on_armv7_when_neon_is_detected() {
         "armvfpv2_"
     };
     for key in ["text", "vision", "audio"] {
-        let model = LoadedModel::load(&m, key).unwrap_or_else(|e| panic!("{e}"));
+        let model = LoadedModel::load(m, key).unwrap_or_else(|e| panic!("{e}"));
         eprintln!("{key}: {:?}", model.kernels);
         assert!(!model.kernels.is_empty(), "{key}: no matmul kernels");
         for k in &model.kernels {

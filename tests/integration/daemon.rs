@@ -1,34 +1,35 @@
 //! The daemon against a real mosquitto on loopback, driven by the independent mosquitto_pub
 //! and mosquitto_sub clients; and the embedded broker.
 
-mod util;
+use crate::util::{fixture_path as fixture, free_port, Daemon, Harness, Sub, T};
 
-use std::path::Path;
-use std::time::Duration;
+/// Every daemon here publishes stats every second.
+const STATS_EVERY_SECOND: &str = "[stats]\ninterval_s = 1\n";
 
-use util::{free_port, models_dir, publish, repo, Daemon, Mosquitto, Sub};
-
-const T: Duration = Duration::from_secs(60);
-
-fn fixture(rel: &str) -> String {
-    repo().join(rel).display().to_string()
+/// A daemon (`mqtt_extra` in its `[mqtt]` table) started on a fresh broker, and a subscriber
+/// on `filter` that has seen it come online on `available`.
+fn started(mqtt_extra: &str, filter: &str, available: &str) -> (Harness, Sub) {
+    let mut h = Harness::new(STATS_EVERY_SECOND, mqtt_extra);
+    let mut sub = h.sub(filter);
+    h.start();
+    sub.expect(available, T, |m| m.payload == "online");
+    (h, sub)
 }
 
-/// A config for `device_id = "test"`; `mqtt_extra` lines go into the `[mqtt]` table.
-fn write_config(dir: &Path, broker: &str, mqtt_extra: &str) -> std::path::PathBuf {
-    let p = dir.join("edgefuse.toml");
-    let state = dir.join("state");
-    std::fs::write(
-        &p,
-        format!(
-            "device_id = \"test\"\nstate_dir = \"{}\"\n[models]\ndir = \"{}\"\n\
-             [stats]\ninterval_s = 1\n[mqtt]\nbroker = \"{broker}\"\n{mqtt_extra}\n",
-            state.display(),
-            models_dir().display()
-        ),
-    )
-    .unwrap();
-    p
+/// The fixture file at `rel` on `topic`, with MQTT 5 correlation data.
+fn publish_file(h: &Harness, topic: &str, rel: &str, correlation: &str) {
+    let path = fixture(rel);
+    h.publish(
+        topic,
+        &[
+            "-f",
+            &path,
+            "-D",
+            "publish",
+            "correlation-data",
+            correlation,
+        ],
+    );
 }
 
 fn unit_norm(v: &serde_json::Value) -> f64 {
@@ -42,16 +43,10 @@ fn unit_norm(v: &serde_json::Value) -> f64 {
 
 #[test]
 fn every_topic_round_trips_through_mosquitto() {
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &format!("mqtt://127.0.0.1:{}", broker.port), "");
-    let mut sub = Sub::start(broker.port, "#");
-    let daemon = Daemon::start(&config);
-    sub.expect("edgefuse/test/available", T, |m| m.payload == "online");
+    let (mut h, mut sub) = started("", "#", "edgefuse/test/available");
 
     // Text, as JSON with an id; the result carries it.
-    publish(
-        broker.port,
+    h.publish(
         "edgefuse/test/in/text",
         &["-m", r#"{"id":"t-1","text":"The cat sits on the mat."}"#],
     );
@@ -69,8 +64,7 @@ fn every_topic_round_trips_through_mosquitto() {
     assert_eq!(f["items"]["text"]["id"], "t-1");
 
     // Image with MQTT 5 correlation data and a response topic.
-    publish(
-        broker.port,
+    h.publish(
         "edgefuse/test/in/image",
         &[
             "-f",
@@ -103,8 +97,7 @@ fn every_topic_round_trips_through_mosquitto() {
     assert_eq!(f["dim"], 384 + 384 + 512);
 
     // Audio.
-    publish(
-        broker.port,
+    h.publish(
         "edgefuse/test/in/audio",
         &["-f", &fixture("tests/fixtures/audio/speech_fox.wav")],
     );
@@ -113,8 +106,7 @@ fn every_topic_round_trips_through_mosquitto() {
     assert_eq!(e["blocks"], 1);
 
     // Bad payloads are answered on `error` with the id and the input topic.
-    publish(
-        broker.port,
+    h.publish(
         "edgefuse/test/in/image",
         &[
             "-m",
@@ -129,18 +121,13 @@ fn every_topic_round_trips_through_mosquitto() {
     assert_eq!(err["id"], "bad-1");
     assert_eq!(err["topic"], "edgefuse/test/in/image");
     assert!(err["reason"].as_str().unwrap().contains("image"), "{err}");
-    publish(
-        broker.port,
-        "edgefuse/test/in/text",
-        &["-m", "{\"text\": 5}"],
-    );
+    h.publish("edgefuse/test/in/text", &["-m", "{\"text\": 5}"]);
     let err = sub.expect("/error", T, |_| true).json();
     assert!(
         err["reason"].as_str().unwrap().contains("malformed JSON"),
         "{err}"
     );
-    publish(
-        broker.port,
+    h.publish(
         "edgefuse/test/in/audio",
         &["-f", &fixture("tests/fixtures/audio/truncated.wav")],
     );
@@ -149,7 +136,7 @@ fn every_topic_round_trips_through_mosquitto() {
         err["reason"].as_str().unwrap().contains("truncated WAV"),
         "{err}"
     );
-    publish(broker.port, "edgefuse/test/in/video", &["-m", "x"]);
+    h.publish("edgefuse/test/in/video", &["-m", "x"]);
     let err = sub.expect("/error", T, |_| true).json();
     assert!(
         err["reason"].as_str().unwrap().contains("unknown topic"),
@@ -172,46 +159,26 @@ fn every_topic_round_trips_through_mosquitto() {
     assert!(s["modalities"]["vision"]["errors"].as_u64().unwrap() >= 1);
 
     // A clean stop says so and exits 0.
-    let status = daemon.terminate();
+    let status = h.stop();
     assert!(status.success(), "{status}");
     sub.expect("edgefuse/test/available", T, |m| m.payload == "stopped");
 }
 
 #[test]
 fn last_will_says_offline_when_the_daemon_dies() {
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!("mqtt://127.0.0.1:{}", broker.port),
-        "keepalive_s = 5",
-    );
-    let mut sub = Sub::start(broker.port, "edgefuse/test/available");
-    let daemon = Daemon::start(&config);
-    sub.expect("available", T, |m| m.payload == "online");
-    daemon.kill();
+    let (mut h, mut sub) = started("keepalive_s = 5", "edgefuse/test/available", "available");
+    h.kill();
     sub.expect("available", T, |m| m.payload == "offline");
 }
 
 #[test]
 fn enrolled_labels_survive_a_restart_and_can_be_forgotten() {
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &format!("mqtt://127.0.0.1:{}", broker.port), "");
-    let mut sub = Sub::start(broker.port, "edgefuse/test/#");
-    let daemon = Daemon::start(&config);
-    sub.expect("available", T, |m| m.payload == "online");
-    publish(
-        broker.port,
+    let (mut h, mut sub) = started("", "edgefuse/test/#", "available");
+    publish_file(
+        &h,
         "edgefuse/test/enroll/cat",
-        &[
-            "-f",
-            &fixture("tests/fixtures/images/chelsea_exif6.jpg"),
-            "-D",
-            "publish",
-            "correlation-data",
-            "ex-cat",
-        ],
+        "tests/fixtures/images/chelsea_exif6.jpg",
+        "ex-cat",
     );
     let ack = sub.expect("/enrolled", T, |_| true).json();
     assert_eq!(
@@ -222,41 +189,28 @@ fn enrolled_labels_survive_a_restart_and_can_be_forgotten() {
         ),
         (Some("cat"), Some("vision"), Some(1))
     );
-    publish(
-        broker.port,
+    publish_file(
+        &h,
         "edgefuse/test/enroll/rocket",
-        &[
-            "-f",
-            &fixture("tests/fixtures/images/rocket.jpg"),
-            "-D",
-            "publish",
-            "correlation-data",
-            "ex-rocket",
-        ],
+        "tests/fixtures/images/rocket.jpg",
+        "ex-rocket",
     );
     sub.expect("/enrolled", T, |m| m.json()["label"] == "rocket");
-    publish(
-        broker.port,
+    h.publish(
         "edgefuse/test/enroll/kitchen",
         &["-m", "turn on the kitchen lights"],
     );
     sub.expect("/enrolled", T, |m| m.json()["modality"] == "text");
-    assert!(daemon.terminate().success());
-    assert!(dir.path().join("state/labels.json").exists());
+    assert!(h.stop().success());
+    assert!(h.dir.path().join("state/labels.json").exists());
 
-    let daemon = Daemon::start(&config);
+    h.start();
     sub.expect("available", T, |m| m.payload == "online");
-    publish(
-        broker.port,
+    publish_file(
+        &h,
         "edgefuse/test/in/image",
-        &[
-            "-f",
-            &fixture("tests/fixtures/images/chelsea.jpg"),
-            "-D",
-            "publish",
-            "correlation-data",
-            "q-1",
-        ],
+        "tests/fixtures/images/chelsea.jpg",
+        "q-1",
     );
     let labels = sub.expect("/labels", T, |_| true).json();
     let best = &labels["labels"][0];
@@ -265,14 +219,13 @@ fn enrolled_labels_survive_a_restart_and_can_be_forgotten() {
     assert!(best["score"].as_f64().unwrap() > labels["labels"][1]["score"].as_f64().unwrap());
     assert_eq!(labels["items"]["vision"]["id"], "q-1");
 
-    publish(broker.port, "edgefuse/test/forget/cat", &["-n"]);
+    h.publish("edgefuse/test/forget/cat", &["-n"]);
     let gone = sub.expect("/forgotten", T, |_| true).json();
     assert_eq!(
         (gone["label"].as_str(), gone["existed"].as_bool()),
         (Some("cat"), Some(true))
     );
-    publish(
-        broker.port,
+    h.publish(
         "edgefuse/test/in/image",
         &["-f", &fixture("tests/fixtures/images/chelsea.jpg")],
     );
@@ -285,43 +238,24 @@ fn enrolled_labels_survive_a_restart_and_can_be_forgotten() {
             .all(|l| l["label"] != "cat"),
         "{labels}"
     );
-    assert!(daemon.terminate().success());
+    assert!(h.stop().success());
 }
 
 #[test]
 fn f16_payloads_carry_metadata_in_user_properties() {
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!("mqtt://127.0.0.1:{}", broker.port),
-        "payload = \"f16\"",
-    );
+    let mut h = Harness::new(STATS_EVERY_SECOND, "payload = \"f16\"");
     // Hex payload and user properties for the binary topic.
-    let child = std::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-V",
-            "5",
-            "-C",
-            "1",
-            "-W",
-            "60",
-        ])
-        .args(["-t", "edgefuse/test/embedding/text", "-F", "%C|%P|%x"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut sub = Sub::start(broker.port, "edgefuse/test/available");
-    let daemon = Daemon::start(&config);
+    let mut binary = Sub::start_formatted(
+        h.port(),
+        "edgefuse/test/embedding/text",
+        &["-V", "5"],
+        "%C|%P|%x",
+    );
+    let mut sub = h.sub("edgefuse/test/available");
+    h.start();
     sub.expect("available", T, |m| m.payload == "online");
-    publish(broker.port, "edgefuse/test/in/text", &["-m", "hello f16"]);
-    let out = child.wait_with_output().unwrap();
-    let line = String::from_utf8_lossy(&out.stdout);
+    h.publish("edgefuse/test/in/text", &["-m", "hello f16"]);
+    let line = binary.line(T).expect("an f16 embedding");
     let mut parts = line.trim().splitn(3, '|');
     let (ct, props, hex) = (
         parts.next().unwrap(),
@@ -341,38 +275,25 @@ fn f16_payloads_carry_metadata_in_user_properties() {
     let v = edgefuse::mqtt::payload::from_f16_le(&bytes);
     let n: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((n - 1.0).abs() < 1e-2, "{n}");
-    assert!(daemon.terminate().success());
+    assert!(h.stop().success());
 }
 
 #[test]
 fn embedded_broker_serves_plain_mosquitto_clients() {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
+    let config = crate::util::write_config(
         dir.path(),
-        "embedded",
-        &format!("embedded_listen = \"127.0.0.1:{port}\""),
+        "test",
+        &format!(
+            "{STATS_EVERY_SECOND}[mqtt]\nbroker = \"embedded\"\n\
+             embedded_listen = \"127.0.0.1:{port}\"\n"
+        ),
     );
     let daemon = Daemon::start(&config);
-    util::wait_port(port, T);
+    crate::util::wait_port(port, T);
     // MQTT 3.1.1 clients, as a new user would run them.
-    let sub = std::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            "edgefuse/test/embedding/text",
-            "-C",
-            "1",
-            "-W",
-            "60",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut sub = Sub::start_formatted(port, "edgefuse/test/embedding/text", &[], "%p");
     let status = std::process::Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -387,18 +308,12 @@ fn embedded_broker_serves_plain_mosquitto_clients() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = sub.wait_with_output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON embedding");
+    let line = sub.line(T).expect("an embedding");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON embedding");
     assert_eq!(v["dim"], 384);
 
     // A second daemon on the same port fails with a clear message naming the port.
-    let second = std::process::Command::new(env!("CARGO_BIN_EXE_edgefuse"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env("EDGEFUSE_MODELS", models_dir())
-        .output()
-        .unwrap();
+    let second = Daemon::command(&config).output().unwrap();
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(
