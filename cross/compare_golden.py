@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Compare `edgefuse embed` output (JSON lines, fp32 models) with the onnxruntime references in
-tests/golden/reference.json, with the tolerances of tests/encoders.rs: cosine >= 0.999 for text
+tests/golden/reference.json, with the tolerances of tests/integration/encoders.rs: cosine >= 0.999 for text
 and audio (clip and every block), >= 0.99 for vision; every vector of unit norm.
 
     compare_golden.py LABEL REFERENCE.json EMBED.jsonl
