@@ -72,6 +72,7 @@ fn embed(texts: &[&str], role: TextRole) -> Vec<Vec<f32>> {
 #[test]
 fn tract_matches_the_numpy_reference_in_every_language() {
     let items = &reference().items;
+    let mut all = Vec::new();
     for role in [TextRole::Query, TextRole::Passage] {
         let mine: Vec<&Item> = items.iter().filter(|i| i.role() == role).collect();
         let texts: Vec<&str> = mine.iter().map(|i| i.input.as_str()).collect();
@@ -79,8 +80,15 @@ fn tract_matches_the_numpy_reference_in_every_language() {
             assert!((norm(&v) - 1.0).abs() < 1e-4);
             let c = cosine(&v, &item.vector);
             assert!(c >= MIN_COSINE, "{:?} ({:?}): cosine {c}", item.input, role);
+            all.push(c);
         }
     }
+    let min = all.iter().copied().fold(f32::INFINITY, f32::min);
+    let mean = all.iter().sum::<f32>() / all.len() as f32;
+    eprintln!(
+        "text-multilingual vs numpy reference: {} texts, min cosine {min:.6}, mean {mean:.6}",
+        all.len()
+    );
 }
 
 #[test]
@@ -208,4 +216,29 @@ fn the_config_selects_it_for_the_text_encoder() {
         text.max_length(),
         config.encoders.text.max_length.unwrap_or(512)
     );
+}
+
+#[test]
+fn the_compiled_cache_gives_the_same_embeddings() {
+    // The daemon keeps compiled (NNEF) models by default; the 470 MB model must round-trip.
+    use edgefuse::encoders::{ModelCache, ModelSource};
+    let m = manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ModelCache::new(dir.path());
+    let first = TextEncoder::load(&m, KEY, Some(&cache), None, 4).unwrap();
+    let second = TextEncoder::load(&m, KEY, Some(&cache), None, 4).unwrap();
+    assert_eq!(first.model.source, ModelSource::Onnx);
+    assert_eq!(second.model.source, ModelSource::Compiled);
+    let texts = ["Der Wasserkocher kocht.", "猫坐在垫子上。"];
+    let a = first.embed_queries(&texts);
+    let b = second.embed_queries(&texts);
+    for (a, b) in a.into_iter().zip(b) {
+        let (a, b) = (a.unwrap().vector, b.unwrap().vector);
+        let max_diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(max_diff <= 1e-5, "compiled vs ONNX: max |diff| {max_diff}");
+    }
 }
