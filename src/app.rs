@@ -606,9 +606,10 @@ fn zero_shot_labels(
     }
     let text = text.context("fusion.zero_shot needs encoders.text.enabled = true")?;
     let refs: Vec<&str> = zs.labels.iter().map(String::as_str).collect();
+    // Zero-shot words are looked up against the inputs: queries (e5 prefixes them "query: ").
     zs.labels
         .iter()
-        .zip(text.embed(&refs))
+        .zip(text.embed_queries(&refs))
         .map(|(l, r)| {
             Ok((
                 l.clone(),

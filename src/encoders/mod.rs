@@ -13,7 +13,7 @@ pub use audio::AudioEncoder;
 pub use compiled::ModelCache;
 pub use runtime::{LoadedModel, ModelSource};
 pub use set::EncoderSet;
-pub use text::TextEncoder;
+pub use text::{TextEncoder, TextRole};
 pub use vision::VisionEncoder;
 
 use crate::error::InputError;

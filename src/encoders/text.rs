@@ -8,6 +8,7 @@ use super::ModelCache;
 use super::{inference_error, l2_normalize, ms, Embedding, ItemResult, LoadedModel, Timings};
 use crate::error::{InputError, ModelError};
 use crate::manifest::{read_verified, Manifest};
+pub use crate::preprocess::text::TextRole;
 use crate::preprocess::text::{mean_pool, Pooling, TextPreprocess, TextTokenizer};
 
 pub struct TextEncoder {
@@ -16,6 +17,8 @@ pub struct TextEncoder {
     pooling: Pooling,
     normalize: bool,
     max_batch: usize,
+    prefix_query: String,
+    prefix_passage: String,
 }
 
 impl TextEncoder {
@@ -39,15 +42,57 @@ impl TextEncoder {
             pooling: pre.pooling,
             normalize: pre.normalize,
             max_batch: max_batch.max(1),
+            prefix_query: pre.prefix_query,
+            prefix_passage: pre.prefix_passage,
         })
+    }
+
+    /// The text the model is given for `role` (from the manifest's `prefix_query` /
+    /// `prefix_passage`; empty for models trained without prefixes).
+    pub fn prefix(&self, role: TextRole) -> &str {
+        match role {
+            TextRole::Query => &self.prefix_query,
+            TextRole::Passage => &self.prefix_passage,
+        }
     }
 
     pub fn max_length(&self) -> usize {
         self.tokenizer.max_length
     }
 
-    /// Embed texts; each item fails or succeeds on its own (an empty text fails only itself).
+    /// Embed texts as passages (published inputs, enrolled examples): `embed_as(texts,
+    /// TextRole::Passage)`.
     pub fn embed(&self, texts: &[&str]) -> Vec<ItemResult> {
+        self.embed_as(texts, TextRole::Passage)
+    }
+
+    /// Embed texts as queries (zero-shot words, search queries).
+    pub fn embed_queries(&self, texts: &[&str]) -> Vec<ItemResult> {
+        self.embed_as(texts, TextRole::Query)
+    }
+
+    /// Embed texts with the model's prefix for `role`; each item fails or succeeds on its own
+    /// (an empty text fails only itself, whatever the prefix).
+    pub fn embed_as(&self, texts: &[&str], role: TextRole) -> Vec<ItemResult> {
+        let prefix = self.prefix(role);
+        if prefix.is_empty() {
+            return self.embed_raw(texts);
+        }
+        let prefixed: Vec<String> = texts
+            .iter()
+            .map(|t| {
+                if t.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}{t}")
+                }
+            })
+            .collect();
+        let refs: Vec<&str> = prefixed.iter().map(String::as_str).collect();
+        self.embed_raw(&refs)
+    }
+
+    fn embed_raw(&self, texts: &[&str]) -> Vec<ItemResult> {
         let mut results: Vec<Option<ItemResult>> = texts
             .iter()
             .map(|t| t.trim().is_empty().then_some(Err(InputError::EmptyText)))

@@ -16,7 +16,31 @@ pub struct TextPreprocess {
     pub normalize: bool,
     #[serde(default)]
     pub tokenizer_source: Option<String>,
+    /// sha256 of `tokenizer_source` when it differs from the model's source file.
+    #[serde(default)]
+    pub tokenizer_source_sha256: Option<String>,
+    /// How models/convert.py builds the tokenizer when it is not copied as shipped.
+    #[serde(default)]
+    pub tokenizer_convert: Option<String>,
     pub tokenizer_sha256: String,
+    /// Prepended to queries and zero-shot words (e5: `"query: "`).
+    #[serde(default)]
+    pub prefix_query: String,
+    /// Prepended to published text inputs, enrolled examples, class names and transcripts
+    /// (e5: `"passage: "`).
+    #[serde(default)]
+    pub prefix_passage: String,
+}
+
+/// What a text is for, which decides the prefix a model trained with prefixes gets (e5's
+/// `"query: "` / `"passage: "`). Models without prefixes embed both roles alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextRole {
+    /// Content to be found or compared: published text inputs, enrolled text examples,
+    /// class names that describe an image, speech transcripts.
+    Passage,
+    /// What is looked up against that content: zero-shot words, search queries.
+    Query,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

