@@ -597,3 +597,53 @@ impl Publisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(model: &'a ModelInfo, vector: &'a [f32]) -> EmbeddingRecord<'a> {
+        EmbeddingRecord {
+            schema: SCHEMA,
+            id: "t-1",
+            source: "mqtt",
+            group: "default",
+            modality: Modality::Text,
+            ts: "2026-01-01T00:00:00.000Z",
+            dim: vector.len(),
+            model,
+            timings_ms: StageTimings::default(),
+            blocks: None,
+            vector,
+        }
+    }
+
+    #[test]
+    fn without_a_semantic_vector_the_record_is_byte_identical() {
+        let model = ModelInfo {
+            name: "m".into(),
+            sha256: "abc".into(),
+            quantization: "fp32".into(),
+        };
+        let v = [0.6, 0.8];
+        let rec = record(&model, &v);
+        let plain = serde_json::to_vec(&rec).unwrap();
+        let wrapped = serde_json::to_vec(&WithSemantic {
+            record: &rec,
+            semantic: None,
+        })
+        .unwrap();
+        assert_eq!(plain, wrapped);
+        let with = serde_json::to_value(WithSemantic {
+            record: &rec,
+            semantic: Some(SemanticField {
+                space: "m@abc",
+                vector: &v,
+            }),
+        })
+        .unwrap();
+        assert_eq!(with["semantic"]["space"], "m@abc");
+        assert_eq!(with["vector"], with["semantic"]["vector"]);
+        assert_eq!(with["id"], "t-1");
+    }
+}
