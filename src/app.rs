@@ -600,7 +600,7 @@ impl Pipeline {
     }
 }
 
-/// The shared text space (`[semantic]`): its state for the publisher (index, words) and the
+/// The shared text space (`[shared_space]`): its state for the publisher (index, words) and the
 /// hook per modality that gives items their semantic vector. Text is its own semantic
 /// vector; an image hook (ConSE) joins `hooks` under `Modality::Vision`.
 async fn open_semantic(
@@ -608,18 +608,18 @@ async fn open_semantic(
     encoders: &Encoders,
     models: &BTreeMap<Modality, ModelInfo>,
 ) -> anyhow::Result<(
-    Option<crate::semantic::SemanticState>,
-    BTreeMap<Modality, Arc<dyn crate::semantic::SemanticHook>>,
+    Option<crate::shared_space::SemanticState>,
+    BTreeMap<Modality, Arc<dyn crate::shared_space::SemanticHook>>,
 )> {
-    let mut hooks: BTreeMap<Modality, Arc<dyn crate::semantic::SemanticHook>> = BTreeMap::new();
+    let mut hooks: BTreeMap<Modality, Arc<dyn crate::shared_space::SemanticHook>> = BTreeMap::new();
     let (Some(text), Some(info), true) = (
         encoders.text.as_ref(),
         models.get(&Modality::Text),
-        config.semantic.enabled,
+        config.shared_space.enabled,
     ) else {
-        if config.semantic.enabled {
+        if config.shared_space.enabled {
             tracing::warn!(
-                "semantic.enabled needs encoders.text.enabled = true; no semantic vectors, \
+                "shared_space.enabled needs encoders.text.enabled = true; no semantic vectors, \
                  zero-shot words or search index"
             );
         }
@@ -627,15 +627,18 @@ async fn open_semantic(
     };
     let cfg = config.clone();
     let encoder = Arc::clone(&text.encoder);
-    let info = info.clone();
+    // The text encoder's own space; a ConSE space (with its own text mapping) replaces it here.
+    let space: Arc<dyn crate::shared_space::TextSpace> =
+        Arc::new(crate::shared_space::RawTextSpace::new(info));
+    let map = Arc::clone(&space);
     let state = tokio::task::spawn_blocking(move || {
-        crate::semantic::SemanticState::open(
-            &cfg.semantic,
+        crate::shared_space::SemanticState::open(
+            &cfg.shared_space,
             &cfg.fusion.zero_shot.words,
             &cfg.fusion,
             &cfg.state_dir,
             encoder,
-            &info,
+            map,
         )
     })
     .await
@@ -646,7 +649,10 @@ async fn open_semantic(
         index_items = state.index.as_ref().map_or(0, |i| i.len()),
         "semantic space ready"
     );
-    hooks.insert(Modality::Text, Arc::new(crate::semantic::TextIsSemantic));
+    hooks.insert(
+        Modality::Text,
+        Arc::new(crate::shared_space::TextIsSemantic(space)),
+    );
     Ok((Some(state), hooks))
 }
 
@@ -736,7 +742,10 @@ pub fn parse_incoming(
             })
         }
         Route::Query => {
-            let q = match crate::semantic::query::parse(&msg.payload, msg.content_type.as_deref()) {
+            let q = match crate::shared_space::query::parse(
+                &msg.payload,
+                msg.content_type.as_deref(),
+            ) {
                 Ok(q) => q,
                 Err(e) => return refuse(&fallback_id, e.to_string()),
             };
@@ -750,7 +759,7 @@ pub fn parse_incoming(
             ))));
         }
         Route::SetWords => {
-            let words = match crate::semantic::words::parse_payload(&msg.payload) {
+            let words = match crate::shared_space::words::parse_payload(&msg.payload) {
                 Ok(w) => w,
                 Err(e) => return refuse(&fallback_id, e.to_string()),
             };

@@ -43,7 +43,7 @@ pub struct Config {
     #[serde(default)]
     pub homeassistant: crate::mqtt::discovery::HomeAssistantConfig,
     #[serde(default)]
-    pub semantic: crate::semantic::SemanticConfig,
+    pub shared_space: crate::shared_space::SpaceConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -281,7 +281,7 @@ pub struct ModalityPaths {
 pub struct ZeroShotConfig {
     pub labels: Vec<String>,
     pub modalities: Vec<String>,
-    /// Plain words scored on every item with a semantic vector (`[semantic]`); replaced at
+    /// Plain words scored on every item with a semantic vector (`[shared_space]`); replaced at
     /// run time by a list set over MQTT (`zero_shot/set`).
     pub words: Vec<String>,
 }
@@ -830,13 +830,13 @@ impl Config {
                 );
             }
         }
-        for (i, m) in crate::semantic::words::check(&f.zero_shot.words) {
+        for (i, m) in crate::shared_space::words::check(&f.zero_shot.words) {
             let path = i.map_or("fusion.zero_shot.words".into(), |i| {
                 format!("fusion.zero_shot.words[{i}]")
             });
             p.add(&path, m);
         }
-        for (path, m) in self.semantic.problems() {
+        for (path, m) in self.shared_space.problems() {
             p.add(&path, m);
         }
     }

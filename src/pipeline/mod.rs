@@ -21,7 +21,7 @@ pub enum Purpose {
     /// Add the embedding as an example of a label.
     Enroll(String),
     /// Search the semantic index with the embedded query text (`query` topic).
-    Query(Box<crate::semantic::query::Query>),
+    Query(Box<crate::shared_space::query::Query>),
     /// Replace the zero-shot words (`zero_shot/set`); never reaches an encoder queue: intake
     /// turns it into [`Event::SetWords`].
     SetWords(Vec<String>),
@@ -65,7 +65,7 @@ pub struct Outcome {
     pub queue_ms: f64,
     pub total_ms: f64,
     /// The item's vector in the shared text space, from the worker's semantic hook.
-    pub semantic: Option<crate::semantic::SemanticItem>,
+    pub semantic: Option<crate::shared_space::SemanticItem>,
 }
 
 /// What the publisher is told.

@@ -12,7 +12,7 @@ use super::queue::DropOldest;
 use super::{Body, Event, Outcome, Request};
 use crate::encoders::{AudioEncoder, ItemResult, Modality, TextEncoder, VisionEncoder};
 use crate::error::InputError;
-use crate::semantic::{SemanticHook, SemanticItem};
+use crate::shared_space::{SemanticHook, SemanticItem};
 use crate::stats::Stats;
 
 /// The loaded encoder of one modality (one instance per model, shared by reference).

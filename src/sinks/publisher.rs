@@ -18,10 +18,10 @@ use crate::mqtt::payload::{
 };
 use crate::mqtt::MqttHandle;
 use crate::pipeline::{Body, Event, Outcome, Purpose};
-use crate::semantic::fuse::FusedSemantic;
-use crate::semantic::query::{Hit, Query, QueryResult};
-use crate::semantic::words::WordScore;
-use crate::semantic::{SemanticField, SemanticItem, SemanticState};
+use crate::shared_space::fuse::FusedSemantic;
+use crate::shared_space::query::{Hit, Query, QueryResult};
+use crate::shared_space::words::WordScore;
+use crate::shared_space::{SemanticField, SemanticItem, SemanticState};
 use crate::sinks::spool::Record;
 
 pub struct Publisher {
@@ -193,14 +193,16 @@ impl Publisher {
     ) {
         let Some(st) = self.semantic.as_mut() else {
             let reason =
-                "zero-shot words need the shared space (semantic.enabled and the text encoder)";
+                "zero-shot words need the shared space (shared_space.enabled and the text encoder)";
             self.error(id, topic, reason, reply_to, correlation).await;
             return;
         };
         let text = std::sync::Arc::clone(&st.text);
-        let embedded =
-            tokio::task::spawn_blocking(move || crate::semantic::words::embed_words(&text, &words))
-                .await;
+        let map = std::sync::Arc::clone(&st.map);
+        let embedded = tokio::task::spawn_blocking(move || {
+            crate::shared_space::words::embed_words(&text, map.as_ref(), &words)
+        })
+        .await;
         let result = match embedded {
             Ok(Ok(w)) => st.words.replace(w).map_err(|e| e.to_string()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -249,13 +251,15 @@ impl Publisher {
             .as_ref()
             .and_then(|st| st.index.as_ref().map(|i| (st, i)))
         else {
-            let reason = "semantic search is disabled (semantic.enabled, semantic.index.enabled)";
+            let reason =
+                "semantic search is disabled (shared_space.enabled, shared_space.index.enabled)";
             self.error(id, topic, reason, reply_to, correlation).await;
             return;
         };
         let ts = now_rfc3339();
+        let vector = st.map.text_vector(vector);
         let results: Vec<Hit> = index
-            .search(vector, &q.filter, q.k)
+            .search(&vector, &q.filter, q.k)
             .into_iter()
             .map(|(score, e)| Hit::of(score, e))
             .collect();
@@ -307,7 +311,7 @@ impl Publisher {
                 (Body::Text(t), true) => Some(t.clone()),
                 _ => None,
             };
-            let entry = crate::semantic::index::IndexEntry {
+            let entry = crate::shared_space::index::IndexEntry {
                 id: r.id.clone(),
                 ts_ms,
                 source: r.source.clone(),

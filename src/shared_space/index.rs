@@ -319,7 +319,7 @@ impl Index {
                 tracing::info!(
                     evicted = skip,
                     max_items,
-                    "semantic index: more items on disk than semantic.index.max_items; keeping the newest"
+                    "semantic index: more items on disk than shared_space.index.max_items; keeping the newest"
                 );
                 rewrite = true;
             }
@@ -388,7 +388,7 @@ impl Index {
                 items = self.items.len(),
                 evicted = self.evicted_since_compaction,
                 evicted_total = self.stats.evicted,
-                "semantic index compacted (full at semantic.index.max_items; the oldest items were evicted)"
+                "semantic index compacted (full at shared_space.index.max_items; the oldest items were evicted)"
             );
         }
         self.evicted_since_compaction = 0;

@@ -11,7 +11,9 @@
 //! - [`fuse`]: the mean semantic vector of a fused record's items, and an optional novelty
 //!   score in the shared space.
 //!
-//! [`SemanticState`] bundles them for the publisher.
+//! [`SemanticState`] bundles them for the publisher. [`TextSpace`] says how a raw text
+//! embedding maps into the space ([`RawTextSpace`]: unchanged; a ConSE space with hubness
+//! correction centres it), so texts, words, queries and images all meet in one space.
 
 pub mod fuse;
 pub mod index;
@@ -26,10 +28,10 @@ use serde::{Deserialize, Serialize};
 use crate::encoders::{ItemResult, Modality, ModelInfo, TextEncoder};
 use crate::pipeline::{Purpose, Request};
 
-/// `[semantic]` in the config file.
+/// `[shared_space]` in the config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct SemanticConfig {
+pub struct SpaceConfig {
     /// Give items a vector in the text encoder's space (needs the text encoder).
     pub enabled: bool,
     /// Publish that vector as `semantic` in embedding and fused records.
@@ -40,9 +42,9 @@ pub struct SemanticConfig {
     pub index: IndexConfig,
 }
 
-impl Default for SemanticConfig {
+impl Default for SpaceConfig {
     fn default() -> Self {
-        SemanticConfig {
+        SpaceConfig {
             enabled: true,
             publish: true,
             novelty: false,
@@ -51,7 +53,7 @@ impl Default for SemanticConfig {
     }
 }
 
-/// `[semantic.index]`: the on-device search index.
+/// `[shared_space.index]`: the on-device search index.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IndexConfig {
@@ -76,14 +78,14 @@ impl Default for IndexConfig {
 /// Most items the index may be configured to hold.
 pub const MAX_INDEX_ITEMS: usize = 200_000;
 
-impl SemanticConfig {
+impl SpaceConfig {
     /// Problems as `(TOML path, message)`, for `Config::problems`.
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let n = self.index.max_items;
         if !(1..=MAX_INDEX_ITEMS).contains(&n) {
             out.push((
-                "semantic.index.max_items".into(),
+                "shared_space.index.max_items".into(),
                 format!("{n} is out of range (expected 1 to {MAX_INDEX_ITEMS})"),
             ));
         }
@@ -95,6 +97,38 @@ impl SemanticConfig {
 /// different spaces are never compared (the index starts afresh when it changes).
 pub fn space_name(text_model: &ModelInfo) -> String {
     format!("{}@{}", text_model.name, text_model.sha256)
+}
+
+/// The shared space: its name, and a text embedding's vector in it. Texts, zero-shot words and
+/// query sentences all go through [`TextSpace::text_vector`]; images come from a
+/// [`SemanticHook`] of the same space.
+pub trait TextSpace: Send + Sync {
+    fn name(&self) -> &str;
+    /// The space's vector (unit length) for a raw text-encoder embedding.
+    fn text_vector(&self, embedding: &[f32]) -> Vec<f32>;
+}
+
+/// The text encoder's own space: a text's vector is its embedding.
+pub struct RawTextSpace {
+    name: String,
+}
+
+impl RawTextSpace {
+    pub fn new(text_model: &ModelInfo) -> RawTextSpace {
+        RawTextSpace {
+            name: space_name(text_model),
+        }
+    }
+}
+
+impl TextSpace for RawTextSpace {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn text_vector(&self, embedding: &[f32]) -> Vec<f32> {
+        embedding.to_vec()
+    }
 }
 
 /// What an item's semantic vector is made of: for ConSE, one component per class, with its
@@ -124,8 +158,9 @@ pub trait SemanticHook: Send + Sync {
     fn semantic(&self, batch: &[Request], results: &[ItemResult]) -> Vec<Option<SemanticItem>>;
 }
 
-/// Text already lives in the text space: an embedded text's semantic vector is its embedding.
-pub struct TextIsSemantic;
+/// Text already lives in the text space: an embedded text's semantic vector is its embedding,
+/// mapped by the space ([`TextSpace::text_vector`]).
+pub struct TextIsSemantic(pub Arc<dyn TextSpace>);
 
 impl SemanticHook for TextIsSemantic {
     fn semantic(&self, batch: &[Request], results: &[ItemResult]) -> Vec<Option<SemanticItem>> {
@@ -134,7 +169,7 @@ impl SemanticHook for TextIsSemantic {
             .zip(results)
             .map(|(r, res)| match (&r.purpose, res) {
                 (Purpose::Embed, Ok(e)) if r.modality == Modality::Text => Some(SemanticItem {
-                    vector: e.vector.clone(),
+                    vector: self.0.text_vector(&e.vector),
                     parts: Vec::new(),
                 }),
                 _ => None,
@@ -151,7 +186,7 @@ pub struct SemanticField<'a> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SemanticError {
+pub enum SpaceError {
     #[error("semantic search index: {0}")]
     Index(#[from] index::IndexError),
     #[error("zero-shot words: {0}")]
@@ -161,7 +196,9 @@ pub enum SemanticError {
 /// What the publisher holds: the space's name, the text encoder (for words and queries, run
 /// on the blocking pool), the zero-shot words, the index and the fused-record state.
 pub struct SemanticState {
+    /// The space's name, as published with every `semantic` vector.
     pub space: String,
+    pub map: Arc<dyn TextSpace>,
     pub publish: bool,
     pub store_text: bool,
     pub text: Arc<TextEncoder>,
@@ -174,14 +211,14 @@ impl SemanticState {
     /// Open the index and the word list under `state_dir` and embed the words. Blocking
     /// (file I/O, one text-encoder run): call it on the blocking pool.
     pub fn open(
-        cfg: &SemanticConfig,
+        cfg: &SpaceConfig,
         config_words: &[String],
         fusion: &crate::config::FusionConfig,
         state_dir: &Path,
         text: Arc<TextEncoder>,
-        text_model: &ModelInfo,
-    ) -> Result<SemanticState, SemanticError> {
-        let space = space_name(text_model);
+        map: Arc<dyn TextSpace>,
+    ) -> Result<SemanticState, SpaceError> {
+        let space = map.name().to_owned();
         let index = cfg
             .index
             .enabled
@@ -197,9 +234,11 @@ impl SemanticState {
             Some(&state_dir.join("zero_shot_words.json")),
             config_words,
             &text,
+            map.as_ref(),
         )?;
         Ok(SemanticState {
             space,
+            map,
             publish: cfg.publish,
             store_text: cfg.index.store_text,
             text,
@@ -219,12 +258,12 @@ mod tests {
 
     #[test]
     fn config_defaults_and_bounds() {
-        let c = SemanticConfig::default();
+        let c = SpaceConfig::default();
         assert!(c.enabled && c.publish && c.index.enabled && !c.index.store_text);
         assert!(c.problems().is_empty());
         let mut bad = c.clone();
         bad.index.max_items = 0;
-        assert_eq!(bad.problems()[0].0, "semantic.index.max_items");
+        assert_eq!(bad.problems()[0].0, "shared_space.index.max_items");
         bad.index.max_items = MAX_INDEX_ITEMS + 1;
         assert_eq!(bad.problems().len(), 1);
     }

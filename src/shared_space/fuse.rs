@@ -1,6 +1,6 @@
 //! Fusion in one space: a fused record also carries the mean of its items' semantic vectors
 //! (unit length), so a sentence and a photo of the same thing land close together; and,
-//! when `semantic.novelty` is on, the record's novelty is measured on that mean.
+//! when `shared_space.novelty` is on, the record's novelty is measured on that mean.
 //!
 //! Kept beside the fusion windows rather than inside them: the latest semantic vector per
 //! (group, modality), matched to the fused record's items by id, pruned once older than the
@@ -29,7 +29,7 @@ pub struct SemanticFusion {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FusedSemantic {
     pub vector: Vec<f32>,
-    /// Novelty in the shared space, when `semantic.novelty` is on.
+    /// Novelty in the shared space, when `shared_space.novelty` is on.
     pub novelty: Option<f32>,
 }
 

@@ -274,7 +274,7 @@ fn a_sentence_finds_the_matching_item_first_and_the_index_survives_a_restart() {
 fn without_the_semantic_space_records_are_unchanged_and_queries_are_refused() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, "[semantic]\nenabled = false\n");
+    let config = write_config(dir.path(), broker.port, "[shared_space]\nenabled = false\n");
     let mut sub = Sub::start(broker.port, "edgefuse/test/#");
     let daemon = Daemon::start(&config);
     sub.expect("available", T, |m| m.payload == "online");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::SemanticItem;
+use super::{SemanticItem, TextSpace};
 use crate::encoders::{cosine, TextEncoder};
 
 /// Most words in the list.
@@ -144,7 +144,11 @@ pub struct WordStore {
     from_mqtt: bool,
 }
 
-fn embed_all(text: &TextEncoder, words: &[String]) -> Result<Vec<(String, Vec<f32>)>, WordsError> {
+fn embed_all(
+    text: &TextEncoder,
+    space: &dyn TextSpace,
+    words: &[String],
+) -> Result<Vec<(String, Vec<f32>)>, WordsError> {
     if words.is_empty() {
         return Ok(Vec::new());
     }
@@ -153,7 +157,7 @@ fn embed_all(text: &TextEncoder, words: &[String]) -> Result<Vec<(String, Vec<f3
         .iter()
         .zip(text.embed(&refs))
         .map(|(w, r)| match r {
-            Ok(e) => Ok((w.clone(), e.vector)),
+            Ok(e) => Ok((w.clone(), space.text_vector(&e.vector))),
             Err(e) => Err(WordsError::Embed {
                 word: w.clone(),
                 reason: e.to_string(),
@@ -169,6 +173,7 @@ impl WordStore {
         path: Option<&Path>,
         config_words: &[String],
         text: &TextEncoder,
+        space: &dyn TextSpace,
     ) -> Result<WordStore, WordsError> {
         let stored = path.and_then(|p| match std::fs::read(p) {
             Ok(bytes) => match serde_json::from_slice::<Stored>(&bytes)
@@ -190,7 +195,7 @@ impl WordStore {
         };
         Ok(WordStore {
             path: path.map(Path::to_owned),
-            words: embed_all(text, &words)?,
+            words: embed_all(text, space, &words)?,
             from_mqtt,
         })
     }
@@ -273,12 +278,13 @@ impl WordStore {
     }
 }
 
-/// Embed a new list with `text` (blocking: run it on the blocking pool).
+/// Embed a new list with `text`, into `space` (blocking: run it on the blocking pool).
 pub fn embed_words(
     text: &TextEncoder,
+    space: &dyn TextSpace,
     words: &[String],
 ) -> Result<Vec<(String, Vec<f32>)>, WordsError> {
-    embed_all(text, words)
+    embed_all(text, space, words)
 }
 
 #[cfg(test)]
