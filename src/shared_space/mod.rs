@@ -269,6 +269,35 @@ mod tests {
     }
 
     #[test]
+    fn config_keys_are_validated_with_their_toml_paths() {
+        let c = crate::config::Config::from_toml(
+            "[shared_space]\npublish = false\n[shared_space.index]\nmax_items = 10\n\
+             store_text = true\n[fusion.zero_shot]\nwords = [\"cat\", \"dog\"]\n",
+            "t",
+        )
+        .unwrap();
+        assert!(!c.shared_space.publish && c.shared_space.index.store_text);
+        assert_eq!(c.shared_space.index.max_items, 10);
+        assert_eq!(c.fusion.zero_shot.words, ["cat", "dog"]);
+        let long = "x".repeat(words::MAX_WORD_BYTES + 1);
+        let toml = format!(
+            "[shared_space.index]\nmax_items = 0\n[fusion.zero_shot]\nwords = [\"ok\", \" \", \"{long}\"]\n"
+        );
+        let err = crate::config::Config::from_toml(&toml, "t").unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "fusion.zero_shot.words[1]",
+                "fusion.zero_shot.words[2]",
+                "shared_space.index.max_items"
+            ]
+        );
+        let err = crate::config::Config::from_toml("[shared_space]\nindex = 5\n", "t");
+        assert!(err.is_err());
+    }
+
+    #[test]
     fn the_space_is_named_by_the_text_model() {
         let m = ModelInfo {
             name: "all-MiniLM-L6-v2".into(),
