@@ -384,6 +384,7 @@ impl Pipeline {
         tracing::info!(labels = labels.label_count(), "label store loaded");
         let fusion =
             Fusion::new(&config.fusion, &dims, labels, zero_shot).map_err(anyhow::Error::msg)?;
+        let (semantic, semantic_hooks) = open_semantic(&config, &encoders, &models).await?;
 
         // Queues, workers, publisher.
         let (events_tx, events_rx) = mpsc::channel::<Event>(config.queues.results);
@@ -445,6 +446,7 @@ impl Pipeline {
                 events: events_tx.clone(),
                 max_batch,
                 stats: link.stats.clone(),
+                semantic: semantic_hooks.get(&m).cloned(),
             };
             workers.push((m, tokio::spawn(worker.run())));
         }
@@ -455,6 +457,8 @@ impl Pipeline {
             format: config.mqtt.payload,
             publish_raw_inputs: config.debug.publish_raw_inputs,
             fused_count: 0,
+            semantic,
+            top_k: config.fusion.top_k,
         };
         let publisher = tokio::spawn(publisher.run(events_rx));
 
@@ -596,6 +600,62 @@ impl Pipeline {
     }
 }
 
+/// The shared text space (`[shared_space]`): its state for the publisher (index, words) and the
+/// hook per modality that gives items their semantic vector. Text is its own semantic
+/// vector; an image hook (ConSE) joins `hooks` under `Modality::Vision`.
+async fn open_semantic(
+    config: &Config,
+    encoders: &Encoders,
+    models: &BTreeMap<Modality, ModelInfo>,
+) -> anyhow::Result<(
+    Option<crate::shared_space::SemanticState>,
+    BTreeMap<Modality, Arc<dyn crate::shared_space::SemanticHook>>,
+)> {
+    let mut hooks: BTreeMap<Modality, Arc<dyn crate::shared_space::SemanticHook>> = BTreeMap::new();
+    let (Some(text), Some(info), true) = (
+        encoders.text.as_ref(),
+        models.get(&Modality::Text),
+        config.shared_space.enabled,
+    ) else {
+        if config.shared_space.enabled {
+            tracing::warn!(
+                "shared_space.enabled needs encoders.text.enabled = true; no semantic vectors, \
+                 zero-shot words or search index"
+            );
+        }
+        return Ok((None, hooks));
+    };
+    let cfg = config.clone();
+    let encoder = Arc::clone(&text.encoder);
+    // The text encoder's own space; a ConSE space (with its own text mapping) replaces it here.
+    let space: Arc<dyn crate::shared_space::TextSpace> =
+        Arc::new(crate::shared_space::RawTextSpace::new(info));
+    let map = Arc::clone(&space);
+    let state = tokio::task::spawn_blocking(move || {
+        crate::shared_space::SemanticState::open(
+            &cfg.shared_space,
+            &cfg.fusion.zero_shot.words,
+            &cfg.fusion,
+            &cfg.state_dir,
+            encoder,
+            map,
+        )
+    })
+    .await
+    .context("semantic state task failed")??;
+    tracing::info!(
+        space = %state.space,
+        words = state.words.words().len(),
+        index_items = state.index.as_ref().map_or(0, |i| i.len()),
+        "semantic space ready"
+    );
+    hooks.insert(
+        Modality::Text,
+        Arc::new(crate::shared_space::TextIsSemantic(space)),
+    );
+    Ok((Some(state), hooks))
+}
+
 fn zero_shot_labels(
     config: &Config,
     text: Option<&TextEncoder>,
@@ -682,6 +742,36 @@ pub fn parse_incoming(
                 id: fallback_id,
             })
         }
+        Route::Query => {
+            let q = match crate::shared_space::query::parse(
+                &msg.payload,
+                msg.content_type.as_deref(),
+            ) {
+                Ok(q) => q,
+                Err(e) => return refuse(&fallback_id, e.to_string()),
+            };
+            let id = q.id.clone().unwrap_or(fallback_id);
+            let body = Body::Text(q.text.clone());
+            return Ok(Parsed::Request(Box::new(control_request(
+                msg,
+                id,
+                Purpose::Query(Box::new(q)),
+                body,
+            ))));
+        }
+        Route::SetWords => {
+            let words = match crate::shared_space::words::parse_payload(&msg.payload) {
+                Ok(w) => w,
+                Err(e) => return refuse(&fallback_id, e.to_string()),
+            };
+            let body = Body::Text(words.join(", "));
+            return Ok(Parsed::Request(Box::new(control_request(
+                msg,
+                fallback_id,
+                Purpose::SetWords(words),
+                body,
+            ))));
+        }
         Route::Unknown(t) => return refuse(&fallback_id, format!("unknown topic {t}")),
     };
     if msg.payload.is_empty() {
@@ -744,6 +834,24 @@ pub fn parse_incoming(
     })))
 }
 
+/// A `query` or `zero_shot/set` request (text modality: a query's text is embedded by the
+/// text worker; a word list goes to the publisher, which embeds it on the blocking pool).
+fn control_request(msg: &Incoming, id: String, purpose: Purpose, body: Body) -> Request {
+    Request {
+        id,
+        modality: Modality::Text,
+        purpose,
+        body,
+        source: "mqtt".into(),
+        group: "default".into(),
+        topic: msg.topic.clone(),
+        response_topic: msg.response_topic.clone(),
+        correlation: msg.correlation.clone(),
+        received: tokio::time::Instant::now(),
+        ticket: Ticket::none(),
+    }
+}
+
 /// Where intake stopped: the MQTT input channel, and the message it was holding when a full
 /// queue made it wait (a reload hands both to the next pipeline, tickets included, so nothing
 /// is lost or left unacknowledged).
@@ -770,6 +878,20 @@ async fn intake(
             },
         };
         let event = match parse_incoming(&msg, &topics, max_payload, max_text) {
+            Ok(Parsed::Request(request)) if matches!(request.purpose, Purpose::SetWords(_)) => {
+                let r = *request;
+                let Purpose::SetWords(words) = r.purpose else {
+                    continue;
+                };
+                Event::SetWords {
+                    words,
+                    id: r.id,
+                    topic: r.topic,
+                    response_topic: r.response_topic,
+                    correlation: r.correlation,
+                    ticket,
+                }
+            }
             Ok(Parsed::Request(request)) => {
                 let mut request = *request;
                 match queues.requests.get(&request.modality) {

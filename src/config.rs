@@ -42,6 +42,8 @@ pub struct Config {
     pub spool: crate::sinks::spool::SpoolConfig,
     #[serde(default)]
     pub homeassistant: crate::mqtt::discovery::HomeAssistantConfig,
+    #[serde(default)]
+    pub shared_space: crate::shared_space::SpaceConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -279,6 +281,9 @@ pub struct ModalityPaths {
 pub struct ZeroShotConfig {
     pub labels: Vec<String>,
     pub modalities: Vec<String>,
+    /// Plain words scored on every item with a semantic vector (`[shared_space]`); replaced at
+    /// run time by a list set over MQTT (`zero_shot/set`).
+    pub words: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -824,6 +829,15 @@ impl Config {
                     "must not be empty",
                 );
             }
+        }
+        for (i, m) in crate::shared_space::words::check(&f.zero_shot.words) {
+            let path = i.map_or("fusion.zero_shot.words".into(), |i| {
+                format!("fusion.zero_shot.words[{i}]")
+            });
+            p.add(&path, m);
+        }
+        for (path, m) in self.shared_space.problems() {
+            p.add(&path, m);
         }
     }
 

@@ -13,6 +13,10 @@ pub enum Route {
     Input(Modality),
     Enroll(String),
     Forget(String),
+    /// `query`: search the semantic index.
+    Query,
+    /// `zero_shot/set`: replace the zero-shot words.
+    SetWords,
     Unknown(String),
 }
 
@@ -36,9 +40,16 @@ impl Topics {
     }
 
     /// Filters the daemon subscribes to. Multi-level, so that a mistyped deeper topic
-    /// (`in/text/x`) is answered on `error` rather than silently unheard.
-    pub fn subscriptions(&self) -> [String; 3] {
-        [self.at("in/#"), self.at("enroll/#"), self.at("forget/#")]
+    /// (`in/text/x`) is answered on `error` rather than silently unheard. `query` and
+    /// `zero_shot/set` are exact: their answers go to `query/result` and `zero_shot/words`.
+    pub fn subscriptions(&self) -> [String; 5] {
+        [
+            self.at("in/#"),
+            self.at("enroll/#"),
+            self.at("forget/#"),
+            self.at("query"),
+            self.at("zero_shot/set"),
+        ]
     }
 
     pub fn route(&self, topic: &str) -> Route {
@@ -48,7 +59,11 @@ impl Topics {
         else {
             return Route::Unknown(topic.to_owned());
         };
+        if rest == "query" {
+            return Route::Query;
+        }
         match rest.split_once('/') {
+            Some(("zero_shot", "set")) => Route::SetWords,
             Some(("in", "text")) => Route::Input(Modality::Text),
             Some(("in", "image")) => Route::Input(Modality::Vision),
             Some(("in", "audio")) => Route::Input(Modality::Audio),
@@ -98,6 +113,12 @@ mod tests {
             Route::Unknown(_)
         ));
         assert!(matches!(t.route("edgefuse/pi/forget/"), Route::Unknown(_)));
+        assert_eq!(t.route("edgefuse/pi/query"), Route::Query);
+        assert_eq!(t.route("edgefuse/pi/zero_shot/set"), Route::SetWords);
+        assert!(matches!(
+            t.route("edgefuse/pi/query/result"),
+            Route::Unknown(_)
+        ));
         assert!(matches!(
             t.route("edgefuse/other/in/text"),
             Route::Unknown(_)

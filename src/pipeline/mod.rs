@@ -20,6 +20,11 @@ pub enum Purpose {
     Embed,
     /// Add the embedding as an example of a label.
     Enroll(String),
+    /// Search the semantic index with the embedded query text (`query` topic).
+    Query(Box<crate::shared_space::query::Query>),
+    /// Replace the zero-shot words (`zero_shot/set`); never reaches an encoder queue: intake
+    /// turns it into [`Event::SetWords`].
+    SetWords(Vec<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +64,8 @@ pub struct Outcome {
     pub result: Result<Embedding, InputError>,
     pub queue_ms: f64,
     pub total_ms: f64,
+    /// The item's vector in the shared text space, from the worker's semantic hook.
+    pub semantic: Option<crate::shared_space::SemanticItem>,
 }
 
 /// What the publisher is told.
@@ -69,6 +76,15 @@ pub enum Event {
         label: String,
         id: String,
         topic: String,
+        ticket: Ticket,
+    },
+    /// A new zero-shot word list (`zero_shot/set`).
+    SetWords {
+        words: Vec<String>,
+        id: String,
+        topic: String,
+        response_topic: Option<String>,
+        correlation: Option<Bytes>,
         ticket: Ticket,
     },
     /// A request refused before it reached an encoder.
@@ -85,7 +101,9 @@ impl Event {
     pub fn take_ticket(&mut self) -> Ticket {
         match self {
             Event::Embedded(o) => std::mem::take(&mut o.request.ticket),
-            Event::Forget { ticket, .. } | Event::Rejected { ticket, .. } => std::mem::take(ticket),
+            Event::Forget { ticket, .. }
+            | Event::Rejected { ticket, .. }
+            | Event::SetWords { ticket, .. } => std::mem::take(ticket),
         }
     }
 }

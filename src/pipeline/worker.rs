@@ -12,6 +12,7 @@ use super::queue::DropOldest;
 use super::{Body, Event, Outcome, Request};
 use crate::encoders::{AudioEncoder, ItemResult, Modality, TextEncoder, VisionEncoder};
 use crate::error::InputError;
+use crate::shared_space::{SemanticHook, SemanticItem};
 use crate::stats::Stats;
 
 /// The loaded encoder of one modality (one instance per model, shared by reference).
@@ -110,6 +111,26 @@ pub fn embed_guarded(encoder: &EncoderRef, batch: &[Request]) -> Vec<ItemResult>
     }
 }
 
+/// The semantic hook's vectors for a batch, one per request; a hook that panics or answers
+/// with the wrong count costs only the semantic vectors, never the embeddings.
+fn semantic_guarded(
+    hook: Option<&dyn SemanticHook>,
+    batch: &[Request],
+    results: &[ItemResult],
+) -> Vec<Option<SemanticItem>> {
+    let none = || batch.iter().map(|_| None).collect();
+    let Some(hook) = hook else { return none() };
+    match catch_unwind(AssertUnwindSafe(|| hook.semantic(batch, results))) {
+        Ok(v) if v.len() == batch.len() => v,
+        _ => {
+            tracing::error!(
+                "the semantic hook failed on a batch; its items have no semantic vector"
+            );
+            none()
+        }
+    }
+}
+
 pub struct Worker {
     pub encoder: EncoderRef,
     pub requests: mpsc::Receiver<Request>,
@@ -117,6 +138,8 @@ pub struct Worker {
     pub events: mpsc::Sender<Event>,
     pub max_batch: usize,
     pub stats: Arc<Stats>,
+    /// Places this modality's items in the shared text space (run on the blocking pool).
+    pub semantic: Option<Arc<dyn SemanticHook>>,
 }
 
 impl Worker {
@@ -154,14 +177,16 @@ impl Worker {
                 .map(|r| started.duration_since(r.received).as_secs_f64() * 1e3)
                 .collect();
             let encoder = self.encoder.clone();
+            let hook = self.semantic.clone();
             self.stats.batch_started(modality);
             let joined = tokio::task::spawn_blocking(move || {
                 let results = embed_guarded(&encoder, &batch);
-                (batch, results)
+                let semantic = semantic_guarded(hook.as_deref(), &batch, &results);
+                (batch, results, semantic)
             })
             .await;
             self.stats.batch_finished(modality);
-            let (batch, results) = match joined {
+            let (batch, results, semantic) = match joined {
                 Ok(x) => x,
                 Err(e) => {
                     // A panic inside an encoder is a bug; it must not take the daemon down.
@@ -169,7 +194,9 @@ impl Worker {
                     continue;
                 }
             };
-            for ((request, result), queue_ms) in batch.into_iter().zip(results).zip(queue_ms) {
+            for (((request, result), queue_ms), semantic) in
+                batch.into_iter().zip(results).zip(queue_ms).zip(semantic)
+            {
                 let total_ms = request.received.elapsed().as_secs_f64() * 1e3;
                 self.stats.record(modality, &result, queue_ms, total_ms);
                 let outcome = Outcome {
@@ -177,6 +204,7 @@ impl Worker {
                     result,
                     queue_ms,
                     total_ms,
+                    semantic,
                 };
                 if self
                     .events

@@ -17,6 +17,10 @@ use crate::mqtt::payload::{
 };
 use crate::mqtt::MqttHandle;
 use crate::pipeline::{Body, Event, Outcome, Purpose};
+use crate::shared_space::fuse::FusedSemantic;
+use crate::shared_space::query::{Hit, Query, QueryResult};
+use crate::shared_space::words::WordScore;
+use crate::shared_space::{SemanticField, SemanticItem, SemanticState};
 use crate::sinks::spool::Record;
 use crate::types::{Modality, ModelInfo};
 
@@ -27,6 +31,10 @@ pub struct Publisher {
     pub format: PayloadFormat,
     pub publish_raw_inputs: bool,
     pub fused_count: u64,
+    /// The shared text space: semantic vectors, zero-shot words, the search index.
+    pub semantic: Option<SemanticState>,
+    /// Zero-shot word scores reported per item (`fusion.top_k`).
+    pub top_k: usize,
 }
 
 #[derive(Serialize)]
@@ -39,6 +47,28 @@ struct FusedRecord<'a> {
     dim: usize,
     novelty: f32,
     vector: &'a [f32],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    semantic: Option<SemanticField<'a>>,
+}
+
+/// An embedding record with its `semantic` field (absent: the record is byte-identical to
+/// the plain one).
+#[derive(Serialize)]
+struct WithSemantic<'a, T: Serialize> {
+    #[serde(flatten)]
+    record: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    semantic: Option<SemanticField<'a>>,
+}
+
+/// `zero_shot/words`: the word list in force after a `zero_shot/set`.
+#[derive(Serialize)]
+struct WordsRecord<'a> {
+    schema: u32,
+    id: &'a str,
+    ts: &'a str,
+    space: &'a str,
+    words: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -51,6 +81,16 @@ struct LabelsRecord<'a> {
     labels: &'a [LabelScore],
     #[serde(skip_serializing_if = "<[ZeroShotScore]>::is_empty")]
     zero_shot: &'a [ZeroShotScore],
+    /// Zero-shot words scored on the new item's semantic vector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    words: Option<WordsScored<'a>>,
+}
+
+#[derive(Serialize)]
+struct WordsScored<'a> {
+    item: &'a str,
+    modality: Modality,
+    scores: &'a [WordScore],
 }
 
 #[derive(Serialize)]
@@ -131,10 +171,167 @@ impl Publisher {
             Event::Rejected {
                 id, topic, reason, ..
             } => self.error(&id, &topic, &reason, None, None).await,
+            Event::SetWords {
+                words,
+                id,
+                topic,
+                response_topic,
+                correlation,
+                ..
+            } => {
+                self.set_words(words, &id, &topic, response_topic, correlation)
+                    .await
+            }
         }
     }
 
-    async fn embedded(&mut self, o: Outcome) {
+    /// `zero_shot/set`: embed the words on the blocking pool, persist them, announce them.
+    async fn set_words(
+        &mut self,
+        words: Vec<String>,
+        id: &str,
+        topic: &str,
+        reply_to: Option<String>,
+        correlation: Option<Bytes>,
+    ) {
+        let Some(st) = self.semantic.as_mut() else {
+            let reason =
+                "zero-shot words need the shared space (shared_space.enabled and the text encoder)";
+            self.error(id, topic, reason, reply_to, correlation).await;
+            return;
+        };
+        let text = std::sync::Arc::clone(&st.text);
+        let map = std::sync::Arc::clone(&st.map);
+        let embedded = tokio::task::spawn_blocking(move || {
+            crate::shared_space::words::embed_words(&text, map.as_ref(), &words)
+        })
+        .await;
+        let result = match embedded {
+            Ok(Ok(w)) => st.words.replace(w).map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("internal error embedding the words: {e}")),
+        };
+        if let Err(reason) = result {
+            self.error(id, topic, &reason, reply_to, correlation).await;
+            return;
+        }
+        let ts = now_rfc3339();
+        let Some(st) = self.semantic.as_ref() else {
+            return;
+        };
+        tracing::info!(
+            words = st.words.words().len(),
+            "zero-shot words set over MQTT"
+        );
+        let rec = WordsRecord {
+            schema: SCHEMA,
+            id,
+            ts: &ts,
+            space: &st.space,
+            words: st.words.words(),
+        };
+        self.json(
+            self.mqtt.topics.at("zero_shot/words"),
+            &rec,
+            reply_to,
+            correlation,
+        )
+        .await;
+    }
+
+    /// `query`: the items of the index nearest to the embedded query text.
+    async fn answer(
+        &mut self,
+        q: &Query,
+        id: &str,
+        vector: &[f32],
+        topic: &str,
+        reply_to: Option<String>,
+        correlation: Option<Bytes>,
+    ) {
+        let Some((st, index)) = self
+            .semantic
+            .as_ref()
+            .and_then(|st| st.index.as_ref().map(|i| (st, i)))
+        else {
+            let reason =
+                "semantic search is disabled (shared_space.enabled, shared_space.index.enabled)";
+            self.error(id, topic, reason, reply_to, correlation).await;
+            return;
+        };
+        let ts = now_rfc3339();
+        let vector = st.map.text_vector(vector);
+        let results: Vec<Hit> = index
+            .search(&vector, &q.filter, q.k)
+            .into_iter()
+            .map(|(score, e)| Hit::of(score, e))
+            .collect();
+        let rec = QueryResult {
+            schema: SCHEMA,
+            id,
+            ts: &ts,
+            query: &q.text,
+            space: &st.space,
+            k: q.k,
+            searched: index.len(),
+            results,
+        };
+        let body = match serde_json::to_vec(&rec) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::error!("cannot serialise a query result: {e}");
+                return;
+            }
+        };
+        // The response topic (MQTT 5) when the query named one, else the fixed result topic.
+        let (topic, props) = match reply_to {
+            Some(reply) => (
+                reply,
+                PublishProperties {
+                    correlation_data: correlation,
+                    ..json_props()
+                },
+            ),
+            None => (self.mqtt.topics.at("query/result"), json_props()),
+        };
+        self.send(topic, body, props).await;
+    }
+
+    /// Index the item and score the zero-shot words on it.
+    fn semantic_item(
+        &mut self,
+        r: &crate::pipeline::Request,
+        item: &SemanticItem,
+    ) -> Vec<WordScore> {
+        let Some(st) = self.semantic.as_mut() else {
+            return Vec::new();
+        };
+        if let Some(index) = st.index.as_mut() {
+            let ts_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let text = match (&r.body, st.store_text) {
+                (Body::Text(t), true) => Some(t.clone()),
+                _ => None,
+            };
+            let entry = crate::shared_space::index::IndexEntry {
+                id: r.id.clone(),
+                ts_ms,
+                source: r.source.clone(),
+                group: r.group.clone(),
+                modality: r.modality,
+                text,
+                vector: item.vector.clone(),
+            };
+            if let Err(e) = index.insert(entry) {
+                tracing::warn!("cannot persist an item in the search index: {e}");
+            }
+        }
+        st.words.score(item, self.top_k)
+    }
+
+    async fn embedded(&mut self, mut o: Outcome) {
+        let semantic = o.semantic.take();
         let r = &o.request;
         let reply_to = r.response_topic.clone();
         let correlation = r.correlation.clone();
@@ -176,9 +373,27 @@ impl Publisher {
                     }
                 }
             }
+            Purpose::Query(q) => {
+                self.answer(q, &r.id, &e.vector, &input_topic, reply_to, correlation)
+                    .await;
+            }
+            // Handled by intake and `set_words`; never embedded.
+            Purpose::SetWords(_) => {}
             Purpose::Embed => {
                 let Some(model) = self.models.get(&r.modality) else {
                     return;
+                };
+                let space = self
+                    .semantic
+                    .as_ref()
+                    .filter(|s| s.publish)
+                    .map(|s| s.space.clone());
+                let semantic_field = match (&space, &semantic) {
+                    (Some(space), Some(item)) => Some(SemanticField {
+                        space,
+                        vector: &item.vector,
+                    }),
+                    _ => None,
                 };
                 let t = &e.timings;
                 let rec = EmbeddingRecord {
@@ -203,6 +418,10 @@ impl Publisher {
                 let topic = self.mqtt.topics.embedding(r.modality);
                 match self.format {
                     PayloadFormat::Json => {
+                        let rec = WithSemantic {
+                            record: &rec,
+                            semantic: semantic_field,
+                        };
                         self.json(topic, &rec, reply_to, correlation).await;
                     }
                     PayloadFormat::F16 => {
@@ -222,19 +441,40 @@ impl Publisher {
                         }
                     }
                 }
-                let fused = self.fusion.add(
-                    &r.group,
-                    r.modality,
-                    &r.id,
-                    &e.vector,
-                    tokio::time::Instant::now(),
-                );
-                self.fused(&fused, &ts).await;
+                let now = tokio::time::Instant::now();
+                let fused = self.fusion.add(&r.group, r.modality, &r.id, &e.vector, now);
+                let words = match &semantic {
+                    Some(item) => self.semantic_item(r, item),
+                    None => Vec::new(),
+                };
+                let fused_semantic = self.semantic.as_mut().and_then(|st| {
+                    st.fuse.add(
+                        &r.group,
+                        &fused.items,
+                        r.modality,
+                        &r.id,
+                        semantic.as_ref().map(|s| s.vector.as_slice()),
+                        now,
+                    )
+                });
+                let words = (!words.is_empty()).then_some(WordsScored {
+                    item: &r.id,
+                    modality: r.modality,
+                    scores: &words,
+                });
+                self.fused(&fused, &ts, fused_semantic.as_ref(), words)
+                    .await;
             }
         }
     }
 
-    async fn fused(&mut self, f: &Fused, ts: &str) {
+    async fn fused(
+        &mut self,
+        f: &Fused,
+        ts: &str,
+        semantic: Option<&FusedSemantic>,
+        words: Option<WordsScored<'_>>,
+    ) {
         self.fused_count += 1;
         let id = format!("fused-{}", self.fused_count);
         let rec = FusedRecord {
@@ -244,12 +484,19 @@ impl Publisher {
             ts,
             items: &f.items,
             dim: f.vector.len(),
-            novelty: f.novelty,
+            novelty: semantic.and_then(|s| s.novelty).unwrap_or(f.novelty),
             vector: &f.vector,
+            semantic: match (semantic, self.semantic.as_ref().filter(|s| s.publish)) {
+                (Some(sv), Some(st)) => Some(SemanticField {
+                    space: &st.space,
+                    vector: &sv.vector,
+                }),
+                _ => None,
+            },
         };
         self.json(self.mqtt.topics.at("fused"), &rec, None, None)
             .await;
-        if !f.labels.is_empty() || !f.zero_shot.is_empty() {
+        if !f.labels.is_empty() || !f.zero_shot.is_empty() || words.is_some() {
             let rec = LabelsRecord {
                 schema: SCHEMA,
                 id: &id,
@@ -258,6 +505,7 @@ impl Publisher {
                 items: &f.items,
                 labels: &f.labels,
                 zero_shot: &f.zero_shot,
+                words,
             };
             self.json(self.mqtt.topics.at("labels"), &rec, None, None)
                 .await;
@@ -354,5 +602,55 @@ impl Publisher {
         {
             tracing::warn!(%topic, "cannot publish: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(model: &'a ModelInfo, vector: &'a [f32]) -> EmbeddingRecord<'a> {
+        EmbeddingRecord {
+            schema: SCHEMA,
+            id: "t-1",
+            source: "mqtt",
+            group: "default",
+            modality: Modality::Text,
+            ts: "2026-01-01T00:00:00.000Z",
+            dim: vector.len(),
+            model,
+            timings_ms: StageTimings::default(),
+            blocks: None,
+            vector,
+        }
+    }
+
+    #[test]
+    fn without_a_semantic_vector_the_record_is_byte_identical() {
+        let model = ModelInfo {
+            name: "m".into(),
+            sha256: "abc".into(),
+            quantization: "fp32".into(),
+        };
+        let v = [0.6, 0.8];
+        let rec = record(&model, &v);
+        let plain = serde_json::to_vec(&rec).unwrap();
+        let wrapped = serde_json::to_vec(&WithSemantic {
+            record: &rec,
+            semantic: None,
+        })
+        .unwrap();
+        assert_eq!(plain, wrapped);
+        let with = serde_json::to_value(WithSemantic {
+            record: &rec,
+            semantic: Some(SemanticField {
+                space: "m@abc",
+                vector: &v,
+            }),
+        })
+        .unwrap();
+        assert_eq!(with["semantic"]["space"], "m@abc");
+        assert_eq!(with["vector"], with["semantic"]["vector"]);
+        assert_eq!(with["id"], "t-1");
     }
 }
