@@ -20,4 +20,5 @@ mod multilingual;
 mod reliability;
 mod security;
 mod service;
+mod shared_space;
 mod variants;

@@ -2,30 +2,22 @@
 //! mosquitto_pub/mosquitto_sub clients: `semantic` in records, zero-shot words (config and
 //! `zero_shot/set`), the search index answering `query`, bad queries, and a restart.
 
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use util::{models_dir, publish, Daemon, Mosquitto, Sub};
+use crate::util::{self, publish, Broker, Daemon, Sub, TEXT_ONLY};
 
 const T: Duration = Duration::from_secs(60);
 
 /// Text only (faster starts), `device_id = "test"`, with `extra` appended.
 fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
-    let p = dir.join("edgefuse.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "device_id = \"test\"\nstate_dir = \"{}\"\n[models]\ndir = \"{}\"\n\
-             [encoders.vision]\nenabled = false\n[encoders.audio]\nenabled = false\n\
-             [stats]\ninterval_s = 0\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n{extra}\n",
-            dir.join("state").display(),
-            models_dir().display()
+    util::write_config(
+        dir,
+        "test",
+        &format!(
+            "{TEXT_ONLY}[stats]\ninterval_s = 0\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n{extra}\n"
         ),
     )
-    .unwrap();
-    p
 }
 
 fn text(port: u16, id: &str, text: &str) {
@@ -55,7 +47,7 @@ const ITEMS: [(&str, &str); 4] = [
 
 #[test]
 fn a_sentence_finds_the_matching_item_first_and_the_index_survives_a_restart() {
-    let broker = Mosquitto::start();
+    let broker = Broker::any();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -272,7 +264,7 @@ fn a_sentence_finds_the_matching_item_first_and_the_index_survives_a_restart() {
 
 #[test]
 fn without_the_semantic_space_records_are_unchanged_and_queries_are_refused() {
-    let broker = Mosquitto::start();
+    let broker = Broker::any();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), broker.port, "[shared_space]\nenabled = false\n");
     let mut sub = Sub::start(broker.port, "edgefuse/test/#");
