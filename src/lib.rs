@@ -19,6 +19,7 @@ pub mod mqtt;
 pub mod pipeline;
 pub mod preprocess;
 pub mod reload;
+pub mod semantic;
 pub mod sinks;
 pub mod sources;
 pub mod stats;
