@@ -1118,7 +1118,11 @@ modalities = ["text"]
             ]
         );
         let err = Config::from_toml("[semantic]\nlabel_text = \"poems\"\n", "t").unwrap_err();
-        assert!(err.to_string().contains("semantic.label_text"), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("semantic (line 2)") && text.contains("`poems`"),
+            "{text}"
+        );
         let err = Config::from_toml("[encoders.classifier]\ntopk = 3\n", "t").unwrap_err();
         assert!(
             err.to_string().contains("encoders.classifier.topk"),
