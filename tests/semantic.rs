@@ -241,6 +241,14 @@ fn a_sentence_and_a_photo_of_the_same_thing_are_close_in_the_shared_space() {
     let scores = space().zero_shot(&t, &vocab);
     assert_eq!(scores[0].label, "cat");
     assert!(scores[0].reason.is_empty());
+    // The convenience forms give the same vectors.
+    let same = space()
+        .text_vector_of(&l.text, "my tabby sleeps all day")
+        .unwrap();
+    assert_eq!(same.vector, t.vector);
+    assert!(space().text_vector_of(&l.text, "  ").is_err());
+    let labels: Vec<String> = VOCABULARY.iter().map(|w| w.to_string()).collect();
+    assert_eq!(space().embed_labels(&l.text, &labels).unwrap(), vocab);
 }
 
 #[test]

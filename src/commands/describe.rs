@@ -75,19 +75,9 @@ impl Describer {
 
     /// `(label, raw embedding of its prompt)` for each label.
     pub fn embed_labels(&self, labels: &[String]) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
-        let prompts: Vec<String> = labels
-            .iter()
-            .map(|l| self.space.config().prompt(l))
-            .collect();
-        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        labels
-            .iter()
-            .zip(self.text.embed(&refs))
-            .map(|(l, r)| {
-                r.map(|e| (l.clone(), e.vector))
-                    .with_context(|| format!("label {l:?}"))
-            })
-            .collect()
+        self.space
+            .embed_labels(&self.text, labels)
+            .context("embedding the labels")
     }
 }
 

@@ -390,6 +390,39 @@ impl SemanticSpace {
     }
 }
 
+impl SemanticSpace {
+    /// `(label, raw embedding of its prompt)` for each label, ready for [`Self::zero_shot`].
+    /// `text` must be the encoder the space was built with. Labels are used as given: check
+    /// user input with [`check_label`] first.
+    pub fn embed_labels(
+        &self,
+        text: &crate::encoders::TextEncoder,
+        labels: &[String],
+    ) -> Result<Vec<(String, Vec<f32>)>, crate::error::InputError> {
+        let prompts: Vec<String> = labels.iter().map(|l| self.config.prompt(l)).collect();
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        labels
+            .iter()
+            .zip(text.embed(&refs))
+            .map(|(l, r)| r.map(|e| (l.clone(), e.vector)))
+            .collect()
+    }
+
+    /// A text's vector in this space, embedded with `text` (the encoder the space was built
+    /// with). For a text already embedded, use [`Self::text_vector`].
+    pub fn text_vector_of(
+        &self,
+        text: &crate::encoders::TextEncoder,
+        s: &str,
+    ) -> Result<SemanticVector, crate::error::InputError> {
+        let e = text
+            .embed(&[s])
+            .pop()
+            .unwrap_or(Err(crate::error::InputError::Empty))?;
+        Ok(self.text_vector(&e.vector))
+    }
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
