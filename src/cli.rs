@@ -49,6 +49,26 @@ pub enum Command {
     Check(CheckArgs),
     /// Measure load time, per-stage latency, throughput and RSS on sample inputs.
     Bench(BenchArgs),
+    /// Say what images and texts show, in words: ImageNet classes and zero-shot labels
+    /// scored in the shared text space. One JSON object per input, one per line.
+    Describe(DescribeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// Image files (JPEG, PNG, WebP). WAV files are refused for now: audio gets words once
+    /// speech is transcribed.
+    pub files: Vec<PathBuf>,
+    /// A text to describe (repeatable); texts are printed before files.
+    #[arg(long = "text", short = 't', value_name = "TEXT")]
+    pub texts: Vec<String>,
+    /// Zero-shot labels, comma-separated, e.g. "cat,dog,coffee". Default: the config's
+    /// `fusion.zero_shot.labels`.
+    #[arg(long, short = 'l', value_delimiter = ',', value_name = "W1,W2,...")]
+    pub labels: Vec<String>,
+    /// Also print each input's unit vector in the shared space under "semantic".
+    #[arg(long)]
+    pub vector: bool,
 }
 
 #[derive(Debug, Args)]

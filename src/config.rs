@@ -44,6 +44,9 @@ pub struct Config {
     pub homeassistant: crate::mqtt::discovery::HomeAssistantConfig,
     #[serde(default)]
     pub shared_space: crate::shared_space::SpaceConfig,
+    /// The shared text space (ConSE): how images get a vector in the text encoder's space.
+    #[serde(default)]
+    pub semantic: crate::semantic::SemanticConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -357,6 +360,44 @@ pub struct EncodersConfig {
     pub vision: VisionConfig,
     #[serde(default)]
     pub audio: AudioConfig,
+    #[serde(default)]
+    pub classifier: ClassifierConfig,
+}
+
+/// `[encoders.classifier]`: ImageNet-1k classes for every image, with nothing enrolled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "classifier_model")]
+    pub model: String,
+    /// Classes reported per image, most probable first.
+    #[serde(default = "five")]
+    pub top_k: usize,
+    #[serde(default = "four")]
+    pub max_batch: usize,
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+}
+
+fn classifier_model() -> String {
+    "classifier".into()
+}
+fn five() -> usize {
+    5
+}
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        ClassifierConfig {
+            enabled: true,
+            model: classifier_model(),
+            top_k: 5,
+            max_batch: 4,
+            max_pixels: default_max_pixels(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -417,6 +458,7 @@ impl Default for EncodersConfig {
             text: TextConfig::default(),
             vision: VisionConfig::default(),
             audio: AudioConfig::default(),
+            classifier: ClassifierConfig::default(),
         }
     }
 }
@@ -609,6 +651,28 @@ impl Config {
             0.1,
             86_400.0,
         );
+        if e.classifier.model.trim().is_empty() {
+            p.add(
+                "encoders.classifier.model",
+                "must name a model in the manifest",
+            );
+        }
+        p.range("encoders.classifier.top_k", e.classifier.top_k, 1, 1000);
+        p.range(
+            "encoders.classifier.max_batch",
+            e.classifier.max_batch,
+            1,
+            64,
+        );
+        p.range(
+            "encoders.classifier.max_pixels",
+            e.classifier.max_pixels,
+            50_176,
+            1_000_000_000,
+        );
+        for (key, message) in self.semantic.problems() {
+            p.add(&format!("semantic.{key}"), message);
+        }
         if !(e.text.enabled || e.vision.enabled || e.audio.enabled) {
             p.add("encoders", "every encoder is disabled; enable at least one");
         }
@@ -1045,6 +1109,39 @@ modalities = ["text"]
         let c = Config::builtin();
         assert_eq!(c.models_dir(Some(Path::new("/x"))), PathBuf::from("/x"));
         assert_eq!(c.models_dir(None), PathBuf::from("models"));
+    }
+
+    #[test]
+    fn classifier_and_semantic_keys_default_on_and_are_validated_with_their_paths() {
+        let c = Config::builtin();
+        assert!(c.encoders.classifier.enabled && c.semantic.enabled);
+        assert_eq!(c.encoders.classifier.model, "classifier");
+        assert_eq!(c.encoders.classifier.top_k, 5);
+        let toml = "[encoders.classifier]\ntop_k = 0\nmax_batch = 0\n\
+                    [semantic]\ntop_t = 0\ncentre = 3.0\ntemplate = \"a photo\"\n";
+        let err = Config::from_toml(toml, "t.toml").unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "encoders.classifier.top_k",
+                "encoders.classifier.max_batch",
+                "semantic.top_t",
+                "semantic.centre",
+                "semantic.template"
+            ]
+        );
+        let err = Config::from_toml("[semantic]\nlabel_text = \"poems\"\n", "t").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("semantic (line 2)") && text.contains("`poems`"),
+            "{text}"
+        );
+        let err = Config::from_toml("[encoders.classifier]\ntopk = 3\n", "t").unwrap_err();
+        assert!(
+            err.to_string().contains("encoders.classifier.topk"),
+            "{err}"
+        );
     }
 
     #[test]

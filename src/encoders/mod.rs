@@ -2,6 +2,7 @@
 //! Each is synchronous (call it from a blocking thread) and batches its inputs.
 
 pub mod audio;
+pub mod classifier;
 pub mod compiled;
 pub mod quality;
 pub mod runtime;
@@ -10,6 +11,7 @@ pub mod text;
 pub mod vision;
 
 pub use audio::AudioEncoder;
+pub use classifier::ClassifierEncoder;
 pub use compiled::ModelCache;
 pub use runtime::{LoadedModel, ModelSource};
 pub use set::EncoderSet;

@@ -33,7 +33,18 @@ def main(a_path: str, b_path: str) -> int:
             if 1 - cos > TOL:
                 print(f"{modality} {x['input'][:40]!r}: cosine {cos:.6f}")
                 bad += 1
-    n = sum(len(a[m]) for m in sections)
+    # Classifier: same top-5 classes, probabilities within 1e-4 (reruns differ in the last bits).
+    ca, cb = a.get("classifier", []), b.get("classifier", [])
+    if [i["input"] for i in ca] != [i["input"] for i in cb]:
+        print("classifier: inputs differ")
+        bad += 1
+    else:
+        for x, y in zip(ca, cb):
+            pa, pb = np.asarray(x["top5_probabilities"]), np.asarray(y["top5_probabilities"])
+            if x["top5"] != y["top5"] or np.max(np.abs(pa - pb)) > 1e-4:
+                print(f"classifier {x['input']!r}: top-5 {x['top5']} vs {y['top5']}")
+                bad += 1
+    n = sum(len(a[m]) for m in sections) + len(ca)
     print(f"reference rerun: {n - bad} of {n} vectors reproduced")
     return 1 if bad else 0
 

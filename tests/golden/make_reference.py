@@ -351,6 +351,36 @@ def vision_reference(models_dir: Path, spec: dict, verify: bool) -> list[dict]:
     return out
 
 
+def classifier_reference(models_dir: Path, spec: dict, verify: bool) -> list[dict]:
+    """EfficientNet-Lite0 logits for the image fixtures (same resize/crop as vision; the
+    manifest's mean/std express (x - 127) / 128), softmax in float64, top-5."""
+    pre = spec["preprocess"]
+    sess = session(models_dir, spec, verify)
+    in_name = spec["inputs"][0]["name"]
+    out_name = spec["outputs"][0]["name"]
+    names_path = models_dir / pre["labels"]
+    if verify and sha256(names_path) != pre["labels_sha256"]:
+        sys.exit(f"sha256 mismatch for {names_path}")
+    names = json.loads(names_path.read_text())
+    out = []
+    for name in IMAGES:
+        path = FIXTURES / "images" / name
+        x, _ = vision_preprocess(path, pre)
+        logits = sess.run([out_name], {in_name: x})[0][0].astype(np.float64)
+        assert logits.shape == (spec["dim"],)
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        top = [int(i) for i in np.argsort(-p, kind="stable")[:5]]
+        out.append({
+            "input": rel(path),
+            "top5": top,
+            "top5_names": [names[i] for i in top],
+            "top5_probabilities": [r7(p[i]) for i in top],
+            "logits": vec(logits),
+        })
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 # Audio
 # ------------------------------------------------------------------------------------------
@@ -514,6 +544,7 @@ def main() -> int:
     text = text_reference(args.models, models["text"], verify)
     vision = vision_reference(args.models, models["vision"], verify)
     audio = audio_reference(args.models, models["audio"], verify)
+    classifier = classifier_reference(args.models, models["classifier"], verify)
 
     ref = {
         "generated_by": "tests/golden/make_reference.py (onnxruntime CPU reference)",
@@ -527,10 +558,11 @@ def main() -> int:
             "scipy": scipy.__version__,
         },
         "models": {k: {"file": models[k]["file"], "sha256": models[k]["sha256"]}
-                   for k in ("text", "vision", "audio")},
+                   for k in ("text", "vision", "audio", "classifier")},
         "text": text,
         "vision": vision,
         "audio": audio,
+        "classifier": classifier,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
@@ -566,6 +598,13 @@ def main() -> int:
     print(f"check (b) min speech-speech cosine {ss:.4f} vs max speech-(noise|tone) cosine {sn:.4f}"
           f" -> {'OK' if good else 'FAIL'}")
     print("audio frames/blocks:", {n: (a["n_frames"], a["n_blocks"]) for n, a in zip(names, audio)})
+
+    top = {Path(c["input"]).name: c["top5_names"][0] for c in classifier}
+    print("\nclassifier top-1:", top)
+    good = top["coffee.jpg"] == "espresso" and top["chelsea.jpg"] in (
+        "tabby cat", "a cat having a striped coat", "Egyptian Mau")
+    ok &= good
+    print(f"check (c) coffee -> espresso, chelsea -> a cat class -> {'OK' if good else 'FAIL'}")
     ok &= write_multilingual(args, manifest, verify)
     return 0 if ok else 1
 

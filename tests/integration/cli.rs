@@ -228,3 +228,136 @@ fn default_text_spec() -> edgefuse::manifest::ModelSpec {
 fn default_text_quantization() -> String {
     default_text_spec().quantization
 }
+
+// ---------------------------------------------------------------- describe
+
+/// A config whose state dir (class-name embedding cache) is shared by the describe tests, so
+/// the class names are embedded once per test run.
+fn describe_config() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-describe");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("edgefuse.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = {:?}\n",
+            dir.join("state").display().to_string()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn describe(args: &[&str]) -> Output {
+    let cfg = describe_config();
+    let mut all = vec!["--config", cfg.to_str().unwrap(), "describe"];
+    all.extend_from_slice(args);
+    edgefuse(&all)
+}
+
+#[test]
+fn describe_says_what_a_photo_and_a_sentence_show_in_words() {
+    let o = describe(&[
+        "--labels",
+        "dog, cat ,coffee,rocket",
+        "--text",
+        "a cup of espresso",
+        "tests/fixtures/images/chelsea.jpg",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = stdout_lines(&o);
+    assert_eq!(lines.len(), 2);
+    let text = &lines[0];
+    assert_eq!(text["input"], "a cup of espresso");
+    assert_eq!(text["modality"], "text");
+    assert!(text.get("classes").is_none());
+    assert_eq!(text["zero_shot"][0]["label"], "coffee");
+    let img = &lines[1];
+    assert_eq!(img["input"], "tests/fixtures/images/chelsea.jpg");
+    assert_eq!(img["modality"], "vision");
+    let classes = img["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), 5, "encoders.classifier.top_k defaults to 5");
+    let probs: Vec<f64> = classes
+        .iter()
+        .map(|c| c["probability"].as_f64().unwrap())
+        .collect();
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]), "{probs:?}");
+    assert!(classes[0]["name"].as_str().unwrap().contains("cat"));
+    // Labels trimmed, all four scored, best first, with the classes that carried the score.
+    let zs = img["zero_shot"].as_array().unwrap();
+    let labels: Vec<&str> = zs.iter().map(|z| z["label"].as_str().unwrap()).collect();
+    assert_eq!(labels.len(), 4);
+    assert_eq!(labels[0], "cat", "{zs:?}");
+    let scores: Vec<f64> = zs.iter().map(|z| z["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    assert!(!zs[0]["reason"].as_array().unwrap().is_empty());
+    assert_eq!(img["space"], "conse/all-MiniLM-L6-v2");
+    assert!(img.get("semantic").is_none());
+}
+
+#[test]
+fn describe_prints_the_shared_space_vector_on_request() {
+    let o = describe(&["--vector", "--text", "hello"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = stdout_lines(&o);
+    let v: Vec<f64> = lines[0]["semantic"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(v.len(), 384);
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4);
+    assert_eq!(lines[0]["zero_shot"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn describe_refuses_audio_and_bad_images_per_input_and_exits_nonzero() {
+    let o = describe(&[
+        "--labels",
+        "cat",
+        "tests/fixtures/audio/speech_fox.wav",
+        "tests/fixtures/images/not_an_image.jpg",
+        "tests/fixtures/images/coffee.jpg",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("speech_fox.wav") && err.contains("audio is not described yet"),
+        "{err}"
+    );
+    assert!(
+        err.contains("not_an_image.jpg") && err.contains("unrecognised image format"),
+        "{err}"
+    );
+    let lines = stdout_lines(&o);
+    assert_eq!(lines.len(), 1, "the good image is still described");
+    assert_eq!(lines[0]["input"], "tests/fixtures/images/coffee.jpg");
+}
+
+#[test]
+fn describe_rejects_empty_or_huge_labels_and_no_input_with_one_line() {
+    for (args, want) in [
+        (
+            vec!["--labels", "cat,,dog", "--text", "x"],
+            "a label is empty",
+        ),
+        (vec!["--text", "x", "--labels"], "a value is required"),
+        (vec![], "nothing to describe"),
+    ] {
+        let o = describe(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let err = stderr(&o);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(o.stdout.is_empty());
+    }
+    let long = "x".repeat(300);
+    let o = describe(&["--labels", &long, "--text", "x"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("longer than 256 bytes"),
+        "{}",
+        stderr(&o)
+    );
+}

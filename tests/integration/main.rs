@@ -19,6 +19,7 @@ mod malformed;
 mod multilingual;
 mod reliability;
 mod security;
+mod semantic;
 mod service;
 mod shared_space;
 mod variants;

@@ -6,12 +6,12 @@
 
 use std::sync::OnceLock;
 
+use crate::util::{self, cosine, fixture, models_dir, norm};
 use edgefuse::encoders::{EncoderSet, TextEncoder, TextRole};
 use edgefuse::error::InputError;
 use edgefuse::manifest::{read_verified, Manifest};
 use edgefuse::preprocess::text::{TextPreprocess, TextTokenizer};
 use serde::Deserialize;
-use crate::util::{self, cosine, fixture, models_dir, norm};
 
 const KEY: &str = "text-multilingual";
 const MIN_COSINE: f32 = 0.999;

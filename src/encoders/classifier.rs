@@ -1,0 +1,301 @@
+//! Image classifier: decode/orient/resize/crop/normalise → EfficientNet-Lite0 → ImageNet-1k
+//! logits → softmax (here, not in the graph, so a temperature can be applied) → top-k classes.
+//!
+//! Preprocessing is `crate::preprocess::image` with the manifest's constants: the classifier's
+//! `(x - 127) / 128` is mean = 127/255, std = 128/255 over `x / 255`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tract_onnx::prelude::*;
+
+use super::ModelCache;
+use super::{inference_error, ms, LoadedModel, Timings};
+use crate::error::{InputError, ModelError};
+use crate::manifest::{read_verified, Manifest};
+use crate::preprocess::image::{preprocess, ImagePreprocess};
+
+/// The class-name files of `[models.<classifier>.preprocess]` (beside the image constants).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClassFiles {
+    /// JSON list of one display name per class, in output order.
+    pub labels: String,
+    pub labels_sha256: String,
+    /// Optional JSON object `{"<index>": {"name": [synonyms...], "description": "..."}}`.
+    #[serde(default)]
+    pub descriptions: Option<String>,
+    #[serde(default)]
+    pub descriptions_sha256: Option<String>,
+}
+
+/// Synonyms and a description of one class (from `imagenet1k_gpt_names_descriptions.json`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ClassDescription {
+    #[serde(default)]
+    pub name: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// One class of a classification result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassScore {
+    pub index: usize,
+    pub name: String,
+    pub probability: f32,
+}
+
+/// The classifier's answer for one image: every class probability (softmax over the logits)
+/// and the `top_k` most probable classes, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classification {
+    pub probabilities: Vec<f32>,
+    pub top: Vec<ClassScore>,
+    pub timings: Timings,
+}
+
+pub struct ClassifierEncoder {
+    pub model: LoadedModel,
+    pub params: ImagePreprocess,
+    labels: Vec<String>,
+    descriptions: Vec<ClassDescription>,
+    /// sha256 of the class-name file: part of the key of cached class-name embeddings.
+    pub labels_sha256: String,
+    /// sha256 of the descriptions file, when the manifest names one.
+    pub descriptions_sha256: Option<String>,
+    top_k: usize,
+    max_batch: usize,
+    max_pixels: u64,
+}
+
+impl ClassifierEncoder {
+    /// Load `models.<key>` and its class names; `cache` is the compiled-model cache, if any.
+    pub fn load(
+        manifest: &Manifest,
+        key: &str,
+        cache: Option<&ModelCache>,
+        top_k: usize,
+        max_batch: usize,
+        max_pixels: u64,
+    ) -> Result<ClassifierEncoder, ModelError> {
+        let model = LoadedModel::load_with(manifest, key, cache)?;
+        let params: ImagePreprocess = model.spec.preprocess()?;
+        let files: ClassFiles = model.spec.preprocess()?;
+        let bad = |path: &PathBuf, message: String| ModelError::Manifest {
+            path: path.clone(),
+            message,
+        };
+        let labels_path = manifest.path_of(&files.labels);
+        let bytes = read_verified(&labels_path, &files.labels_sha256)?;
+        let labels: Vec<String> = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(&labels_path, format!("not a JSON list of names: {e}")))?;
+        let classes = model.spec.dim;
+        if labels.len() != classes {
+            return Err(bad(
+                &labels_path,
+                format!("{} names for a model with {classes} classes", labels.len()),
+            ));
+        }
+        let mut descriptions = vec![ClassDescription::default(); classes];
+        if let (Some(file), Some(sha)) = (&files.descriptions, &files.descriptions_sha256) {
+            let path = manifest.path_of(file);
+            let bytes = read_verified(&path, sha)?;
+            let map: std::collections::BTreeMap<String, ClassDescription> =
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| bad(&path, format!("not a JSON object of classes: {e}")))?;
+            for (k, d) in map {
+                match k.parse::<usize>() {
+                    Ok(i) if i < classes => descriptions[i] = d,
+                    _ => return Err(bad(&path, format!("class key {k:?} is not 0..{classes}"))),
+                }
+            }
+        }
+        Ok(ClassifierEncoder {
+            model,
+            params,
+            labels,
+            descriptions,
+            labels_sha256: files.labels_sha256,
+            descriptions_sha256: files.descriptions_sha256,
+            top_k: top_k.clamp(1, classes.max(1)),
+            max_batch: max_batch.max(1),
+            max_pixels,
+        })
+    }
+
+    /// Display names, one per class, in output order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Synonyms and descriptions per class (empty where the descriptions file has none).
+    pub fn descriptions(&self) -> &[ClassDescription] {
+        &self.descriptions
+    }
+
+    pub fn top_k(&self) -> usize {
+        self.top_k
+    }
+
+    /// Classify encoded images (JPEG, PNG, WebP); a bad image fails only itself.
+    pub fn classify(&self, images: &[&[u8]]) -> Vec<Result<Classification, InputError>> {
+        let crop = self.params.crop as usize;
+        let per_image = 3 * crop * crop;
+        let mut results: Vec<Option<Result<Classification, InputError>>> =
+            (0..images.len()).map(|_| None).collect();
+        let mut pending: Vec<(usize, Vec<f32>, f64)> = Vec::new();
+        for (i, bytes) in images.iter().enumerate() {
+            let t0 = Instant::now();
+            let mut buf = Vec::with_capacity(per_image);
+            match preprocess(bytes, &self.params, self.max_pixels, &mut buf) {
+                Ok(()) => pending.push((i, buf, ms(t0))),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        for chunk in pending.chunks(self.max_batch) {
+            let n = chunk.len();
+            let mut data = Vec::with_capacity(n * per_image);
+            chunk
+                .iter()
+                .for_each(|(_, buf, _)| data.extend_from_slice(buf));
+            match self.run(&data, n, crop) {
+                Ok((rows, infer_ms, post_ms)) => {
+                    for ((i, _, pre_ms), probabilities) in chunk.iter().zip(rows) {
+                        let top = self.top_classes(&probabilities, self.top_k);
+                        results[*i] = Some(Ok(Classification {
+                            probabilities,
+                            top,
+                            timings: Timings {
+                                preprocess_ms: *pre_ms,
+                                inference_ms: infer_ms / n as f64,
+                                postprocess_ms: post_ms / n as f64,
+                            },
+                        }));
+                    }
+                }
+                Err(e) => chunk.iter().for_each(|(i, _, _)| {
+                    results[*i] = Some(Err(InputError::Inference(e.to_string())))
+                }),
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(InputError::Empty)))
+            .collect()
+    }
+
+    /// The `k` most probable classes, best first (ties by class index).
+    pub fn top_classes(&self, probabilities: &[f32], k: usize) -> Vec<ClassScore> {
+        top_indices(probabilities, k)
+            .into_iter()
+            .map(|index| ClassScore {
+                index,
+                name: self.labels.get(index).cloned().unwrap_or_default(),
+                probability: probabilities[index],
+            })
+            .collect()
+    }
+
+    fn run(
+        &self,
+        data: &[f32],
+        n: usize,
+        crop: usize,
+    ) -> Result<(Vec<Vec<f32>>, f64, f64), InputError> {
+        let t1 = Instant::now();
+        let input = Tensor::from_shape(&[n, 3, crop, crop], data).map_err(inference_error)?;
+        let outputs = self
+            .model
+            .run(tvec![input.into()])
+            .map_err(inference_error)?;
+        let infer_ms = ms(t1);
+        let t2 = Instant::now();
+        let out = outputs[0]
+            .to_plain_array_view::<f32>()
+            .map_err(inference_error)?;
+        let classes = self.labels.len();
+        let flat: Vec<f32> = out.iter().copied().collect();
+        if flat.len() != n * classes {
+            return Err(InputError::Inference(format!(
+                "classifier returned {} values for {n} images of {classes} classes",
+                flat.len()
+            )));
+        }
+        let rows = flat
+            .chunks_exact(classes)
+            .map(|l| softmax(l, 1.0))
+            .collect();
+        Ok((rows, infer_ms, ms(t2)))
+    }
+}
+
+/// Softmax of `logits / temperature`, computed stably in f64. A non-positive or non-finite
+/// temperature is treated as 1.
+pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+    let t = if temperature.is_finite() && temperature > 0.0 {
+        f64::from(temperature)
+    } else {
+        1.0
+    };
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return vec![0.0; logits.len()];
+    }
+    let exps: Vec<f64> = logits
+        .iter()
+        .map(|&x| {
+            if x.is_finite() {
+                ((f64::from(x) - f64::from(max)) / t).exp()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let sum: f64 = exps.iter().sum();
+    exps.iter().map(|e| (e / sum) as f32).collect()
+}
+
+/// Indices of the `k` largest values, largest first; NaN sorts last, ties by index.
+pub fn top_indices(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| {
+        let (x, y) = (values[a], values[b]);
+        y.partial_cmp(&x)
+            .unwrap_or_else(|| x.is_nan().cmp(&y.is_nan()))
+            .then(a.cmp(&b))
+    });
+    idx.truncate(k);
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_temperature_flattens() {
+        let p = softmax(&[1.0, 2.0, 3.0], 1.0);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[2] > p[1] && p[1] > p[0]);
+        let flat = softmax(&[1.0, 2.0, 3.0], 10.0);
+        assert!(flat[2] < p[2] && flat[0] > p[0]);
+        // Huge logits do not overflow; a NaN logit gets no mass.
+        let q = softmax(&[1000.0, 999.0, f32::NAN], 1.0);
+        assert!((q[0] - 0.7310586).abs() < 1e-5 && q[2] == 0.0, "{q:?}");
+        assert_eq!(softmax(&[f32::NAN], 1.0), vec![0.0]);
+    }
+
+    #[test]
+    fn top_indices_orders_by_value_then_index() {
+        assert_eq!(
+            top_indices(&[0.1, 0.5, 0.5, f32::NAN, 0.2], 4),
+            [1, 2, 4, 0]
+        );
+        assert_eq!(top_indices(&[0.3], 5), [0]);
+    }
+}
