@@ -252,7 +252,7 @@ fn describe(args: &[&str]) -> Output {
     let cfg = describe_config();
     let mut all = vec!["--config", cfg.to_str().unwrap(), "describe"];
     all.extend_from_slice(args);
-    edgefuse(&all)
+    run_edgefuse(&all)
 }
 
 #[test]
