@@ -49,6 +49,15 @@ pub enum Command {
     Check(CheckArgs),
     /// Measure load time, per-stage latency, throughput and RSS on sample inputs.
     Bench(BenchArgs),
+    /// Transcribe WAV files (speech, English) and print one JSON object per file, one per line.
+    Transcribe(TranscribeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TranscribeArgs {
+    /// WAV files (PCM 8/16/24/32-bit or 32-bit float, any rate and channel count).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Command::Embed(args) => commands::embed::run(&cli, args),
         Command::Check(args) => commands::check::run(&cli, args),
         Command::Bench(args) => commands::bench::run(&cli, args),
+        Command::Transcribe(args) => commands::transcribe::run(&cli, args),
     };
     match result {
         Ok(code) => code,

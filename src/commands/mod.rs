@@ -5,6 +5,7 @@ pub mod bench;
 pub mod check;
 pub mod embed;
 pub mod run;
+pub mod transcribe;
 
 use anyhow::Context;
 
