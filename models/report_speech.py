@@ -118,6 +118,56 @@ def ort_transcribe(paths, models: Path, manifest: dict):
     return out
 
 
+def ort_check(wheels: Path, models: Path, manifest: dict) -> int:
+    """The converted graphs vs the wheel's original .ort files, both in onnxruntime, on every
+    clip of tests/golden/reference.json: encoder max abs difference, identical greedy tokens."""
+    import zipfile
+
+    spec = manifest["models"]["speech"]
+    pkg = manifest["packages"][spec["package"]]
+    dec_src = next(e for e in spec["extra_files"] if e["role"] == "decoder")["source"]
+    with zipfile.ZipFile(wheels / pkg["wheel"]) as z:
+        enc_o = ort.InferenceSession(z.read(spec["source"]))
+        dec_o = ort.InferenceSession(z.read(dec_src))
+    enc_c = ort.InferenceSession(str(models / spec["file"]))
+    layers = spec["preprocess"]["layers"]
+    names = [o.name for o in dec_o.get_outputs()]
+    ref = json.loads((REPO / "tests/golden/reference.json").read_text())["speech"]["clips"]
+    bad = 0
+    for c in ref:
+        y, sr = mr.read_wav(REPO / c["input"])
+        if sr != 16000:
+            y = soxr.resample(y, sr, 16000, quality="VHQ")
+        x = y.astype(np.float32)[None]
+        eo = enc_o.run(None, {"input_values": x})[0]
+        diff = float(np.abs(eo - enc_c.run(None, {"input_values": x})[0]).max())
+        empty = np.zeros((1, 8, 0, 52), np.float32)
+        feed = {"input_ids": np.array([[1]], np.int64), "encoder_hidden_states": eo,
+                "use_cache_branch": np.array([False])}
+        feed.update({f"past_key_values.{i}.{a}.{kv}": empty for i in range(layers)
+                     for a in ("decoder", "encoder") for kv in ("key", "value")})
+        res = dict(zip(names, dec_o.run(None, feed)))
+        # The with-cache branch returns no usable cross-attention cache: keep the first one.
+        cross = {f"past_key_values.{i}.encoder.{kv}": res[f"present.{i}.encoder.{kv}"]
+                 for i in range(layers) for kv in ("key", "value")}
+        ids = []
+        while True:
+            t = int(np.argmax(res["logits"][0, -1]))
+            if t == 2 or len(ids) >= c["max_tokens"]:
+                break
+            ids.append(t)
+            feed = {"input_ids": np.array([[t]], np.int64), "encoder_hidden_states": eo,
+                    "use_cache_branch": np.array([True]), **cross}
+            feed.update({f"past_key_values.{i}.decoder.{kv}": res[f"present.{i}.decoder.{kv}"]
+                         for i in range(layers) for kv in ("key", "value")})
+            res = dict(zip(names, dec_o.run(None, feed)))
+        same = ids == c["tokens"]
+        bad += (not same) or diff > 1e-3
+        print(f"{c['input']}: encoder max |diff| {diff:.1e}, tokens identical: {same}")
+    print("original .ort vs converted: " + ("all agree" if not bad else f"{bad} clips differ"))
+    return 1 if bad else 0
+
+
 def peak_rss_mib(cmd: list[str]) -> float:
     r = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
     return int(r.stderr.strip().splitlines()[-1]) / 1024
@@ -130,9 +180,15 @@ def main() -> int:
     ap.add_argument("--models", type=Path, default=REPO / "models")
     ap.add_argument("--voices", type=int, default=len(VOICES))
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--ort-check", action="store_true",
+                    help="only compare the converted graphs with the wheel's .ort files")
+    ap.add_argument("--wheels", type=Path,
+                    default=Path(os.environ.get("EDGEFUSE_WHEELS", REPO / "models" / ".wheels")))
     args = ap.parse_args()
     import tomllib
     manifest = tomllib.loads((args.models / "manifest.toml").read_text())
+    if args.ort_check:
+        return ort_check(args.wheels, args.models, manifest)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         items = make_set(tmp, VOICES[: args.voices])

@@ -395,9 +395,6 @@ pub struct SpeechConfig {
     /// Token limit per segment = seconds × this (Moonshine's own code uses 6).
     #[serde(default = "speech_tokens_per_second")]
     pub max_tokens_per_second: f32,
-    /// Publish microphone transcripts as text (privacy: off by default).
-    #[serde(default)]
-    pub publish_mic_text: bool,
 }
 
 fn speech_model() -> String {
@@ -449,7 +446,6 @@ impl Default for SpeechConfig {
             max_segment_seconds: speech_max_segment_seconds(),
             max_audio_seconds: speech_max_audio_seconds(),
             max_tokens_per_second: speech_tokens_per_second(),
-            publish_mic_text: false,
         }
     }
 }
@@ -1085,7 +1081,7 @@ mod tests {
         assert!(c.problems().is_empty());
         assert_eq!(c.models.dir, PathBuf::from("models"));
         assert!(c.encoders.text.enabled && c.encoders.vision.enabled && c.encoders.audio.enabled);
-        assert!(!c.encoders.speech.enabled && !c.encoders.speech.publish_mic_text);
+        assert!(!c.encoders.speech.enabled);
     }
 
     #[test]
