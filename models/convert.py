@@ -521,6 +521,240 @@ def convert_copy(model_cfg: dict, wheel: Path) -> bytes:
     return read_source(wheel, model_cfg["source"], model_cfg["source_sha256"])
 
 
+# ---------------------------------------------------------------------------------------------
+# Speech: Moonshine from onnxruntime's flatbuffer (.ort) files, read back into ONNX
+# ---------------------------------------------------------------------------------------------
+def _ort_root(data: bytes):
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py import fbs
+
+    if not fbs.InferenceSession.InferenceSession.InferenceSessionBufferHasIdentifier(data, 0):
+        raise ConvertError("not an onnxruntime flatbuffer (.ort) file")
+    return fbs.InferenceSession.InferenceSession.GetRootAs(data, 0).Model()
+
+
+def _s(b) -> str:
+    return b.decode() if isinstance(b, bytes) else (b or "")
+
+
+def _ort_tensor(t) -> onnx.TensorProto:
+    out = onnx.TensorProto(name=_s(t.Name()), data_type=t.DataType())
+    out.dims.extend(t.Dims(j) for j in range(t.DimsLength()))
+    if t.StringDataLength():
+        out.string_data.extend(t.StringData(j) for j in range(t.StringDataLength()))
+    elif t.RawDataLength():
+        out.raw_data = t.RawDataAsNumpy().tobytes()
+    elif t.ExternalDataOffset() >= 0:
+        raise ConvertError(f"tensor {_s(t.Name())} keeps its data outside the flatbuffer")
+    return out
+
+
+def _ort_attribute(a, graph_fn) -> onnx.AttributeProto:
+    A = onnx.AttributeProto
+    out = A(name=_s(a.Name()), type=a.Type())
+    kind = a.Type()
+    if kind == A.FLOAT:
+        out.f = a.F()
+    elif kind == A.INT:
+        out.i = a.I()
+    elif kind == A.STRING:
+        out.s = a.S() or b""
+    elif kind == A.TENSOR:
+        out.t.CopyFrom(_ort_tensor(a.T()))
+    elif kind == A.GRAPH:
+        out.g.CopyFrom(graph_fn(a.G()))
+    elif kind == A.FLOATS:
+        out.floats.extend(a.Floats(j) for j in range(a.FloatsLength()))
+    elif kind == A.INTS:
+        out.ints.extend(a.Ints(j) for j in range(a.IntsLength()))
+    elif kind == A.STRINGS:
+        out.strings.extend(a.Strings(j) for j in range(a.StringsLength()))
+    elif kind == A.TENSORS:
+        out.tensors.extend(_ort_tensor(a.Tensors(j)) for j in range(a.TensorsLength()))
+    else:
+        raise ConvertError(f"attribute {out.name}: type {kind} is not supported")
+    return out
+
+
+def _ort_value_info(arg) -> onnx.ValueInfoProto:
+    """A NodeArg's tensor type and shape (dims fixed or named) as an ONNX ValueInfoProto."""
+    name = _s(arg.Name())
+    ti = arg.Type()
+    if ti is None or ti.ValueType() != 1:  # TypeInfoValue.tensor_type
+        raise ConvertError(f"value {name} is not a tensor")
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py import fbs
+
+    tt = fbs.TensorTypeAndShape.TensorTypeAndShape()
+    v = ti.Value()
+    tt.Init(v.Bytes, v.Pos)
+    shape = None
+    if tt.Shape() is not None:
+        shape = []
+        for j in range(tt.Shape().DimLength()):
+            dv = tt.Shape().Dim(j).Value()
+            if dv is None or dv.DimType() == 0:
+                shape.append(None)
+            elif dv.DimType() == 1:
+                shape.append(dv.DimValue())
+            else:
+                # Named dims only; expressions such as `past_len + 1` are left unknown.
+                param = _s(dv.DimParam())
+                shape.append(param if param.isidentifier() else None)
+    return helper.make_tensor_value_info(name, tt.ElemType(), shape)
+
+
+class _OrtGraph:
+    """One flatbuffer graph: nodes (as NodeProto), initializers, NodeArg types, inputs, outputs."""
+
+    def __init__(self, g) -> None:
+        self.fb = g
+        self.args = {_s(g.NodeArgs(i).Name()): g.NodeArgs(i) for i in range(g.NodeArgsLength())}
+        self.inits = [_ort_tensor(g.Initializers(i)) for i in range(g.InitializersLength())]
+        if g.SparseInitializersLength():
+            raise ConvertError("sparse initializers are not supported")
+        self.inputs = [_s(g.Inputs(i)) for i in range(g.InputsLength())]
+        self.outputs = [_s(g.Outputs(i)) for i in range(g.OutputsLength())]
+        nodes = sorted((g.Nodes(i) for i in range(g.NodesLength())), key=lambda n: n.Index())
+        self.fb_nodes = nodes
+        self.nodes = []
+        for n in nodes:
+            if n.Type() != 0:  # NodeType.Primitive
+                raise ConvertError(f"node {_s(n.Name())} is a fused onnxruntime node")
+            self.nodes.append(helper.make_node(
+                _s(n.OpType()),
+                [_s(n.Inputs(j)) for j in range(n.InputsLength())],
+                [_s(n.Outputs(j)) for j in range(n.OutputsLength())],
+                name=_s(n.Name()),
+                domain=_s(n.Domain()),
+            ))
+            for j in range(n.AttributesLength()):
+                a = n.Attributes(j)
+                if a.Type() != onnx.AttributeProto.GRAPH:  # subgraphs are inlined by the caller
+                    self.nodes[-1].attribute.append(_ort_attribute(a, None))
+
+    def value_info(self, name: str) -> onnx.ValueInfoProto:
+        if name not in self.args:
+            raise ConvertError(f"no type recorded for {name}")
+        return _ort_value_info(self.args[name])
+
+
+def _toposort(nodes: list) -> list:
+    """Kahn's algorithm, ties broken by original position (deterministic)."""
+    import heapq
+
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    deps = [{producer[x] for x in n.input if x in producer} for n in nodes]
+    users: dict[int, list[int]] = {}
+    for i, d in enumerate(deps):
+        for j in d:
+            users.setdefault(j, []).append(i)
+    missing = [len(d) for d in deps]
+    ready = [i for i, m in enumerate(missing) if m == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(nodes[i])
+        for u in users.get(i, []):
+            missing[u] -= 1
+            if missing[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        raise ConvertError("graph has a cycle")
+    return order
+
+
+def _ort_model(name: str, nodes, inits, inputs, outputs) -> onnx.ModelProto:
+    """Keep only what `outputs` need, sort, and wrap as an opset-14 model."""
+    producer = {o: n for n in nodes for o in n.output}
+    need, stack, keep = set(), [o.name for o in outputs], []
+    while stack:
+        v = stack.pop()
+        if v in need:
+            continue
+        need.add(v)
+        n = producer.get(v)
+        if n is not None:
+            stack.extend(x for x in n.input if x)
+    kept_ids = set()
+    for n in nodes:
+        if any(o in need for o in n.output) and id(n) not in kept_ids:
+            kept_ids.add(id(n))
+            keep.append(n)
+    inits = sorted((t for t in inits if t.name in need), key=lambda t: t.name)
+    inputs = [i for i in inputs if i.name in need]
+    graph = helper.make_graph(_toposort(keep), name, inputs, outputs, inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.producer_name, m.producer_version = PRODUCER
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=False)
+    return m
+
+
+def ort_encoder(data: bytes, name: str) -> onnx.ModelProto:
+    model = _ort_root(data)
+    g = _OrtGraph(model.Graph())
+    if any(n.op_type == "If" for n in g.nodes):
+        raise ConvertError("the encoder was expected to have no If")
+    return _ort_model(name, g.nodes, g.inits, [g.value_info(i) for i in g.inputs],
+                      [g.value_info(o) for o in g.outputs])
+
+
+def ort_decoder_split(data: bytes, name: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The merged decoder's `If use_cache_branch` inlined twice: else = first step (no cache),
+    then = a step with the key/value cache. The with-cache graph returns only the decoder's
+    self-attention cache (`present.N.decoder.*`): the cross-attention cache does not change."""
+    model = _ort_root(data)
+    outer = _OrtGraph(model.Graph())
+    ifs = [(n, fb) for n, fb in zip(outer.nodes, outer.fb_nodes) if n.op_type == "If"]
+    if len(ifs) != 1 or list(ifs[0][0].input) != ["use_cache_branch"]:
+        raise ConvertError("expected exactly one If on use_cache_branch in the merged decoder")
+    if_node, if_fb = ifs[0]
+    branches = {}
+    for j in range(if_fb.AttributesLength()):
+        a = if_fb.Attributes(j)
+        if a.Type() == onnx.AttributeProto.GRAPH:
+            branches[_s(a.Name())] = _OrtGraph(a.G())
+    rest = [n for n in outer.nodes if n is not if_node]
+
+    def inline(branch: _OrtGraph, keep_output) -> onnx.ModelProto:
+        if branch.outputs != list(if_node.output):
+            # Rename branch outputs to the If's output names.
+            ren = dict(zip(branch.outputs, if_node.output))
+            for n in branch.nodes:
+                n.output[:] = [ren.get(o, o) for o in n.output]
+                n.input[:] = [ren.get(x, x) for x in n.input]
+        outer_names = {o for n in rest for o in n.output} | {t.name for t in outer.inits}
+        clash = outer_names & {o for n in branch.nodes for o in n.output}
+        if clash:
+            raise ConvertError(f"branch values clash with the outer graph: {sorted(clash)[:3]}")
+        inputs = [outer.value_info(i) for i in outer.inputs if i != "use_cache_branch"]
+        outs = [o for o in if_node.output if keep_output(o)]
+        args = {**outer.args, **branch.args}
+        outputs = [_ort_value_info(args[o]) for o in outs]
+        return _ort_model(name, rest + branch.nodes, outer.inits + branch.inits, inputs, outputs)
+
+    first = inline(branches["else_branch"], lambda o: True)
+    with_past = inline(branches["then_branch"], lambda o: ".encoder." not in o)
+    return first, with_past
+
+
+def convert_moonshine(model_cfg: dict, wheel: Path) -> dict:
+    """Returns {relative path: bytes}: the encoder (the model's `file`) and every `extra_files`."""
+    base = model_cfg["source"].rsplit("/", 1)[0]
+    enc = read_source(wheel, model_cfg["source"], model_cfg["source_sha256"])
+    extras = {e["role"]: e for e in model_cfg.get("extra_files", [])}
+    dec_src = extras["decoder"]
+    dec = read_source(wheel, dec_src["source"], dec_src["source_sha256"])
+    first, with_past = ort_decoder_split(dec, model_cfg["name"] + "-decoder")
+    out = {
+        model_cfg["file"]: ort_encoder(enc, model_cfg["name"] + "-encoder").SerializeToString(),
+        dec_src["file"]: first.SerializeToString(),
+        extras["decoder_with_past"]["file"]: with_past.SerializeToString(),
+    }
+    del base
+    return out
+
+
 CONVERTERS = {
     "bert": convert_bert,
     "e5-q4": convert_e5_q4,
@@ -528,6 +762,7 @@ CONVERTERS = {
     "aisfx-cnn": convert_aisfx,
     "efficientnet-lite": convert_efficientnet_lite,
     "copy": convert_copy,
+    "moonshine-ort": convert_moonshine,
 }
 
 # Tokenizers that are built rather than copied (`tokenizer_convert` in the preprocess table).
@@ -581,6 +816,17 @@ def converted_files(cfg: dict) -> list[tuple[str, str, str]]:
             if isinstance(value, str) and f"{key}_convert" in pre]
 
 
+def set_extra_sha(manifest_path: Path, rel: str, value: str) -> None:
+    """Rewrite `sha256 = "..."` on the `extra_files` line naming `file = "<rel>"`."""
+    text = manifest_path.read_text()
+    lines = text.split("\n")
+    hits = [i for i, line in enumerate(lines) if f'file = "{rel}"' in line]
+    if len(hits) != 1:
+        raise ConvertError(f"manifest names {rel} {len(hits)} times in extra_files")
+    lines[hits[0]] = re.sub(r'\bsha256 = "[^"]*"', f'sha256 = "{value}"', lines[hits[0]], count=1)
+    manifest_path.write_text("\n".join(lines))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wheels", type=Path, default=HERE / ".wheels")
@@ -606,9 +852,13 @@ def main() -> int:
         out = args.out / cfg["file"]
         extras = extra_files(cfg, packages, args.wheels)
         converted = converted_files(cfg)
+        # Graph files of a model made of several (`extra_files`, each pinned by sha256).
+        outputs = [e for e in cfg.get("extra_files", []) if "sha256" in e]
+        pinned = ([(e[0], e[3]) for e in extras] + [c[1:] for c in converted]
+                  + [(e["file"], e["sha256"]) for e in outputs])
         if out.exists() and sha256_file(out) == cfg["sha256"] and all(
                 (args.out / rel_path).exists() and sha256_file(args.out / rel_path) == sha
-                for rel_path, sha in [(e[0], e[3]) for e in extras] + [c[1:] for c in converted]):
+                for rel_path, sha in pinned):
             log(f"{key}: {cfg['file']} present, sha256 ok")
             continue
         if args.check:
@@ -620,13 +870,29 @@ def main() -> int:
         log(f"{key}: converting {cfg['name']} from {pkg['wheel']} ({cfg['convert']})")
         try:
             result = CONVERTERS[cfg["convert"]](cfg, wheel)
-            data = result if isinstance(result, bytes) else result.SerializeToString()
+            # A converter returns one model, or {relative path: bytes} for a model made of
+            # several files: its `file` plus every `extra_files` entry, each pinned by sha256.
+            files = result if isinstance(result, dict) else {cfg["file"]: result}
+            files = {k: v if isinstance(v, bytes) else v.SerializeToString()
+                     for k, v in files.items()}
+            want = {cfg["file"]: cfg["sha256"], **{e["file"]: e["sha256"] for e in outputs}}
+            if set(files) != set(want):
+                raise ConvertError(f"converter produced {sorted(files)}, manifest names {sorted(want)}")
+            for rel, blob in files.items():
+                got = sha256_bytes(blob)
+                if args.update_manifest:
+                    if rel == cfg["file"]:
+                        set_manifest_sha(args.manifest, f"models.{key}", "sha256", got)
+                    else:
+                        set_extra_sha(args.manifest, rel, got)
+                elif got != want[rel]:
+                    raise ConvertError(
+                        f"produced {rel} has sha256 {got}, manifest expects {want[rel]}")
+            for rel, blob in files.items():
+                if rel != cfg["file"]:
+                    write_atomic(args.out / rel, blob)
+            data = files[cfg["file"]]
             got = sha256_bytes(data)
-            if args.update_manifest:
-                set_manifest_sha(args.manifest, f"models.{key}", "sha256", got)
-            elif got != cfg["sha256"]:
-                raise ConvertError(
-                    f"produced {cfg['file']} has sha256 {got}, manifest expects {cfg['sha256']}")
             write_atomic(out, data)
             for rel_path, extra_wheel, source, sha in extras:
                 write_atomic(args.out / rel_path, read_source(extra_wheel, source, sha))

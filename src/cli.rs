@@ -52,6 +52,8 @@ pub enum Command {
     /// Say what images and texts show, in words: ImageNet classes and zero-shot labels
     /// scored in the shared text space. One JSON object per input, one per line.
     Describe(DescribeArgs),
+    /// Transcribe WAV files (speech, English) and print one JSON object per file, one per line.
+    Transcribe(TranscribeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +71,13 @@ pub struct DescribeArgs {
     /// Also print each input's unit vector in the shared space under "semantic".
     #[arg(long)]
     pub vector: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TranscribeArgs {
+    /// WAV files (PCM 8/16/24/32-bit or 32-bit float, any rate and channel count).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

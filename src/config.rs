@@ -362,6 +362,8 @@ pub struct EncodersConfig {
     pub audio: AudioConfig,
     #[serde(default)]
     pub classifier: ClassifierConfig,
+    #[serde(default)]
+    pub speech: SpeechConfig,
 }
 
 /// `[encoders.classifier]`: ImageNet-1k classes for every image, with nothing enrolled.
@@ -396,6 +398,100 @@ impl Default for ClassifierConfig {
             top_k: 5,
             max_batch: 4,
             max_pixels: default_max_pixels(),
+        }
+    }
+}
+
+/// `[encoders.speech]`: speech to text (Moonshine). Off by default: the model is optional
+/// (`models/fetch` brings it) and transcribing costs far more CPU than embedding.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeechConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "speech_model")]
+    pub model: String,
+    /// How long audio is cut into segments: `"vad"` (Silero VAD, `vad_model`) or `"energy"`
+    /// (RMS per 32 ms chunk against `energy_gate_dbfs` only).
+    #[serde(default = "speech_segmenter")]
+    pub segmenter: String,
+    #[serde(default = "vad_model")]
+    pub vad_model: String,
+    /// Chunks quieter than this are silence without running the VAD.
+    #[serde(default = "speech_gate_dbfs")]
+    pub energy_gate_dbfs: f32,
+    /// VAD probability at which a chunk counts as speech.
+    #[serde(default = "half")]
+    pub speech_threshold: f32,
+    /// A pause at least this long ends a segment.
+    #[serde(default = "speech_min_silence_ms")]
+    pub min_silence_ms: u32,
+    /// Shorter bursts of speech are dropped.
+    #[serde(default = "speech_min_speech_ms")]
+    pub min_speech_ms: u32,
+    /// Audio kept on each side of a segment.
+    #[serde(default = "speech_pad_ms")]
+    pub pad_ms: u32,
+    /// Longer segments are cut at their quietest chunk (Moonshine is trained on short clips).
+    #[serde(default = "speech_max_segment_seconds")]
+    pub max_segment_seconds: f64,
+    /// Longer files are refused before decoding.
+    #[serde(default = "speech_max_audio_seconds")]
+    pub max_audio_seconds: f64,
+    /// Token limit per segment = seconds × this (Moonshine's own code uses 6).
+    #[serde(default = "speech_tokens_per_second")]
+    pub max_tokens_per_second: f32,
+}
+
+fn speech_model() -> String {
+    "speech".into()
+}
+fn speech_segmenter() -> String {
+    "vad".into()
+}
+fn vad_model() -> String {
+    "vad".into()
+}
+fn speech_gate_dbfs() -> f32 {
+    -50.0
+}
+fn half() -> f32 {
+    0.5
+}
+fn speech_min_silence_ms() -> u32 {
+    400
+}
+fn speech_min_speech_ms() -> u32 {
+    200
+}
+fn speech_pad_ms() -> u32 {
+    300
+}
+fn speech_max_segment_seconds() -> f64 {
+    20.0
+}
+fn speech_max_audio_seconds() -> f64 {
+    1200.0
+}
+fn speech_tokens_per_second() -> f32 {
+    6.0
+}
+
+impl Default for SpeechConfig {
+    fn default() -> Self {
+        SpeechConfig {
+            enabled: false,
+            model: speech_model(),
+            segmenter: speech_segmenter(),
+            vad_model: vad_model(),
+            energy_gate_dbfs: speech_gate_dbfs(),
+            speech_threshold: half(),
+            min_silence_ms: speech_min_silence_ms(),
+            min_speech_ms: speech_min_speech_ms(),
+            pad_ms: speech_pad_ms(),
+            max_segment_seconds: speech_max_segment_seconds(),
+            max_audio_seconds: speech_max_audio_seconds(),
+            max_tokens_per_second: speech_tokens_per_second(),
         }
     }
 }
@@ -459,6 +555,7 @@ impl Default for EncodersConfig {
             vision: VisionConfig::default(),
             audio: AudioConfig::default(),
             classifier: ClassifierConfig::default(),
+            speech: SpeechConfig::default(),
         }
     }
 }
@@ -572,6 +669,61 @@ impl Problems {
     }
 }
 
+fn speech_problems(s: &SpeechConfig, p: &mut Problems) {
+    if s.model.trim().is_empty() {
+        p.add("encoders.speech.model", "must name a model in the manifest");
+    }
+    match s.segmenter.as_str() {
+        "vad" if s.vad_model.trim().is_empty() => p.add(
+            "encoders.speech.vad_model",
+            "must name a model in the manifest",
+        ),
+        "vad" | "energy" => {}
+        other => p.add(
+            "encoders.speech.segmenter",
+            format!("`{other}` is not a segmenter (expected \"vad\" or \"energy\")"),
+        ),
+    }
+    p.range(
+        "encoders.speech.energy_gate_dbfs",
+        s.energy_gate_dbfs,
+        -120.0,
+        0.0,
+    );
+    p.range(
+        "encoders.speech.speech_threshold",
+        s.speech_threshold,
+        0.01,
+        0.99,
+    );
+    p.range(
+        "encoders.speech.min_silence_ms",
+        s.min_silence_ms,
+        32,
+        10_000,
+    );
+    p.range("encoders.speech.min_speech_ms", s.min_speech_ms, 0, 10_000);
+    p.range("encoders.speech.pad_ms", s.pad_ms, 0, 2_000);
+    p.range(
+        "encoders.speech.max_segment_seconds",
+        s.max_segment_seconds,
+        1.0,
+        30.0,
+    );
+    p.range(
+        "encoders.speech.max_audio_seconds",
+        s.max_audio_seconds,
+        1.0,
+        86_400.0,
+    );
+    p.range(
+        "encoders.speech.max_tokens_per_second",
+        s.max_tokens_per_second,
+        1.0,
+        30.0,
+    );
+}
+
 impl Config {
     /// The compiled-in default configuration.
     pub fn builtin() -> Config {
@@ -673,6 +825,7 @@ impl Config {
         for (key, message) in self.semantic.problems() {
             p.add(&format!("semantic.{key}"), message);
         }
+        speech_problems(&e.speech, &mut p);
         if !(e.text.enabled || e.vision.enabled || e.audio.enabled) {
             p.add("encoders", "every encoder is disabled; enable at least one");
         }
@@ -1006,6 +1159,7 @@ mod tests {
         assert!(c.problems().is_empty());
         assert_eq!(c.models.dir, PathBuf::from("models"));
         assert!(c.encoders.text.enabled && c.encoders.vision.enabled && c.encoders.audio.enabled);
+        assert!(!c.encoders.speech.enabled);
     }
 
     #[test]
@@ -1045,6 +1199,28 @@ mod tests {
                     [encoders.audio]\nenabled=false\n";
         let err = Config::from_toml(toml, "t").unwrap_err();
         assert_eq!(err.problems[0].path, "encoders");
+    }
+
+    #[test]
+    fn speech_section_reports_each_problem_with_its_path() {
+        let toml = "[encoders.speech]\nenabled = true\nsegmenter = \"webrtc\"\n\
+                    max_segment_seconds = 90\nspeech_threshold = 1.5\nmodel = \"\"\n";
+        let err = Config::from_toml(toml, "t").unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "encoders.speech.segmenter",
+            "encoders.speech.max_segment_seconds",
+            "encoders.speech.speech_threshold",
+            "encoders.speech.model",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+        let ok = Config::from_toml(
+            "[encoders.speech]\nenabled = true\nsegmenter = \"energy\"\n",
+            "t",
+        )
+        .unwrap();
+        assert!(ok.encoders.speech.enabled && ok.encoders.speech.segmenter == "energy");
     }
 
     #[test]

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Check(args) => commands::check::run(&cli, args),
         Command::Bench(args) => commands::bench::run(&cli, args),
         Command::Describe(args) => commands::describe::run(&cli, args),
+        Command::Transcribe(args) => commands::transcribe::run(&cli, args),
     };
     match result {
         Ok(code) => code,

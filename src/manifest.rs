@@ -62,6 +62,24 @@ pub struct ModelSpec {
     pub outputs: Vec<TensorSpec>,
     #[serde(default)]
     pub preprocess: toml::Table,
+    /// Further files of a model made of several graphs (e.g. a speech decoder beside its
+    /// encoder in `file`), each pinned by sha256 and named by its role.
+    #[serde(default)]
+    pub extra_files: Vec<ExtraFile>,
+}
+
+/// One more file of a multi-file model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraFile {
+    pub role: String,
+    pub file: String,
+    pub sha256: String,
+    /// Path inside the package's wheel, when the file is converted from its own source.
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub source_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +230,11 @@ fn inherit_variants(models: &mut toml::Table) -> Result<(), String> {
 }
 
 impl ModelSpec {
+    /// The extra file playing `role`, if the manifest names one.
+    pub fn extra_file(&self, role: &str) -> Option<&ExtraFile> {
+        self.extra_files.iter().find(|f| f.role == role)
+    }
+
     /// The optimisation method of a variant (`int8-dynamic`, `prune-bert`, ...).
     pub fn optimize_method(&self) -> Option<&str> {
         self.optimize.as_ref()?.get("method")?.as_str()
@@ -258,6 +281,22 @@ mod tests {
             assert!(!spec.inputs.is_empty() && !spec.outputs.is_empty());
         }
         assert_eq!(m.model("audio").unwrap().license, "CC-BY-4.0");
+    }
+
+    #[test]
+    fn speech_model_names_its_decoders_and_tokenizer() {
+        let m = repo_manifest();
+        let spec = m.model("speech").expect("speech");
+        assert_eq!(spec.license, "MIT");
+        for role in ["decoder", "decoder_with_past"] {
+            let f = spec.extra_file(role).expect(role);
+            assert_eq!(f.sha256.len(), 64, "{role} sha256 is pinned");
+        }
+        assert!(spec.extra_file("nope").is_none());
+        assert_eq!(
+            spec.preprocess.get("tokenizer").and_then(|v| v.as_str()),
+            Some("speech/tokenizer.bin")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod check;
 pub mod describe;
 pub mod embed;
 pub mod run;
+pub mod transcribe;
 
 use anyhow::Context;
 

@@ -7,6 +7,7 @@ pub mod compiled;
 pub mod quality;
 pub mod runtime;
 pub mod set;
+pub mod speech;
 pub mod text;
 pub mod vision;
 
@@ -15,6 +16,7 @@ pub use classifier::ClassifierEncoder;
 pub use compiled::ModelCache;
 pub use runtime::{LoadedModel, ModelSource};
 pub use set::EncoderSet;
+pub use speech::Transcriber;
 pub use text::{TextEncoder, TextRole};
 pub use vision::VisionEncoder;
 

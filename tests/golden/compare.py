@@ -12,6 +12,30 @@ import numpy as np
 TOL = 1e-4  # cosine distance; reruns on other CPUs/BLAS builds differ in the last bits
 
 
+def compare_speech(a: dict, b: dict | None) -> int:
+    """Speech: same clips, identical greedy token ids, encoder summaries within TOL (cosine)."""
+    if b is None:
+        print("speech: missing from the rerun")
+        return 1
+    if [c["input"] for c in a["clips"]] != [c["input"] for c in b["clips"]]:
+        print("speech: inputs differ")
+        return 1
+    bad = 0
+    for x, y in zip(a["clips"], b["clips"]):
+        for key in ("encoder_mean", "encoder_first", "encoder_last"):
+            u, v = np.asarray(x[key]), np.asarray(y[key])
+            cos = float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+            if 1 - cos > TOL:
+                print(f"speech {x['input']}: {key} cosine {cos:.6f}")
+                bad += 1
+        if x["tokens"] != y["tokens"]:
+            print(f"speech {x['input']}: transcript {x['text']!r} became {y['text']!r}")
+            bad += 1
+    n = len(a["clips"])
+    print(f"speech rerun: {n} clips, {bad} differences (encoder summaries, greedy tokens)")
+    return bad
+
+
 def main(a_path: str, b_path: str) -> int:
     a, b = json.load(open(a_path)), json.load(open(b_path))
     bad = 0
@@ -46,6 +70,8 @@ def main(a_path: str, b_path: str) -> int:
                 bad += 1
     n = sum(len(a[m]) for m in sections) + len(ca)
     print(f"reference rerun: {n - bad} of {n} vectors reproduced")
+    if "speech" in a:
+        bad += compare_speech(a["speech"], b.get("speech"))
     return 1 if bad else 0
 
 

@@ -508,6 +508,108 @@ def audio_reference(models_dir: Path, spec: dict, verify: bool) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------
+# Speech (Moonshine base, English)
+# ------------------------------------------------------------------------------------------
+SPEECH = [
+    "speech/kettle.wav",
+    "speech/weather.wav",
+    "speech/garage.wav",
+    "speech/meeting.wav",
+    "speech/two_sentences.wav",
+    "audio/speech_fox.wav",
+    "audio/speech_lights.wav",
+    "audio/speech_lights2.wav",
+    "audio/speech_lights_48k_stereo_s24.wav",
+]
+
+
+def speech_tokenizer(path: Path) -> list[bytes]:
+    """tokenizer.bin: one length byte, then that many bytes, per token; id = position."""
+    data = path.read_bytes()
+    toks, i = [], 0
+    while i < len(data):
+        n = data[i]
+        toks.append(data[i + 1 : i + 1 + n])
+        i += 1 + n
+    return toks
+
+
+def speech_detokenize(toks: list[bytes], ids: list[int], special: set[int]) -> str:
+    """SentencePiece decoding: byte pieces concatenated, U+2581 -> space, leading space dropped."""
+    raw = b"".join(toks[i] for i in ids if i not in special and i < len(toks))
+    return raw.decode("utf-8", errors="replace").replace("\u2581", " ").lstrip(" ")
+
+
+def speech_max_tokens(n_samples: int, pre: dict) -> int:
+    """Moonshine's own limit: about 6 tokens per second of audio."""
+    return max(1, int(n_samples / pre["sample_rate"] * pre["max_tokens_per_second"]))
+
+
+def speech_greedy(enc: np.ndarray, sessions: tuple, pre: dict, limit: int) -> list[int]:
+    """Greedy decoding: first step without cache, then one token per step with the cache."""
+    first, with_past = sessions
+    layers = int(pre["layers"])
+    out = first.run(None, {"input_ids": np.array([[pre["bos_token"]]], np.int64),
+                           "encoder_hidden_states": enc})
+    res = dict(zip([o.name for o in first.get_outputs()], out))
+    cross = {f"past_key_values.{i}.encoder.{kv}": res[f"present.{i}.encoder.{kv}"]
+             for i in range(layers) for kv in ("key", "value")}
+    tokens: list[int] = []
+    while True:
+        tok = int(np.argmax(res["logits"][0, -1]))
+        if tok == pre["eos_token"] or len(tokens) >= limit:
+            break
+        tokens.append(tok)
+        feed = {"input_ids": np.array([[tok]], np.int64), **cross}
+        for i in range(layers):
+            for kv in ("key", "value"):
+                feed[f"past_key_values.{i}.decoder.{kv}"] = res[f"present.{i}.decoder.{kv}"]
+        out = with_past.run(None, feed)
+        res = dict(zip([o.name for o in with_past.get_outputs()], out))
+    return tokens
+
+
+def speech_reference(models_dir: Path, spec: dict, verify: bool) -> dict:
+    pre = spec["preprocess"]
+    files = {e["role"]: e for e in spec["extra_files"]}
+    enc_sess = session(models_dir, spec, verify)
+    dec = tuple(session(models_dir, files[r], verify) for r in ("decoder", "decoder_with_past"))
+    tok_path = models_dir / pre["tokenizer"]
+    if verify and sha256(tok_path) != pre["tokenizer_sha256"]:
+        sys.exit(f"sha256 mismatch for {tok_path}")
+    toks = speech_tokenizer(tok_path)
+    special = {0, pre["bos_token"], pre["eos_token"]}
+    sr_target = int(pre["sample_rate"])
+    clips = []
+    for name in SPEECH:
+        path = FIXTURES / name
+        y, sr = read_wav(path)
+        if sr != sr_target:
+            y = soxr.resample(y, sr, sr_target, quality="VHQ")
+        x = y.astype(np.float32)[None, :]
+        enc = enc_sess.run(None, {spec["inputs"][0]["name"]: x})[0]  # [1, frames, 416]
+        limit = speech_max_tokens(x.shape[1], pre)
+        ids = speech_greedy(enc, dec, pre, limit)
+        e = enc[0].astype(np.float64)
+        clips.append({
+            "input": rel(path),
+            "sample_rate_in": sr,
+            "n_samples_16k": int(x.shape[1]),
+            "encoder_frames": int(e.shape[0]),
+            "encoder_mean": vec(e.mean(axis=0)),
+            "encoder_first": vec(e[0]),
+            "encoder_last": vec(e[-1]),
+            "max_tokens": limit,
+            "tokens": ids,
+            "text": speech_detokenize(toks, ids, special),
+        })
+    return {"model": {"name": spec["name"], "file": spec["file"], "sha256": spec["sha256"],
+                      **{e["role"]: {"file": e["file"], "sha256": e["sha256"]}
+                         for e in spec["extra_files"]}},
+            "clips": clips}
+
+
+# ------------------------------------------------------------------------------------------
 def cos_matrix(title: str, items: list[dict], label) -> np.ndarray:
     names = [label(it) for it in items]
     m = np.array([it["vector"] for it in items], dtype=np.float64)
@@ -534,6 +636,8 @@ def main() -> int:
     ap.add_argument("--wheels", type=Path,
                     default=Path(os.environ.get("EDGEFUSE_WHEELS", REPO / "models" / ".wheels")),
                     help="directory of the model wheels (models/fetch's EDGEFUSE_WHEELS)")
+    ap.add_argument("--no-speech", action="store_true",
+                    help="leave out the speech section (Moonshine transcripts)")
     args = ap.parse_args()
 
     with open(args.manifest, "rb") as f:
@@ -564,6 +668,8 @@ def main() -> int:
         "audio": audio,
         "classifier": classifier,
     }
+    if not args.no_speech:
+        ref["speech"] = speech_reference(args.models, models["speech"], verify)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(ref, f, ensure_ascii=False, separators=(",", ":"))
@@ -606,6 +712,18 @@ def main() -> int:
     ok &= good
     print(f"check (c) coffee -> espresso, chelsea -> a cat class -> {'OK' if good else 'FAIL'}")
     ok &= write_multilingual(args, manifest, verify)
+    if "speech" in ref:
+        print("\nspeech transcripts (greedy, onnxruntime):")
+        want = dict(line.split("\t", 1) for line in
+                    (FIXTURES / "speech" / "transcripts.tsv").read_text().splitlines())
+        for c in ref["speech"]["clips"]:
+            print(f"  {Path(c['input']).name:<36} {len(c['tokens']):>3}/{c['max_tokens']:<3} {c['text']!r}")
+        # Sanity: clean 16 kHz sentences are recognised word for word (case/punctuation aside).
+        norm = lambda t: " ".join("".join(ch for ch in t.lower() if ch.isalnum() or ch == " ").split())  # noqa: E731
+        clean = [c for c in ref["speech"]["clips"] if Path(c["input"]).stem in ("kettle", "garage")]
+        good = len(clean) == 2 and all(norm(c["text"]) == want[Path(c["input"]).stem] for c in clean)
+        ok &= good
+        print(f"check (d) kettle/garage transcribed exactly -> {'OK' if good else 'FAIL'}")
     return 0 if ok else 1
 
 

@@ -22,4 +22,5 @@ mod security;
 mod semantic;
 mod service;
 mod shared_space;
+mod speech;
 mod variants;
