@@ -21,6 +21,18 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
+# --setup-only: install what the ARM steps need (apt, rustup targets, zig) and stop.
+# --build-only: setup and the build, no emulation (.ci/run runs it in the background, niced,
+#               while tests/run works, then calls --emulate-only).
+# --emulate-only: everything after the build, on the binaries already in CARGO_TARGET_DIR.
+step=all
+case "${1:-}" in
+  --setup-only) step=setup ;;
+  --build-only) step=build ;;
+  --emulate-only) step=emulate ;;
+  "") ;;
+  *) die "unknown option $1 (--setup-only, --build-only, --emulate-only)" ;;
+esac
 
 targets=${EDGEFUSE_ARM_TARGETS:-aarch64 armv7}
 profile=${EDGEFUSE_ARM_PROFILE:-release}
@@ -37,8 +49,14 @@ t0=$SECONDS
 ensure_debian_packages
 ensure_rust_targets
 ensure_zig
-[ -f "$EDGEFUSE_MODELS/text/all-minilm-l6-v2.onnx" ] || models/fetch
 timings+=("setup: $((SECONDS - t0)) s")
+[ "$step" = setup ] && exit 0
+if [ "$step" = build ]; then
+  build_only=1
+else
+  build_only=0
+  [ -f "$EDGEFUSE_MODELS/text/all-minilm-l6-v2.onnx" ] || models/fetch
+fi
 
 # Sample inputs for the x86-vs-ARM comparison, through the CLI the way users run it.
 texts=("A man plays guitar." "Someone is playing a guitar." "Crème brûlée et café au lait.")
@@ -58,14 +76,16 @@ embed_all() { # embed_all CMD…: JSON lines for all samples
 }
 
 x86=${EDGEFUSE_X86_BIN:-$tdir/debug/edgefuse}
-if [ ! -x "$x86" ]; then
+if [ "$build_only" = 1 ]; then
+  :
+elif [ ! -x "$x86" ]; then
   say "x86-64 edgefuse to compare with"
   t0=$SECONDS
   cargo build --locked --bin edgefuse
   x86=$tdir/debug/edgefuse
   timings+=("x86-64 build: $((SECONDS - t0)) s")
 fi
-embed_all "$x86" >"$work/x86.jsonl"
+[ "$build_only" = 1 ] || embed_all "$x86" >"$work/x86.jsonl"
 
 # ------------------------------------------------------------------------------- per target
 build_all() { # one cargo invocation for every target: both cores stay busy across the two
@@ -163,7 +183,13 @@ emulate() { # emulate NAME: everything under qemu; results appended to $work/pas
 }
 
 touch "$work/passed" "$work/failed" "$work/timings"
-build_all
+if [ "$step" != emulate ]; then
+  build_all
+fi
+if [ "$build_only" = 1 ]; then
+  printf '  %s\n' "${timings[@]}"
+  exit 0
+fi
 for name in $targets; do glibc_floor "$name"; done
 # qemu-user runs one thread per process: the targets' emulations run side by side.
 t0=$SECONDS
