@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tract_onnx::prelude::*;
 
 use super::ModelCache;
-use super::{inference_error, ms, LoadedModel, Timings};
+use super::{ms, LoadedModel, Timings};
 use crate::error::{InputError, ModelError};
 use crate::manifest::{read_verified, Manifest};
 use crate::preprocess::image::{preprocess, ImagePreprocess};
@@ -203,19 +202,9 @@ impl ClassifierEncoder {
         n: usize,
         crop: usize,
     ) -> Result<(Vec<Vec<f32>>, f64, f64), InputError> {
-        let t1 = Instant::now();
-        let input = Tensor::from_shape(&[n, 3, crop, crop], data).map_err(inference_error)?;
-        let outputs = self
-            .model
-            .run(tvec![input.into()])
-            .map_err(inference_error)?;
-        let infer_ms = ms(t1);
+        let (flat, infer_ms) = self.model.run_images(data, n, crop)?;
         let t2 = Instant::now();
-        let out = outputs[0]
-            .to_plain_array_view::<f32>()
-            .map_err(inference_error)?;
         let classes = self.labels.len();
-        let flat: Vec<f32> = out.iter().copied().collect();
         if flat.len() != n * classes {
             return Err(InputError::Inference(format!(
                 "classifier returned {} values for {n} images of {classes} classes",

@@ -110,6 +110,27 @@ impl LoadedModel {
     pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         self.plan.run(inputs)
     }
+
+    /// Run an image model on `n` preprocessed NCHW crops of `crop`×`crop`: its first output,
+    /// flattened, and the inference time in ms.
+    pub fn run_images(
+        &self,
+        data: &[f32],
+        n: usize,
+        crop: usize,
+    ) -> Result<(Vec<f32>, f64), crate::error::InputError> {
+        let started = Instant::now();
+        let input =
+            Tensor::from_shape(&[n, 3, crop, crop], data).map_err(super::inference_error)?;
+        let outputs = self
+            .run(tvec![input.into()])
+            .map_err(super::inference_error)?;
+        let infer_ms = started.elapsed().as_secs_f64() * 1e3;
+        let out = outputs[0]
+            .to_plain_array_view::<f32>()
+            .map_err(super::inference_error)?;
+        Ok((out.iter().copied().collect(), infer_ms))
+    }
 }
 
 /// Maps a tract error at `stage` of loading `spec` to a [`ModelError`] naming both.

@@ -2,10 +2,8 @@
 
 use std::time::Instant;
 
-use tract_onnx::prelude::*;
-
 use super::ModelCache;
-use super::{inference_error, l2_normalize, ms, Embedding, ItemResult, LoadedModel, Timings};
+use super::{l2_normalize, ms, Embedding, ItemResult, LoadedModel, Timings};
 use crate::error::{InputError, ModelError};
 use crate::manifest::Manifest;
 use crate::preprocess::image::{preprocess, ImagePreprocess};
@@ -87,19 +85,9 @@ impl VisionEncoder {
         n: usize,
         crop: usize,
     ) -> Result<(Vec<Vec<f32>>, f64, f64), InputError> {
-        let t1 = Instant::now();
-        let input = Tensor::from_shape(&[n, 3, crop, crop], data).map_err(inference_error)?;
-        let outputs = self
-            .model
-            .run(tvec![input.into()])
-            .map_err(inference_error)?;
-        let infer_ms = ms(t1);
+        let (flat, infer_ms) = self.model.run_images(data, n, crop)?;
         let t2 = Instant::now();
-        let out = outputs[0]
-            .to_plain_array_view::<f32>()
-            .map_err(inference_error)?;
-        let dim = out.len() / n.max(1);
-        let flat: Vec<f32> = out.iter().copied().collect();
+        let dim = flat.len() / n.max(1);
         let vectors = flat
             .chunks_exact(dim.max(1))
             .map(|row| {
