@@ -27,6 +27,10 @@ pub struct Publisher {
     pub format: PayloadFormat,
     pub publish_raw_inputs: bool,
     pub fused_count: u64,
+    /// A `labels` record went out in this run: from then on every fused record is followed by
+    /// one, even when no label matches (an empty list), so a subscriber such as Home Assistant
+    /// never keeps showing a label that no longer applies.
+    pub labels_published: bool,
 }
 
 #[derive(Serialize)]
@@ -110,7 +114,7 @@ impl Publisher {
                 label, id, topic, ..
             } => {
                 let ts = now_rfc3339();
-                match self.fusion.labels.forget(&label) {
+                match self.fusion.forget(&label) {
                     Ok(existed) => {
                         let r = ForgottenRecord {
                             schema: SCHEMA,
@@ -246,7 +250,8 @@ impl Publisher {
         };
         self.json(self.mqtt.topics.at("fused"), &rec, None, None)
             .await;
-        if !f.labels.is_empty() || !f.zero_shot.is_empty() {
+        self.labels_published |= !self.fusion.labels.is_empty() || !f.zero_shot.is_empty();
+        if self.labels_published {
             let rec = LabelsRecord {
                 schema: SCHEMA,
                 id: &id,
