@@ -242,7 +242,8 @@ fn enrolled_labels_survive_a_restart_and_can_be_forgotten() {
     );
     sub.expect("/enrolled", T, |m| m.json()["modality"] == "text");
     assert!(daemon.terminate().success());
-    assert!(dir.path().join("state/labels.json").exists());
+    // Enrolls are appended to the label log; the snapshot comes with the first compaction.
+    assert!(dir.path().join("state/labels.json.log").exists());
 
     let daemon = Daemon::start(&config);
     sub.expect("available", T, |m| m.payload == "online");
