@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MicConfig};
 use crate::encoders::{Modality, ModelInfo, TextEncoder};
-use crate::fusion::{Fusion, LabelStore};
+use crate::fusion::{Fusion, LabelLimits, LabelStore};
 use crate::mqtt::ack::Ticket;
 use crate::mqtt::client::{connect, ConnectSettings};
 use crate::mqtt::payload::{now_rfc3339, ErrorRecord, SCHEMA};
@@ -62,7 +62,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let device_id = config.device_id();
     let topics = Topics::new(&config.mqtt.topic_prefix, &device_id);
-    tracing::info!(%device_id, base = %topics.base, "starting");
+    let config_name = source.path.as_ref().map_or_else(
+        || "built-in default".to_owned(),
+        |p| p.display().to_string(),
+    );
+    tracing::info!(
+        "edgefuse {} starting: device id {device_id}, config {config_name}, state in {}",
+        env!("CARGO_PKG_VERSION"),
+        config.state_dir.display()
+    );
     let service = crate::systemd::Service::from_env(&config.watchdog);
     // Subscribe before the (long) model load, so a SIGHUP meanwhile is not fatal.
     let mut hangup = Hangup::new()?;
@@ -84,6 +92,7 @@ pub async fn run(
             .0
     };
     crate::stats::trim_heap();
+    log_models(&encoders);
 
     // 2. Broker and MQTT connection.
     service.status("starting MQTT");
@@ -106,6 +115,14 @@ pub async fn run(
     } else {
         BrokerAddr::parse(&config.mqtt.broker).map_err(anyhow::Error::msg)?
     };
+    if config.mqtt.broker == "embedded" {
+        tracing::info!(
+            "MQTT broker: embedded, for clients on {} (MQTT 3.1.1)",
+            config.mqtt.embedded_listen
+        );
+    } else {
+        tracing::info!("MQTT broker: {}", config.mqtt.broker);
+    }
     let credentials = security::credentials(
         &config.mqtt,
         std::env::var_os("CREDENTIALS_DIRECTORY")
@@ -171,7 +188,17 @@ pub async fn run(
     let mut pipeline = Pipeline::start(&link, config, encoders, input).await?;
     let max_batch = service.max_batch();
     let service = service.ready(pipeline.health(&link, max_batch));
-    tracing::info!("ready");
+    let inputs: Vec<String> = Modality::ALL
+        .iter()
+        .filter(|m| pipeline.encoders.model(**m).is_some())
+        .map(|m| link.topics.at(&format!("in/{}", input_name(*m))))
+        .collect();
+    tracing::info!(
+        "ready: publish to {}, teach labels on {}; results on {}",
+        inputs.join(", "),
+        link.topics.at("enroll/<label>"),
+        link.topics.at("#")
+    );
 
     // 4. Run until asked to stop; a SIGHUP swaps in a pipeline built from the re-read config.
     tokio::pin!(shutdown);
@@ -202,6 +229,36 @@ pub async fn run(
     link.mqtt_stop.cancel();
     tracing::info!(clean, "stopped");
     Ok(())
+}
+
+/// One line per modality: the model in use, or that the encoder is off.
+fn log_models(encoders: &Encoders) {
+    for m in Modality::ALL {
+        match encoders.model(m) {
+            Some(l) => tracing::info!(
+                "{m} model: {} ({}, {}, sha256 {}), loaded in {:.0} ms from {}",
+                l.key,
+                l.spec.name,
+                l.spec.quantization,
+                l.spec.sha256_prefix(),
+                l.load_ms,
+                match l.source {
+                    crate::encoders::runtime::ModelSource::Onnx => "ONNX",
+                    crate::encoders::runtime::ModelSource::Compiled => "the compiled cache",
+                }
+            ),
+            None => tracing::info!("{m} encoder: disabled"),
+        }
+    }
+}
+
+/// The input topic's last level for a modality (`in/image` for vision).
+fn input_name(m: Modality) -> &'static str {
+    match m {
+        Modality::Text => "text",
+        Modality::Vision => "image",
+        Modality::Audio => "audio",
+    }
 }
 
 /// SIGHUP as a stream (never fires where there are no Unix signals).
@@ -380,10 +437,21 @@ impl Pipeline {
         };
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
-        let labels = LabelStore::open(Some(&config.state_dir.join("labels.json")))?;
-        tracing::info!(labels = labels.label_count(), "label store loaded");
-        let fusion =
-            Fusion::new(&config.fusion, &dims, labels, zero_shot).map_err(anyhow::Error::msg)?;
+        let labels = LabelStore::open_with(
+            Some(&config.state_dir.join("labels.json")),
+            LabelLimits {
+                max_labels: config.fusion.max_labels,
+                max_examples: config.fusion.max_examples,
+            },
+        )?;
+        tracing::info!(
+            "label store: {} labels, {} examples",
+            labels.label_count(),
+            labels.example_count()
+        );
+        let fusion = Fusion::new(&config.fusion, &dims, labels, zero_shot)
+            .map_err(anyhow::Error::msg)?
+            .with_counters(link.stats.fusion.clone());
         let (semantic, semantic_hooks) = open_semantic(&config, &encoders, &models).await?;
 
         // Queues, workers, publisher.
@@ -459,6 +527,7 @@ impl Pipeline {
             fused_count: 0,
             semantic,
             top_k: config.fusion.top_k,
+            labels_published: false,
         };
         let publisher = tokio::spawn(publisher.run(events_rx));
 
@@ -957,6 +1026,7 @@ struct StatsRecord {
     mqtt: crate::mqtt::client::CountersSnapshot,
     #[serde(skip_serializing_if = "Option::is_none")]
     spool: Option<crate::sinks::spool::SpoolStats>,
+    fusion: crate::stats::FusionSnapshot,
 }
 
 async fn publish_stats(
@@ -972,6 +1042,8 @@ async fn publish_stats(
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
+            // Right after every connect: uptime and counters are fresh at once after a restart.
+            _ = mqtt.counters.on_connect.notified() => tick.reset(),
         }
         let mut modalities = BTreeMap::new();
         for (m, q) in &queues.requests {
@@ -988,6 +1060,7 @@ async fn publish_stats(
             modalities,
             mqtt: mqtt.counters(),
             spool: mqtt.spool_stats(),
+            fusion: stats.fusion.snapshot(),
         };
         if let Ok(body) = serde_json::to_vec(&rec) {
             let props = PublishProperties {

@@ -19,9 +19,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "EDGEFUSE_MODELS")]
     pub models: Option<PathBuf>,
 
-    /// Log filter, e.g. `info`, `debug`, `edgefuse=debug,tract=warn`.
-    #[arg(long, global = true, env = "EDGEFUSE_LOG", default_value = "warn")]
-    pub log: String,
+    /// Log filter, e.g. `info`, `debug`, `edgefuse=debug,tract=warn`. Default: `warn`, and for
+    /// `run` also edgefuse's own `info` lines (what it runs, where to publish, when it is ready).
+    #[arg(long, global = true, env = "EDGEFUSE_LOG")]
+    pub log: Option<String>,
 
     /// Log format: `auto` is `journal` when stderr is the systemd journal, else `text`.
     #[arg(
@@ -36,6 +37,21 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+impl Cli {
+    /// The log filter in force: `--log`/`EDGEFUSE_LOG`, else the command's default.
+    pub fn log_filter(&self) -> &str {
+        match (&self.log, &self.command) {
+            (Some(f), _) => f,
+            (None, Command::Run) => DAEMON_LOG,
+            (None, _) => "warn",
+        }
+    }
+}
+
+/// `edgefuse run`'s default filter: a start-up summary, a line when ready, then one line per
+/// problem (warnings and errors of every crate, refused inputs).
+pub const DAEMON_LOG: &str = "warn,edgefuse=info";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -15,7 +15,8 @@ pub struct Config {
     /// Names this device in topics; empty means the hostname.
     #[serde(default)]
     pub device_id: String,
-    /// Holds persistent state (enrolled label prototypes). Relative to the working directory.
+    /// Holds persistent state (enrolled labels, spool, compiled models). A relative path is
+    /// relative to the working directory; unset, see [`default_state_dir_from`].
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     #[serde(default)]
@@ -50,6 +51,36 @@ pub struct Config {
 }
 
 fn default_state_dir() -> PathBuf {
+    default_state_dir_from(|k| std::env::var_os(k))
+}
+
+/// The `state_dir` used when the config sets none, whatever the working directory:
+/// systemd's `$STATE_DIRECTORY` (from `StateDirectory=`; its first entry), else
+/// `$XDG_STATE_HOME/edgefuse`, else `$HOME/.local/state/edgefuse`, else `state` in the working
+/// directory (no home at all). Relative `$XDG_STATE_HOME` or `$HOME` values are ignored, as the
+/// XDG Base Directory spec asks.
+pub fn default_state_dir_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let absolute = |v: Option<std::ffi::OsString>| {
+        v.map(PathBuf::from)
+            .filter(|p| p.is_absolute() && !p.as_os_str().is_empty())
+    };
+    if let Some(dirs) = env("STATE_DIRECTORY") {
+        let first = dirs
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute());
+        if let Some(dir) = first {
+            return dir;
+        }
+    }
+    if let Some(xdg) = absolute(env("XDG_STATE_HOME")) {
+        return xdg.join("edgefuse");
+    }
+    if let Some(home) = absolute(env("HOME")) {
+        return home.join(".local/state/edgefuse");
+    }
     PathBuf::from("state")
 }
 
@@ -235,6 +266,13 @@ pub struct FusionConfig {
     /// Labels reported per record.
     pub top_k: usize,
     pub zero_shot: ZeroShotConfig,
+    /// Fusion groups held at once (a group name is any string a client sends): idle groups
+    /// go first, then the least recently updated.
+    pub max_groups: usize,
+    /// Enrolled labels; an enroll of a new label beyond this is refused on `error`.
+    pub max_labels: usize,
+    /// Examples kept per label and modality; the oldest goes first.
+    pub max_examples: usize,
 }
 
 impl Default for FusionConfig {
@@ -247,6 +285,9 @@ impl Default for FusionConfig {
             nearest: 2,
             top_k: 5,
             zero_shot: ZeroShotConfig::default(),
+            max_groups: 1024,
+            max_labels: 256,
+            max_examples: 32,
         }
     }
 }
@@ -1016,6 +1057,9 @@ impl Config {
         p.range("fusion.novelty_history", f.novelty_history, 1, 100_000);
         p.range("fusion.nearest", f.nearest, 0, 100);
         p.range("fusion.top_k", f.top_k, 1, 1000);
+        p.range("fusion.max_groups", f.max_groups, 1, 1_000_000);
+        p.range("fusion.max_labels", f.max_labels, 1, 100_000);
+        p.range("fusion.max_examples", f.max_examples, 1, 10_000);
         for (name, w) in [
             ("text", f.weights.text),
             ("vision", f.weights.vision),
@@ -1328,5 +1372,38 @@ modalities = ["text"]
         let err = Config::from_toml("[encoders]\nthreads = 0\n", "t.toml").unwrap_err();
         let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(paths, ["encoders.threads"]);
+    }
+
+    #[test]
+    fn default_state_dir_follows_systemd_then_xdg_then_home() {
+        use std::ffi::OsString;
+        fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        }
+        let all = [
+            ("STATE_DIRECTORY", "/var/lib/edgefuse:/var/lib/other"),
+            ("XDG_STATE_HOME", "/home/u/.state"),
+            ("HOME", "/home/u"),
+        ];
+        assert_eq!(
+            default_state_dir_from(env(&all)),
+            Path::new("/var/lib/edgefuse")
+        );
+        assert_eq!(
+            default_state_dir_from(env(&all[1..])),
+            Path::new("/home/u/.state/edgefuse")
+        );
+        assert_eq!(
+            default_state_dir_from(env(&[("XDG_STATE_HOME", "rel"), ("HOME", "/home/u")])),
+            Path::new("/home/u/.local/state/edgefuse")
+        );
+        assert_eq!(default_state_dir_from(env(&[])), Path::new("state"));
+        // The built-in config sets no state_dir, so it gets this default.
+        assert_eq!(Config::builtin().state_dir, default_state_dir());
     }
 }

@@ -70,7 +70,10 @@ pub fn init(filter: &str, format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().with_ansi(false).init(),
         LogFormat::Journal => builder.with_ansi(false).event_format(Journal).init(),
-        LogFormat::Auto | LogFormat::Text => builder.init(),
+        // Colours only on a terminal: not in a file, a pipe or `docker logs`.
+        LogFormat::Auto | LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }
 

@@ -6,7 +6,7 @@ use edgefuse::commands;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    edgefuse::logging::init(&cli.log, cli.log_format);
+    edgefuse::logging::init(cli.log_filter(), cli.log_format);
     let result = match &cli.command {
         Command::Run => commands::run::run(&cli),
         Command::Config => commands::run::print_config(&cli),

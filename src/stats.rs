@@ -44,6 +44,8 @@ pub struct Stats {
     started: Instant,
     per: [PerModality; 3],
     heartbeat_ms: AtomicU64,
+    /// Fusion state sizes and what its limits did; kept across reloads.
+    pub fusion: std::sync::Arc<FusionCounters>,
 }
 
 impl Default for Stats {
@@ -52,7 +54,87 @@ impl Default for Stats {
             started: Instant::now(),
             per: Default::default(),
             heartbeat_ms: AtomicU64::new(0),
+            fusion: Default::default(),
         }
+    }
+}
+
+/// The fusion state keyed by client data (groups, labels) and its limits, for `stats`.
+/// Gauges are set by the publisher after each change; counters only grow.
+#[derive(Debug, Default)]
+pub struct FusionCounters {
+    /// Fusion groups held now (at most `fusion.max_groups`).
+    pub groups: AtomicU64,
+    /// Groups evicted while still inside the window because `fusion.max_groups` was reached.
+    pub groups_evicted: AtomicU64,
+    /// Labels and examples held now, and the bytes of the label store on disk.
+    pub labels: AtomicU64,
+    pub label_examples: AtomicU64,
+    pub label_store_bytes: AtomicU64,
+    /// Enrolls refused by `fusion.max_labels` or the name/id length limit.
+    pub enrolls_refused: AtomicU64,
+    /// Oldest examples dropped by `fusion.max_examples`.
+    pub examples_dropped: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct FusionSnapshot {
+    pub groups: u64,
+    pub groups_evicted: u64,
+    pub labels: u64,
+    pub label_examples: u64,
+    pub label_store_bytes: u64,
+    pub enrolls_refused: u64,
+    pub examples_dropped: u64,
+}
+
+impl FusionCounters {
+    pub fn snapshot(&self) -> FusionSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        FusionSnapshot {
+            groups: g(&self.groups),
+            groups_evicted: g(&self.groups_evicted),
+            labels: g(&self.labels),
+            label_examples: g(&self.label_examples),
+            label_store_bytes: g(&self.label_store_bytes),
+            enrolls_refused: g(&self.enrolls_refused),
+            examples_dropped: g(&self.examples_dropped),
+        }
+    }
+}
+
+/// Rate limit for a log line about a limit that may act on every message (an attacker's
+/// flood must not flood the journal too): the first time, then at most once per `every`,
+/// with the number of times it acted in between.
+#[derive(Debug)]
+pub struct Throttle {
+    every: Duration,
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl Throttle {
+    pub fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            last: None,
+            since: 0,
+        }
+    }
+
+    /// Count one occurrence; `Some(n)` when a line is due, `n` occurrences since the last one
+    /// (this one included).
+    pub fn hit(&mut self) -> Option<u64> {
+        self.since += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < self.every)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
     }
 }
 
@@ -218,5 +300,15 @@ mod tests {
     #[test]
     fn rss_is_reported_on_linux() {
         assert!(rss_bytes() > 1024 * 1024);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_logs_the_first_then_once_per_period_with_a_count() {
+        let mut t = Throttle::new(Duration::from_secs(60));
+        assert_eq!(t.hit(), Some(1));
+        assert_eq!(t.hit(), None);
+        assert_eq!(t.hit(), None);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(t.hit(), Some(3));
     }
 }

@@ -1,7 +1,21 @@
 //! Few-shot labels: examples taught over MQTT (`enroll/<label>`), kept per modality, persisted
 //! in the state directory, scored by cosine to each label's prototype (mean of its examples).
+//!
+//! Bounded: at most `max_labels` labels (an enroll of a new label beyond that is refused) and
+//! `max_examples` examples per label and modality (the oldest goes first); label names and
+//! example ids are at most [`MAX_NAME_BYTES`].
+//!
+//! On disk: a snapshot (`labels.json`, replaced atomically) and an append-only log beside it
+//! (`labels.json.log`, one JSON line per enroll or forget, fsynced). An enroll appends one line
+//! instead of rewriting the store; once the log holds as many entries as the snapshot holds
+//! examples (at least [`COMPACT_MIN`]), it is folded into a new snapshot and truncated, so the
+//! cost per enroll stays constant and the log stays smaller than the snapshot. Every entry
+//! carries a sequence number and the snapshot records the last one it includes, so a power cut
+//! between the snapshot's rename and the log's truncation replays nothing twice; a torn last
+//! line is ignored.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -14,11 +28,44 @@ pub struct Example {
     pub vector: Vec<f32>,
 }
 
+type Labels = BTreeMap<String, BTreeMap<Modality, Vec<Example>>>;
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Stored {
     schema: u32,
-    labels: BTreeMap<String, BTreeMap<Modality, Vec<Example>>>,
+    /// The last log entry this snapshot includes (0: none; stores written before the log).
+    #[serde(default)]
+    seq: u64,
+    labels: Labels,
 }
+
+/// One line of the append log.
+#[derive(Debug, Serialize, Deserialize)]
+struct LogEntry {
+    seq: u64,
+    #[serde(flatten)]
+    op: Op,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Op {
+    Enroll {
+        label: String,
+        modality: Modality,
+        id: String,
+        vector: Vec<f32>,
+    },
+    Forget {
+        label: String,
+    },
+}
+
+/// Longest label name and example id accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+/// The log is compacted once it has this many entries, or as many as the snapshot has
+/// examples, whichever is more.
+pub const COMPACT_MIN: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabelStoreError {
@@ -34,6 +81,12 @@ pub enum LabelStoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the label store is full: {max} labels (fusion.max_labels); forget a label to enroll a new one"
+    )]
+    Full { max: usize },
+    #[error("the {what} is {len} bytes, more than the {MAX_NAME_BYTES} allowed")]
+    TooLong { what: &'static str, len: usize },
 }
 
 /// A label's score in one modality and the enrolled examples nearest to the input.
@@ -51,39 +104,105 @@ pub struct LabelScore {
     pub modalities: BTreeMap<Modality, ModalityScore>,
 }
 
-pub struct LabelStore {
-    path: Option<PathBuf>,
-    labels: BTreeMap<String, BTreeMap<Modality, Vec<Example>>>,
-    prototypes: BTreeMap<(String, Modality), Vec<f32>>,
+/// `fusion.max_labels`, `fusion.max_examples`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabelLimits {
+    pub max_labels: usize,
+    pub max_examples: usize,
 }
 
-/// Most examples kept per label and modality; the oldest go first.
-const MAX_EXAMPLES: usize = 256;
+impl Default for LabelLimits {
+    fn default() -> Self {
+        LabelLimits {
+            max_labels: 256,
+            max_examples: 32,
+        }
+    }
+}
+
+pub struct LabelStore {
+    path: Option<PathBuf>,
+    limits: LabelLimits,
+    labels: Labels,
+    prototypes: BTreeMap<(String, Modality), Vec<f32>>,
+    /// Last sequence number used (snapshot or log).
+    seq: u64,
+    /// Entries in the log now.
+    log_entries: usize,
+    /// Bytes of the snapshot and the log now.
+    snapshot_bytes: u64,
+    log_bytes: u64,
+    /// Enrolls refused by a limit, since start.
+    pub refused: u64,
+    /// Oldest examples dropped at `max_examples`, since start.
+    pub dropped_examples: u64,
+    /// Log compactions, since start.
+    pub compactions: u64,
+}
 
 impl LabelStore {
-    /// Load from `path` (a missing file is an empty store).
+    /// Load from `path` (a missing file is an empty store) with the default limits.
     pub fn open(path: Option<&Path>) -> Result<LabelStore, LabelStoreError> {
+        LabelStore::open_with(path, LabelLimits::default())
+    }
+
+    /// Load the snapshot at `path` and replay its log. A store holding more than `limits`
+    /// allow (written with larger limits) keeps what it has; new labels are refused until
+    /// it is below the limit again.
+    pub fn open_with(
+        path: Option<&Path>,
+        limits: LabelLimits,
+    ) -> Result<LabelStore, LabelStoreError> {
         let mut store = LabelStore {
             path: path.map(Path::to_owned),
+            limits: LabelLimits {
+                max_labels: limits.max_labels.max(1),
+                max_examples: limits.max_examples.max(1),
+            },
             labels: BTreeMap::new(),
             prototypes: BTreeMap::new(),
+            seq: 0,
+            log_entries: 0,
+            snapshot_bytes: 0,
+            log_bytes: 0,
+            refused: 0,
+            dropped_examples: 0,
+            compactions: 0,
         };
+        let mut torn = false;
         if let Some(p) = path {
-            match std::fs::read(p) {
-                Ok(bytes) => {
-                    let stored: Stored =
-                        serde_json::from_slice(&bytes).map_err(|e| LabelStoreError::Parse {
-                            path: p.to_owned(),
-                            message: e.to_string(),
-                        })?;
-                    store.labels = stored.labels;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(LabelStoreError::Read {
+            if let Some(bytes) = read_optional(p)? {
+                let stored: Stored =
+                    serde_json::from_slice(&bytes).map_err(|e| LabelStoreError::Parse {
                         path: p.to_owned(),
-                        source,
-                    })
+                        message: e.to_string(),
+                    })?;
+                store.labels = stored.labels;
+                store.seq = stored.seq;
+                store.snapshot_bytes = bytes.len() as u64;
+            }
+            let log = log_path(p);
+            if let Some(bytes) = read_optional(&log)? {
+                store.log_bytes = bytes.len() as u64;
+                for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                    if line.is_empty() {
+                        continue;
+                    }
+                    let Ok(entry) = serde_json::from_slice::<LogEntry>(line) else {
+                        // A power cut mid-append: everything before this line is intact.
+                        tracing::warn!(
+                            log = %log.display(),
+                            line = n + 1,
+                            "label log ends in a damaged entry (interrupted write?); ignoring it"
+                        );
+                        torn = true;
+                        break;
+                    };
+                    store.log_entries += 1;
+                    if entry.seq > store.seq {
+                        store.seq = entry.seq;
+                        store.apply(entry.op);
+                    }
                 }
             }
         }
@@ -95,6 +214,9 @@ impl LabelStore {
         for (l, m) in keys {
             store.refresh(&l, m);
         }
+        if torn {
+            store.compact()?;
+        }
         Ok(store)
     }
 
@@ -104,6 +226,24 @@ impl LabelStore {
 
     pub fn label_count(&self) -> usize {
         self.labels.len()
+    }
+
+    /// Examples held, over every label and modality.
+    pub fn example_count(&self) -> usize {
+        self.labels
+            .values()
+            .flat_map(|m| m.values())
+            .map(Vec::len)
+            .sum()
+    }
+
+    /// Bytes on disk: snapshot plus log.
+    pub fn disk_bytes(&self) -> u64 {
+        self.snapshot_bytes + self.log_bytes
+    }
+
+    pub fn limits(&self) -> LabelLimits {
+        self.limits
     }
 
     pub fn examples(&self, label: &str, m: Modality) -> usize {
@@ -127,7 +267,46 @@ impl LabelStore {
         self.prototypes.insert((label.to_owned(), m), proto);
     }
 
-    /// Add an example and persist. Returns the number of examples of that label and modality.
+    /// Apply an operation in memory (enroll within the limits). Returns the examples of the
+    /// label and modality after an enroll.
+    fn apply(&mut self, op: Op) -> usize {
+        match op {
+            Op::Enroll {
+                label,
+                modality,
+                id,
+                vector,
+            } => {
+                if !self.labels.contains_key(&label) && self.labels.len() >= self.limits.max_labels
+                {
+                    return 0;
+                }
+                let list = self
+                    .labels
+                    .entry(label.clone())
+                    .or_default()
+                    .entry(modality)
+                    .or_default();
+                list.push(Example { id, vector });
+                let excess = list.len().saturating_sub(self.limits.max_examples);
+                if excess > 0 {
+                    list.drain(..excess);
+                    self.dropped_examples += excess as u64;
+                }
+                let n = list.len();
+                self.refresh(&label, modality);
+                n
+            }
+            Op::Forget { label } => {
+                self.labels.remove(&label);
+                self.prototypes.retain(|(l, _), _| *l != label);
+                0
+            }
+        }
+    }
+
+    /// Add an example and persist it (one appended log line). Returns the number of examples
+    /// of that label and modality.
     pub fn enroll(
         &mut self,
         label: &str,
@@ -135,56 +314,119 @@ impl LabelStore {
         id: &str,
         vector: Vec<f32>,
     ) -> Result<usize, LabelStoreError> {
-        let list = self
-            .labels
-            .entry(label.to_owned())
-            .or_default()
-            .entry(m)
-            .or_default();
-        list.push(Example {
+        for (what, len) in [("label name", label.len()), ("example id", id.len())] {
+            if len > MAX_NAME_BYTES {
+                self.refused += 1;
+                return Err(LabelStoreError::TooLong { what, len });
+            }
+        }
+        if !self.labels.contains_key(label) && self.labels.len() >= self.limits.max_labels {
+            self.refused += 1;
+            return Err(LabelStoreError::Full {
+                max: self.limits.max_labels,
+            });
+        }
+        let op = Op::Enroll {
+            label: label.to_owned(),
+            modality: m,
             id: id.to_owned(),
             vector,
-        });
-        if list.len() > MAX_EXAMPLES {
-            list.remove(0);
-        }
-        let n = list.len();
-        self.refresh(label, m);
-        self.save()?;
-        Ok(n)
+        };
+        let op = self.log(op)?;
+        Ok(self.apply(op))
     }
 
     /// Remove a label in every modality and persist. Returns whether it existed.
     pub fn forget(&mut self, label: &str) -> Result<bool, LabelStoreError> {
-        let existed = self.labels.remove(label).is_some();
-        self.prototypes.retain(|(l, _), _| l != label);
-        if existed {
-            self.save()?;
+        if !self.labels.contains_key(label) {
+            return Ok(false);
         }
-        Ok(existed)
+        let op = self.log(Op::Forget {
+            label: label.to_owned(),
+        })?;
+        self.apply(op);
+        Ok(true)
     }
 
-    fn save(&self) -> Result<(), LabelStoreError> {
-        let Some(path) = &self.path else {
-            return Ok(());
+    /// Append `op` to the log (fsynced), compacting first when the log is due; hands `op`
+    /// back for `apply`. Without a path (tests, `edgefuse embed`) nothing is written.
+    fn log(&mut self, op: Op) -> Result<Op, LabelStoreError> {
+        let Some(path) = self.path.clone() else {
+            return Ok(op);
         };
-        let stored = Stored {
-            schema: 1,
-            labels: self.labels.clone(),
+        if self.log_entries >= COMPACT_MIN.max(self.example_count()) {
+            self.compact()?;
+        }
+        let entry = LogEntry {
+            seq: self.seq + 1,
+            op,
         };
-        let bytes = serde_json::to_vec(&stored).map_err(|e| LabelStoreError::Parse {
+        let mut line = serde_json::to_vec(&entry).map_err(|e| LabelStoreError::Parse {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        line.push(b'\n');
+        let log = log_path(&path);
         let write_err = |source| LabelStoreError::Write {
-            path: path.clone(),
+            path: log.clone(),
             source,
         };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(write_err)?;
         }
-        // A power cut leaves the old or the new file, never half of one.
-        crate::atomic_file::write_atomic(path, &bytes).map_err(write_err)
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(write_err)?;
+        f.write_all(&line).map_err(write_err)?;
+        f.sync_data().map_err(write_err)?;
+        self.seq = entry.seq;
+        self.log_entries += 1;
+        self.log_bytes += line.len() as u64;
+        Ok(entry.op)
+    }
+
+    /// Fold the log into a new snapshot (atomic replace), then empty the log.
+    pub fn compact(&mut self) -> Result<(), LabelStoreError> {
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        let stored = Stored {
+            schema: 1,
+            seq: self.seq,
+            labels: std::mem::take(&mut self.labels),
+        };
+        let bytes = serde_json::to_vec(&stored);
+        self.labels = stored.labels;
+        let bytes = bytes.map_err(|e| LabelStoreError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let write_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LabelStoreError::Write { path, source }
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(write_err(&path))?;
+        }
+        // A power cut leaves the old or the new snapshot, never half of one; the log's
+        // sequence numbers make replaying it over either one correct.
+        crate::atomic_file::write_atomic(&path, &bytes).map_err(write_err(&path))?;
+        let log = log_path(&path);
+        match std::fs::OpenOptions::new().write(true).open(&log) {
+            Ok(f) => {
+                f.set_len(0).map_err(write_err(&log))?;
+                f.sync_all().map_err(write_err(&log))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(write_err(&log)(e)),
+        }
+        self.snapshot_bytes = bytes.len() as u64;
+        self.log_bytes = 0;
+        self.log_entries = 0;
+        self.compactions += 1;
+        Ok(())
     }
 
     /// Score every label against the record's modality vectors, best first.
@@ -241,6 +483,24 @@ impl LabelStore {
         out.sort_by(|a, b| b.score.total_cmp(&a.score));
         out.truncate(top_k);
         out
+    }
+}
+
+/// The append log beside the snapshot: `labels.json` → `labels.json.log`.
+fn log_path(snapshot: &Path) -> PathBuf {
+    let mut name = snapshot.file_name().unwrap_or_default().to_os_string();
+    name.push(".log");
+    snapshot.with_file_name(name)
+}
+
+fn read_optional(p: &Path) -> Result<Option<Vec<u8>>, LabelStoreError> {
+    match std::fs::read(p) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(LabelStoreError::Read {
+            path: p.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -303,5 +563,158 @@ mod tests {
         std::fs::write(&path, b"{not json").unwrap();
         let err = LabelStore::open(Some(&path)).err().unwrap().to_string();
         assert!(err.contains("not a valid label store"), "{err}");
+    }
+
+    #[test]
+    fn an_enroll_appends_one_line_and_compaction_keeps_the_log_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.json");
+        let log = dir.path().join("labels.json.log");
+        let mut s = LabelStore::open(Some(&path)).unwrap();
+        s.enroll("a", Modality::Text, "a1", unit(&[1.0, 0.0]))
+            .unwrap();
+        // No snapshot rewrite per enroll: only the log exists after the first.
+        assert!(!path.exists());
+        let one = std::fs::metadata(&log).unwrap().len();
+        s.enroll("a", Modality::Text, "a2", unit(&[1.0, 0.1]))
+            .unwrap();
+        assert!(std::fs::metadata(&log).unwrap().len() < 2 * one + 16);
+        for i in 0..(3 * COMPACT_MIN) {
+            s.enroll(
+                &format!("l{}", i % 10),
+                Modality::Text,
+                "x",
+                unit(&[0.0, 1.0]),
+            )
+            .unwrap();
+        }
+        assert!(s.compactions >= 1, "{}", s.compactions);
+        assert!(s.log_entries <= COMPACT_MIN.max(s.example_count()));
+        let (labels, examples) = (s.label_count(), s.example_count());
+        let reopened = LabelStore::open(Some(&path)).unwrap();
+        assert_eq!(
+            (reopened.label_count(), reopened.example_count()),
+            (labels, examples)
+        );
+        assert_eq!(
+            reopened.disk_bytes(),
+            std::fs::metadata(&path).unwrap().len() + std::fs::metadata(&log).unwrap().len()
+        );
+    }
+
+    #[test]
+    fn a_crash_between_snapshot_and_log_truncation_replays_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.json");
+        let log = dir.path().join("labels.json.log");
+        let mut s = LabelStore::open(Some(&path)).unwrap();
+        for i in 0..5 {
+            s.enroll("a", Modality::Text, &format!("a{i}"), unit(&[1.0, 0.0]))
+                .unwrap();
+        }
+        let old_log = std::fs::read(&log).unwrap();
+        s.compact().unwrap();
+        // As if power failed after the rename and before the truncation.
+        std::fs::write(&log, &old_log).unwrap();
+        let s = LabelStore::open(Some(&path)).unwrap();
+        assert_eq!(s.examples("a", Modality::Text), 5);
+    }
+
+    #[test]
+    fn a_torn_last_log_line_is_ignored_and_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.json");
+        let log = dir.path().join("labels.json.log");
+        let mut s = LabelStore::open(Some(&path)).unwrap();
+        s.enroll("a", Modality::Text, "a1", unit(&[1.0, 0.0]))
+            .unwrap();
+        s.enroll("b", Modality::Text, "b1", unit(&[0.0, 1.0]))
+            .unwrap();
+        let bytes = std::fs::read(&log).unwrap();
+        std::fs::write(&log, &bytes[..bytes.len() - 7]).unwrap();
+        let mut s = LabelStore::open(Some(&path)).unwrap();
+        assert_eq!((s.label_count(), s.examples("a", Modality::Text)), (1, 1));
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "compacted");
+        s.enroll("c", Modality::Text, "c1", unit(&[0.0, 1.0]))
+            .unwrap();
+        assert_eq!(LabelStore::open(Some(&path)).unwrap().label_count(), 2);
+    }
+
+    #[test]
+    fn limits_refuse_new_labels_and_drop_the_oldest_examples() {
+        let limits = LabelLimits {
+            max_labels: 2,
+            max_examples: 3,
+        };
+        let mut s = LabelStore::open_with(None, limits).unwrap();
+        for i in 0..5 {
+            s.enroll("a", Modality::Text, &format!("a{i}"), unit(&[1.0, 0.0]))
+                .unwrap();
+        }
+        assert_eq!(
+            (s.examples("a", Modality::Text), s.dropped_examples),
+            (3, 2)
+        );
+        s.enroll("b", Modality::Text, "b", unit(&[1.0, 0.0]))
+            .unwrap();
+        let err = s
+            .enroll("c", Modality::Text, "c", unit(&[1.0, 0.0]))
+            .unwrap_err();
+        assert!(matches!(err, LabelStoreError::Full { max: 2 }), "{err}");
+        assert!(err.to_string().contains("fusion.max_labels"), "{err}");
+        // Existing labels still learn; a forgotten one makes room.
+        s.enroll("b", Modality::Vision, "b2", unit(&[1.0, 0.0]))
+            .unwrap();
+        assert!(s.forget("a").unwrap());
+        s.enroll("c", Modality::Text, "c", unit(&[1.0, 0.0]))
+            .unwrap();
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        assert!(matches!(
+            s.enroll(&long, Modality::Text, "i", vec![1.0]),
+            Err(LabelStoreError::TooLong { .. })
+        ));
+        assert!(matches!(
+            s.enroll("b", Modality::Text, &long, vec![1.0]),
+            Err(LabelStoreError::TooLong { .. })
+        ));
+        assert_eq!(s.refused, 3);
+    }
+
+    #[test]
+    fn a_hundred_thousand_distinct_labels_keep_memory_and_disk_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.json");
+        let limits = LabelLimits {
+            max_labels: 100,
+            max_examples: 4,
+        };
+        let mut s = LabelStore::open_with(Some(&path), limits).unwrap();
+        let mut peak_disk = 0;
+        for i in 0..100_000u32 {
+            let v = unit(&[1.0, i as f32]);
+            let _ = s.enroll(&format!("label-{i}"), Modality::Text, &format!("id-{i}"), v);
+            // Existing labels keep learning (and dropping their oldest examples).
+            if i % 50 == 0 {
+                let label = format!("label-{}", (i / 50) % 100);
+                s.enroll(
+                    &label,
+                    Modality::Text,
+                    &format!("id-{i}"),
+                    unit(&[1.0, 0.0]),
+                )
+                .unwrap();
+            }
+            peak_disk = peak_disk.max(s.disk_bytes());
+        }
+        assert_eq!(s.label_count(), 100);
+        assert_eq!(s.example_count(), 400);
+        assert_eq!(s.refused, 100_000 - 100);
+        // 400 two-dimensional examples: a few tens of kB, never growing with the input count.
+        assert!(peak_disk < 200_000, "{peak_disk}");
+        let on_disk: u64 = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert_eq!(on_disk, s.disk_bytes());
     }
 }

@@ -7,14 +7,17 @@ pub mod window;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::config::FusionConfig;
+use crate::stats::{FusionCounters, Throttle};
 use crate::types::{cosine, l2_normalize, Modality};
-pub use labels::{LabelScore, LabelStore, LabelStoreError};
+pub use labels::{LabelLimits, LabelScore, LabelStore, LabelStoreError};
 use window::{Entry, Windows};
 
 /// A linear map applied to one modality's vector before fusion.
@@ -89,7 +92,14 @@ pub struct Fusion {
     pub labels: LabelStore,
     zero_shot_modalities: Vec<Modality>,
     zero_shot_labels: Vec<(String, Vec<f32>)>,
+    counters: Arc<FusionCounters>,
+    evict_log: Throttle,
+    refuse_log: Throttle,
+    drop_log: Throttle,
 }
+
+/// How often a limit that keeps acting is logged again (with the count since).
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Fusion {
     /// `dims` holds each enabled modality's encoder dimension.
@@ -143,7 +153,7 @@ impl Fusion {
             weights,
             layout,
             projections,
-            windows: Windows::default(),
+            windows: Windows::new(cfg.max_groups),
             history: VecDeque::new(),
             history_cap: cfg.novelty_history.max(1),
             nearest: cfg.nearest,
@@ -151,7 +161,33 @@ impl Fusion {
             labels,
             zero_shot_modalities,
             zero_shot_labels,
+            counters: Arc::default(),
+            evict_log: Throttle::new(LIMIT_LOG_EVERY),
+            refuse_log: Throttle::new(LIMIT_LOG_EVERY),
+            drop_log: Throttle::new(LIMIT_LOG_EVERY),
         })
+    }
+
+    /// Report sizes and limit actions to these counters (the daemon's `stats`).
+    pub fn with_counters(mut self, counters: Arc<FusionCounters>) -> Fusion {
+        self.counters = counters;
+        self.sync_counters();
+        self
+    }
+
+    pub fn counters(&self) -> &FusionCounters {
+        &self.counters
+    }
+
+    fn sync_counters(&self) {
+        let c = &self.counters;
+        c.groups.store(self.windows.len() as u64, Ordering::Relaxed);
+        c.labels
+            .store(self.labels.label_count() as u64, Ordering::Relaxed);
+        c.label_examples
+            .store(self.labels.example_count() as u64, Ordering::Relaxed);
+        c.label_store_bytes
+            .store(self.labels.disk_bytes(), Ordering::Relaxed);
     }
 
     pub fn dim(&self) -> usize {
@@ -178,7 +214,23 @@ impl Fusion {
             vector: self.project(m, vector),
             at,
         };
-        let current = self.windows.update(group, m, entry, self.window);
+        let (current, pruned) = self.windows.update(group, m, entry, self.window);
+        if pruned.evicted > 0 {
+            self.counters
+                .groups_evicted
+                .fetch_add(pruned.evicted as u64, Ordering::Relaxed);
+            if let Some(n) = self.evict_log.hit() {
+                tracing::warn!(
+                    "fusion.max_groups ({}) reached: evicted the least recently updated groups \
+                     ({n} eviction rounds since the last such line, {} groups in all)",
+                    self.windows.max_groups(),
+                    self.windows.evicted
+                );
+            }
+        }
+        self.counters
+            .groups
+            .store(self.windows.len() as u64, Ordering::Relaxed);
         let mut fused = Vec::with_capacity(self.dim());
         for (lm, dim) in &self.layout {
             match current.get(lm) {
@@ -257,7 +309,41 @@ impl Fusion {
         vector: &[f32],
     ) -> Result<usize, LabelStoreError> {
         let v = self.project(m, vector);
-        self.labels.enroll(label, m, id, v)
+        let dropped = self.labels.dropped_examples;
+        let result = self.labels.enroll(label, m, id, v);
+        match &result {
+            Err(e @ (LabelStoreError::Full { .. } | LabelStoreError::TooLong { .. })) => {
+                self.counters
+                    .enrolls_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(n) = self.refuse_log.hit() {
+                    tracing::warn!("enroll refused ({n} since the last such line): {e}");
+                }
+            }
+            _ if self.labels.dropped_examples > dropped => {
+                let d = self.labels.dropped_examples - dropped;
+                self.counters
+                    .examples_dropped
+                    .fetch_add(d, Ordering::Relaxed);
+                if let Some(n) = self.drop_log.hit() {
+                    tracing::info!(
+                        "fusion.max_examples ({}) reached for label {label:?}: dropped its \
+                         oldest example ({n} since the last such line)",
+                        self.labels.limits().max_examples
+                    );
+                }
+            }
+            _ => {}
+        }
+        self.sync_counters();
+        result
+    }
+
+    /// Remove a label in every modality and persist. Returns whether it existed.
+    pub fn forget(&mut self, label: &str) -> Result<bool, LabelStoreError> {
+        let r = self.labels.forget(label);
+        self.sync_counters();
+        r
     }
 }
 
@@ -358,5 +444,39 @@ mod tests {
         let proj = Projection::load(&p, 2).unwrap();
         assert_eq!(proj.apply(&[1.0, 0.0]).len(), 3);
         assert!(Projection::load(&p, 3).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_show_in_the_counters() {
+        let cfg = FusionConfig {
+            max_groups: 2,
+            ..FusionConfig::default()
+        };
+        let store = LabelStore::open_with(
+            None,
+            LabelLimits {
+                max_labels: 1,
+                max_examples: 1,
+            },
+        )
+        .unwrap();
+        let counters = Arc::new(FusionCounters::default());
+        let mut f = Fusion::new(&cfg, &dims(), store, vec![])
+            .unwrap()
+            .with_counters(counters.clone());
+        for g in ["a", "b", "c", "d"] {
+            f.add(g, Modality::Text, g, &[1.0, 0.0], Instant::now());
+        }
+        f.enroll("x", Modality::Text, "1", &[1.0, 0.0]).unwrap();
+        f.enroll("x", Modality::Text, "2", &[1.0, 0.0]).unwrap();
+        assert!(f.enroll("y", Modality::Text, "3", &[1.0, 0.0]).is_err());
+        let s = counters.snapshot();
+        assert_eq!(
+            (s.groups, s.groups_evicted, s.labels, s.label_examples),
+            (2, 2, 1, 1)
+        );
+        assert_eq!((s.enrolls_refused, s.examples_dropped), (1, 1));
+        assert!(f.forget("x").unwrap());
+        assert_eq!(counters.snapshot().labels, 0);
     }
 }

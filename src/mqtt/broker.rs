@@ -103,7 +103,7 @@ next_connection_delay_ms = 1
     for addr in [listen, internal] {
         wait_listening(addr)?;
     }
-    tracing::info!(%listen, %internal, "embedded MQTT broker listening");
+    tracing::debug!(%listen, %internal, "embedded MQTT broker listening");
     Ok(EmbeddedBroker {
         public: listen,
         internal,

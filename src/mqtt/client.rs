@@ -85,6 +85,10 @@ pub struct Counters {
     pub replayed: AtomicU64,
     /// Home Assistant discovery announcements (each is the whole set of configs).
     pub discovery_announcements: AtomicU64,
+    /// Signalled on every ConnAck, so `stats` goes out right after (re)connecting instead of
+    /// up to `stats.interval_s` later. One stored permit: a connect before the stats task
+    /// waits is not lost.
+    pub on_connect: Notify,
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -297,6 +301,7 @@ async fn run_event_loop(
                 }
                 ever_connected = true;
                 counters.connected.store(true, Ordering::Relaxed);
+                counters.on_connect.notify_one();
                 tracing::info!("connected to the MQTT broker");
                 // Publishes left over from the last connection (resumed sessions): the spool
                 // resends results itself, and availability is announced afresh below. Acks

@@ -9,14 +9,33 @@ pub const SCHEMA: u32 = 1;
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const CONTENT_TYPE_F16: &str = "application/x-edgefuse-f16";
 
-/// Per-stage wall times of one item, in milliseconds.
+/// Per-stage wall times of one item, in milliseconds. JSON carries them rounded to the
+/// microsecond (3 decimals): `0.011`, not `0.011016999999999999`.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct StageTimings {
+    #[serde(serialize_with = "micros")]
     pub queue: f64,
+    #[serde(serialize_with = "micros")]
     pub preprocess: f64,
+    #[serde(serialize_with = "micros")]
     pub inference: f64,
+    #[serde(serialize_with = "micros")]
     pub postprocess: f64,
+    #[serde(serialize_with = "micros")]
     pub total: f64,
+}
+
+/// Milliseconds rounded to 3 decimals (whole microseconds); finer digits are timer noise.
+pub fn round_ms(ms: f64) -> f64 {
+    if ms.is_finite() {
+        (ms * 1e3).round() / 1e3
+    } else {
+        ms
+    }
+}
+
+fn micros<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(round_ms(*ms))
 }
 
 /// `embedding/<modality>`.
@@ -139,6 +158,7 @@ mod tests {
             assert!(v.get(key).is_some(), "{key}");
         }
         assert_eq!(v["model"]["sha256"], "abc");
+        assert_eq!(v["timings_ms"]["total"], 0.0);
         assert_eq!(
             user_properties(&r)
                 .iter()
@@ -147,5 +167,22 @@ mod tests {
                 .1,
             "2"
         );
+    }
+
+    #[test]
+    fn timings_are_rounded_to_the_microsecond_in_json() {
+        let t = StageTimings {
+            queue: 0.011016999999999999,
+            preprocess: 11.3004999,
+            inference: 170.1234567,
+            postprocess: 0.0004,
+            total: 182.0,
+        };
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(
+            json,
+            r#"{"queue":0.011,"preprocess":11.3,"inference":170.123,"postprocess":0.0,"total":182.0}"#
+        );
+        assert_eq!(round_ms(f64::INFINITY), f64::INFINITY);
     }
 }

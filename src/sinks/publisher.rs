@@ -35,6 +35,10 @@ pub struct Publisher {
     pub semantic: Option<SemanticState>,
     /// Zero-shot word scores reported per item (`fusion.top_k`).
     pub top_k: usize,
+    /// A `labels` record went out in this run: from then on every fused record is followed by
+    /// one, even when no label matches (an empty list), so a subscriber such as Home Assistant
+    /// never keeps showing a label that no longer applies.
+    pub labels_published: bool,
 }
 
 #[derive(Serialize)]
@@ -153,7 +157,7 @@ impl Publisher {
                 label, id, topic, ..
             } => {
                 let ts = now_rfc3339();
-                match self.fusion.labels.forget(&label) {
+                match self.fusion.forget(&label) {
                     Ok(existed) => {
                         let r = ForgottenRecord {
                             schema: SCHEMA,
@@ -496,7 +500,9 @@ impl Publisher {
         };
         self.json(self.mqtt.topics.at("fused"), &rec, None, None)
             .await;
-        if !f.labels.is_empty() || !f.zero_shot.is_empty() || words.is_some() {
+        self.labels_published |=
+            !self.fusion.labels.is_empty() || !f.zero_shot.is_empty() || words.is_some();
+        if self.labels_published {
             let rec = LabelsRecord {
                 schema: SCHEMA,
                 id: &id,
