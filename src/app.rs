@@ -384,7 +384,18 @@ impl Pipeline {
         tracing::info!(labels = labels.label_count(), "label store loaded");
         let fusion =
             Fusion::new(&config.fusion, &dims, labels, zero_shot).map_err(anyhow::Error::msg)?;
-        let (semantic, semantic_hooks) = open_semantic(&config, &encoders, &models).await?;
+        let (semantic, mut semantic_hooks) = open_semantic(&config, &encoders, &models).await?;
+        // Speech: the audio hook transcribes, and places transcripts in the shared space.
+        let audio_on = encoders.audio.is_some();
+        let speech = crate::shared_space::speech::open(
+            &config,
+            &encoders.manifest,
+            audio_on,
+            semantic.as_ref(),
+        );
+        if let Some(hook) = speech.await? {
+            semantic_hooks.insert(Modality::Audio, hook);
+        }
 
         // Queues, workers, publisher.
         let (events_tx, events_rx) = mpsc::channel::<Event>(config.queues.results);

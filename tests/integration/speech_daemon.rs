@@ -1,0 +1,158 @@
+//! Speech in the daemon, against a real mosquitto on loopback: WAVs published on `in/audio`
+//! come back as `transcript` records with their words, zero-shot words scored on what was said,
+//! and entries in the search index; silence and noise bring no transcript; bad audio is an
+//! `error` and the daemon keeps answering.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::util::{self, fixture_path, publish, Broker, Daemon, Sub};
+
+/// Two speech decodings in a debug build, plus the model loads.
+const T: Duration = Duration::from_secs(120);
+
+fn words(t: &str) -> String {
+    t.to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || c.is_whitespace())
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn audio(port: u16, id: &str, rel: &str) {
+    publish(
+        port,
+        "edgefuse/test/in/audio",
+        &[
+            "-f",
+            &fixture_path(rel),
+            "-D",
+            "publish",
+            "correlation-data",
+            id,
+        ],
+    );
+}
+
+fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    util::write_config(
+        dir,
+        "test",
+        &format!(
+            "[encoders.vision]\nenabled = false\n[encoders.speech]\nenabled = true\n\
+             [stats]\ninterval_s = 0\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n\
+             [fusion.zero_shot]\nwords = [\"weather\", \"cooking\", \"vehicle\"]\n"
+        ),
+    )
+}
+
+#[test]
+fn spoken_audio_becomes_a_transcript_with_labels_and_a_query_finds_it() {
+    let broker = Broker::any();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), broker.port);
+    let mut sub = Sub::start(broker.port, "edgefuse/test/#");
+    let _daemon = Daemon::start(&config);
+    sub.expect("edgefuse/test/available", T, |m| m.payload == "online");
+
+    // Silence and noise first: embedded, but nothing heard.
+    audio(
+        broker.port,
+        "a-silence",
+        "tests/fixtures/speech/silence_3s.wav",
+    );
+    audio(
+        broker.port,
+        "a-noise",
+        "tests/fixtures/audio/white_noise.wav",
+    );
+    audio(broker.port, "a-kettle", "tests/fixtures/speech/kettle.wav");
+    audio(
+        broker.port,
+        "a-weather",
+        "tests/fixtures/speech/weather.wav",
+    );
+
+    for id in ["a-silence", "a-noise"] {
+        let e = sub
+            .expect("/embedding/audio", T, |m| m.json()["id"] == id)
+            .json();
+        assert!(e.get("semantic").is_none(), "no speech, no vector: {e}");
+    }
+    let t = sub
+        .expect("/transcript", T, |m| m.json()["id"] == "a-kettle")
+        .json();
+    // The publisher handles inputs in order: a transcript of the silence or the noise would
+    // have come before this one.
+    for line in &sub.seen {
+        assert!(
+            !(line.starts_with("edgefuse/test/transcript|")
+                && (line.contains("a-silence") || line.contains("a-noise"))),
+            "a transcript of silence or noise: {line}"
+        );
+    }
+    assert_eq!(
+        words(t["text"].as_str().unwrap()),
+        "the kettle is boiling in the kitchen",
+        "{t}"
+    );
+    assert_eq!(t["text_withheld"], false);
+    assert_eq!(t["source"], "mqtt");
+    let seg = &t["segments"][0];
+    assert!(seg["end_s"].as_f64() > seg["start_s"].as_f64(), "{t}");
+    assert!(words(seg["text"].as_str().unwrap()).contains("kettle"));
+    assert!(t["model"].as_str().unwrap().contains('@'), "{t}");
+    assert!(t["timings_ms"]["decoder_ms"].as_f64().unwrap() > 0.0, "{t}");
+    // Zero-shot words scored on the transcript's text vector: the kitchen sentence is cooking.
+    let scores = t["words"].as_array().unwrap();
+    assert_eq!(scores.len(), 3, "{t}");
+    assert_eq!(scores[0]["label"], "cooking", "{t}");
+    let space = t["semantic"]["space"].as_str().unwrap();
+    assert_eq!(t["semantic"]["vector"].as_array().unwrap().len(), 384);
+    // The audio embedding record carries the same vector in the same space, and the labels
+    // record scores the words on it.
+    let e = sub
+        .expect("/embedding/audio", T, |m| m.json()["id"] == "a-kettle")
+        .json();
+    assert_eq!(e["semantic"]["space"], space);
+    assert_eq!(e["semantic"]["vector"], t["semantic"]["vector"]);
+    let l = sub
+        .expect("/labels", T, |m| m.json()["words"]["item"] == "a-kettle")
+        .json();
+    assert_eq!(l["words"]["scores"][0]["label"], "cooking", "{l}");
+
+    let w = sub
+        .expect("/transcript", T, |m| m.json()["id"] == "a-weather")
+        .json();
+    assert!(words(w["text"].as_str().unwrap()).contains("sunny"), "{w}");
+    assert_eq!(w["words"][0]["label"], "weather", "{w}");
+
+    // Bad audio: an `error` naming the input; then the daemon still answers a text query, which
+    // finds the spoken kettle among the two clips heard (silence and noise are not indexed).
+    audio(broker.port, "a-bad", "tests/fixtures/audio/not_a_wav.wav");
+    let err = sub
+        .expect("/error", T, |m| m.json()["id"] == "a-bad")
+        .json();
+    assert_eq!(err["topic"], "edgefuse/test/in/audio");
+    assert!(
+        err["reason"].as_str().unwrap().contains("not a WAV file"),
+        "{err}"
+    );
+    publish(
+        broker.port,
+        "edgefuse/test/query",
+        &[
+            "-m",
+            r#"{"id": "q-tea", "text": "water boiling for tea", "k": 5}"#,
+        ],
+    );
+    let r = sub
+        .expect("/query/result", T, |m| m.json()["id"] == "q-tea")
+        .json();
+    assert_eq!(r["searched"], 2, "{r}");
+    assert_eq!(r["results"][0]["id"], "a-kettle", "{r}");
+    assert_eq!(r["results"][0]["modality"], "audio", "{r}");
+    assert_eq!(r["results"][1]["id"], "a-weather", "{r}");
+}
