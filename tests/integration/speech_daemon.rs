@@ -81,6 +81,10 @@ fn spoken_audio_becomes_a_transcript_with_labels_and_a_query_finds_it() {
             .json();
         assert!(e.get("semantic").is_none(), "no speech, no vector: {e}");
     }
+    // The embedding record comes first, then the transcript, then the fused labels.
+    let e = sub
+        .expect("/embedding/audio", T, |m| m.json()["id"] == "a-kettle")
+        .json();
     let t = sub
         .expect("/transcript", T, |m| m.json()["id"] == "a-kettle")
         .json();
@@ -113,9 +117,6 @@ fn spoken_audio_becomes_a_transcript_with_labels_and_a_query_finds_it() {
     assert_eq!(t["semantic"]["vector"].as_array().unwrap().len(), 384);
     // The audio embedding record carries the same vector in the same space, and the labels
     // record scores the words on it.
-    let e = sub
-        .expect("/embedding/audio", T, |m| m.json()["id"] == "a-kettle")
-        .json();
     assert_eq!(e["semantic"]["space"], space);
     assert_eq!(e["semantic"]["vector"], t["semantic"]["vector"]);
     let l = sub
