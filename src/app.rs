@@ -386,14 +386,12 @@ impl Pipeline {
             Fusion::new(&config.fusion, &dims, labels, zero_shot).map_err(anyhow::Error::msg)?;
         let (semantic, mut semantic_hooks) = open_semantic(&config, &encoders, &models).await?;
         // Speech: the audio hook transcribes, and places transcripts in the shared space.
+        let transcriber = encoders.speech.as_ref().map(|s| Arc::clone(&s.encoder));
         let audio_on = encoders.audio.is_some();
-        let speech = crate::shared_space::speech::open(
-            &config,
-            &encoders.manifest,
-            audio_on,
-            semantic.as_ref(),
-        );
-        if let Some(hook) = speech.await? {
+        let speech = &config.encoders.speech;
+        let hook =
+            crate::shared_space::speech::hook(speech, transcriber, audio_on, semantic.as_ref());
+        if let Some(hook) = hook {
             semantic_hooks.insert(Modality::Audio, hook);
         }
 

@@ -154,45 +154,39 @@ impl SemanticHook for SpeechHook {
     }
 }
 
-/// The daemon's speech hook when `encoders.speech.enabled` (and the audio encoder runs):
-/// loads the transcriber on the blocking pool. `state` is the shared space, if it is open.
-pub async fn open(
-    config: &crate::config::Config,
-    manifest: &crate::manifest::Manifest,
+/// The daemon's speech hook when `encoders.speech.enabled`: `transcriber` is the one
+/// `Encoders::load` loaded (with the audio encoder only, so a reload that cannot load it is
+/// refused before the swap). `state` is the shared space, if it is open.
+pub fn hook(
+    config: &crate::config::SpeechConfig,
+    transcriber: Option<Arc<Transcriber>>,
     audio_enabled: bool,
     state: Option<&super::SemanticState>,
-) -> anyhow::Result<Option<Arc<dyn SemanticHook>>> {
-    use anyhow::Context;
-    let sc = &config.encoders.speech;
-    if !sc.enabled {
-        return Ok(None);
+) -> Option<Arc<dyn SemanticHook>> {
+    if !config.enabled {
+        return None;
     }
-    if !audio_enabled {
+    let Some(transcriber) = transcriber.filter(|_| audio_enabled) else {
         tracing::warn!(
             "encoders.speech.enabled needs encoders.audio.enabled = true (transcripts ride on \
              the audio worker); no transcripts"
         );
-        return Ok(None);
-    }
-    let (manifest, speech, cache) = (manifest.clone(), sc.clone(), config.model_cache());
-    let transcriber =
-        tokio::task::spawn_blocking(move || Transcriber::load(&manifest, &speech, cache.as_ref()))
-            .await
-            .context("speech model loading task failed")?
-            .context("loading the speech model (encoders.speech)")?;
+        return None;
+    };
     tracing::info!(
         model = transcriber.model_id(),
-        publish_mic_text = sc.publish_mic_text,
+        publish_mic_text = config.publish_mic_text,
+        shared_space = state.is_some(),
         "speech transcription ready"
     );
-    Ok(Some(Arc::new(SpeechHook {
-        transcriber: Arc::new(transcriber),
+    Some(Arc::new(SpeechHook {
+        transcriber,
         space: state.map(|st| SpeechSpace {
             text: Arc::clone(&st.text),
             map: Arc::clone(&st.map),
         }),
-        publish_mic_text: sc.publish_mic_text,
-    })))
+        publish_mic_text: config.publish_mic_text,
+    }))
 }
 
 #[cfg(test)]
