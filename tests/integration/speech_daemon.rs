@@ -157,3 +157,119 @@ fn spoken_audio_becomes_a_transcript_with_labels_and_a_query_finds_it() {
     assert_eq!(r["results"][0]["modality"], "audio", "{r}");
     assert_eq!(r["results"][1]["id"], "a-weather", "{r}");
 }
+
+/// The microphone path (no audio device in tests): the speech hook given 16 kHz samples from
+/// `source = "mic"`, as the microphone thread queues them.
+mod mic {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use edgefuse::config::SpeechConfig;
+    use edgefuse::encoders::{Embedding, Modality, TextEncoder, Timings, Transcriber};
+    use edgefuse::manifest::Manifest;
+    use edgefuse::pipeline::{Body, Purpose, Request};
+    use edgefuse::shared_space::speech::{SpeechHook, SpeechSpace};
+    use edgefuse::shared_space::{RawTextSpace, SemanticHook, TextSpace};
+    use edgefuse::types::ModelInfo;
+
+    use super::words;
+    use crate::util::{fixture, models_dir};
+
+    fn request(id: &str, source: &str, body: Body) -> Request {
+        Request {
+            id: id.into(),
+            modality: Modality::Audio,
+            purpose: Purpose::Embed,
+            body,
+            source: source.into(),
+            group: "default".into(),
+            topic: String::new(),
+            response_topic: None,
+            correlation: None::<Bytes>,
+            received: tokio::time::Instant::now(),
+            ticket: Default::default(),
+        }
+    }
+
+    fn samples(rel: &str) -> Body {
+        let a = edgefuse::preprocess::wav::decode(&fixture(rel), 60.0).expect("fixture decodes");
+        Body::Samples {
+            samples: Arc::new(a.samples),
+            rate: a.sample_rate,
+        }
+    }
+
+    #[test]
+    fn microphone_transcripts_keep_their_vector_but_not_their_words_unless_configured() {
+        let manifest = Manifest::load(&models_dir().join("manifest.toml")).expect("manifest");
+        let transcriber = Arc::new(
+            Transcriber::load(&manifest, &SpeechConfig::default(), None)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let text = Arc::new(TextEncoder::load(&manifest, "text", None, None, 8).expect("text"));
+        let map: Arc<dyn TextSpace> = Arc::new(RawTextSpace::new(&ModelInfo::of(&text.model)));
+        let hook = |publish_mic_text| SpeechHook {
+            transcriber: Arc::clone(&transcriber),
+            space: Some(SpeechSpace {
+                text: Arc::clone(&text),
+                map: Arc::clone(&map),
+            }),
+            publish_mic_text,
+        };
+        let batch = [
+            request(
+                "m-kettle",
+                "mic",
+                samples("tests/fixtures/speech/kettle.wav"),
+            ),
+            request(
+                "m-quiet",
+                "mic",
+                samples("tests/fixtures/speech/silence_3s.wav"),
+            ),
+        ];
+        // The audio encoder's result only gates the hook (an error: nothing to transcribe).
+        let ok = || {
+            Ok(Embedding {
+                vector: vec![0.0; 4],
+                blocks: None,
+                timings: Timings::default(),
+            })
+        };
+        let results = [ok(), ok()];
+
+        let private = hook(false).semantic_heard(&batch, &results);
+        let (vector, heard) = &private[0];
+        let heard = heard.as_ref().expect("speech was heard");
+        assert!(heard.text.is_none() && heard.text_withheld);
+        assert!(!heard.segments.is_empty());
+        assert!(heard.segments.iter().all(|s| s.text.is_none()));
+        let json = serde_json::to_string(heard).unwrap();
+        assert!(!json.to_lowercase().contains("kettle"), "{json}");
+        // The vector is still the words' vector: close to the sentence typed as text.
+        let vector = &vector.as_ref().expect("a semantic vector").vector;
+        let typed = text
+            .embed(&["the kettle is boiling in the kitchen"])
+            .remove(0)
+            .unwrap();
+        let typed = map.text_vector(&typed.vector);
+        let cos = edgefuse::encoders::cosine(vector, &typed);
+        assert!(cos > 0.9, "cosine {cos}");
+        // Silence: nothing heard, no vector.
+        assert!(private[1].0.is_none() && private[1].1.is_none());
+
+        let public = hook(true).semantic_heard(&batch[..1], &results[..1]);
+        let heard = public[0].1.as_ref().expect("speech was heard");
+        assert!(!heard.text_withheld);
+        assert_eq!(
+            words(heard.text.as_deref().unwrap()),
+            "the kettle is boiling in the kitchen"
+        );
+        assert_eq!(public[0].0.as_ref().unwrap().vector, *vector);
+
+        // A failed audio embedding: no transcript is attempted.
+        let failed = [Err(edgefuse::error::InputError::Inference("x".into()))];
+        let none = hook(true).semantic_heard(&batch[..1], &failed);
+        assert!(none[0].0.is_none() && none[0].1.is_none());
+    }
+}
