@@ -452,7 +452,16 @@ impl Pipeline {
         let fusion = Fusion::new(&config.fusion, &dims, labels, zero_shot)
             .map_err(anyhow::Error::msg)?
             .with_counters(link.stats.fusion.clone());
-        let (semantic, semantic_hooks) = open_semantic(&config, &encoders, &models).await?;
+        let (semantic, mut semantic_hooks) = open_semantic(&config, &encoders, &models).await?;
+        // Speech: the audio hook transcribes, and places transcripts in the shared space.
+        let transcriber = encoders.speech.as_ref().map(|s| Arc::clone(&s.encoder));
+        let audio_on = encoders.audio.is_some();
+        let speech = &config.encoders.speech;
+        let hook =
+            crate::shared_space::speech::hook(speech, transcriber, audio_on, semantic.as_ref());
+        if let Some(hook) = hook {
+            semantic_hooks.insert(Modality::Audio, hook);
+        }
 
         // Queues, workers, publisher.
         let (events_tx, events_rx) = mpsc::channel::<Event>(config.queues.results);

@@ -74,8 +74,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
-    /// Image files (JPEG, PNG, WebP). WAV files are refused for now: audio gets words once
-    /// speech is transcribed.
+    /// Image files (JPEG, PNG, WebP) and WAV files (transcribed with `[encoders.speech]`'s
+    /// model; their zero-shot labels are scored on the transcript's text).
     pub files: Vec<PathBuf>,
     /// A text to describe (repeatable); texts are printed before files.
     #[arg(long = "text", short = 't', value_name = "TEXT")]

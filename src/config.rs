@@ -482,6 +482,11 @@ pub struct SpeechConfig {
     /// Token limit per segment = seconds × this (Moonshine's own code uses 6).
     #[serde(default = "speech_tokens_per_second")]
     pub max_tokens_per_second: f32,
+    /// Publish the words of microphone transcripts. Off by default (privacy): microphone
+    /// transcripts then carry times, labels and vectors but no text. MQTT `in/audio`
+    /// transcripts always carry their text (the sender chose to send the audio).
+    #[serde(default)]
+    pub publish_mic_text: bool,
 }
 
 fn speech_model() -> String {
@@ -533,6 +538,7 @@ impl Default for SpeechConfig {
             max_segment_seconds: speech_max_segment_seconds(),
             max_audio_seconds: speech_max_audio_seconds(),
             max_tokens_per_second: speech_tokens_per_second(),
+            publish_mic_text: false,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::encoders::{AudioEncoder, Modality, TextEncoder, VisionEncoder};
+use crate::encoders::{AudioEncoder, Modality, TextEncoder, Transcriber, VisionEncoder};
 use crate::error::ModelError;
 use crate::manifest::Manifest;
 
@@ -102,6 +102,8 @@ pub struct Encoders {
     pub text: Option<Loaded<TextEncoder>>,
     pub vision: Option<Loaded<VisionEncoder>>,
     pub audio: Option<Loaded<AudioEncoder>>,
+    /// `[encoders.speech]` (with the audio encoder only: transcripts ride on the audio worker).
+    pub speech: Option<Loaded<Transcriber>>,
 }
 
 /// What a load did per modality, for the log.
@@ -191,12 +193,32 @@ impl Encoders {
         let text = take(text, &mut changes)?;
         let vision = take(vision, &mut changes)?;
         let audio = take(audio, &mut changes)?;
+        // Speech after the others (its ~770 MiB load need not overlap theirs). Its change is
+        // logged here: it is not a modality of its own.
+        let mut speech_changes = Vec::new();
+        let speech_settings = crate::config::SpeechConfig {
+            // Read per item by the hook; flipping it needs no model load.
+            publish_mic_text: false,
+            ..e.speech.clone()
+        };
+        let speech = load_one(
+            Modality::Audio,
+            e.speech.enabled && e.audio.enabled,
+            fingerprint(&speech_settings, manifest_ref, &e.speech.model),
+            previous.and_then(|p| p.speech.as_ref()),
+            &mut speech_changes,
+            || Transcriber::load(manifest_ref, &e.speech, cache),
+        )?;
+        if let Some((_, c)) = speech_changes.first() {
+            tracing::info!(change = ?c, "speech model (encoders.speech)");
+        }
         Ok((
             Encoders {
                 manifest,
                 text,
                 vision,
                 audio,
+                speech,
             },
             changes,
         ))

@@ -1,5 +1,7 @@
-//! `edgefuse describe [--labels "w1,w2,…"] [--text "…"]… FILE…`: ImageNet classes and
-//! zero-shot labels in the shared text space, one JSON object per input.
+//! `edgefuse describe [--labels "w1,w2,…"] [--text "…"]… FILE…`: ImageNet classes (images),
+//! the transcript (WAV files, with Moonshine) and zero-shot labels in the shared text space, one
+//! JSON object per input. A WAV's labels are scored on its transcript's text vector; audio
+//! without speech gets an empty transcript and no labels.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,8 @@ use serde::Serialize;
 
 use super::load_config;
 use crate::cli::{Cli, DescribeArgs};
-use crate::encoders::{ClassifierEncoder, Modality, TextEncoder};
+use crate::encoders::speech::Transcript;
+use crate::encoders::{ClassifierEncoder, Modality, TextEncoder, Transcriber};
 use crate::semantic::{check_label, SemanticSpace, SemanticVector, ZeroShotScore};
 
 #[derive(Serialize)]
@@ -25,6 +28,8 @@ struct Line<'a> {
     modality: Modality,
     #[serde(skip_serializing_if = "Option::is_none")]
     classes: Option<Vec<Class<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transcript: Option<&'a Transcript>,
     zero_shot: &'a [ZeroShotScore],
     space: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,16 +102,18 @@ pub fn run(cli: &Cli, args: &DescribeArgs) -> anyhow::Result<ExitCode> {
     let mut print = |input: &str,
                      modality: Modality,
                      classes: Option<Vec<Class>>,
-                     v: &SemanticVector|
+                     transcript: Option<&Transcript>,
+                     v: Option<&SemanticVector>|
      -> anyhow::Result<()> {
-        let scores = d.space.zero_shot(v, &label_vecs);
+        let scores = v.map_or_else(Vec::new, |v| d.space.zero_shot(v, &label_vecs));
         let line = Line {
             input,
             modality,
             classes,
+            transcript,
             zero_shot: &scores,
             space: d.space.name(),
-            semantic: args.vector.then_some(v.vector.as_slice()),
+            semantic: v.filter(|_| args.vector).map(|v| v.vector.as_slice()),
         };
         serde_json::to_writer(&mut out, &line)?;
         writeln!(out)?;
@@ -116,7 +123,13 @@ pub fn run(cli: &Cli, args: &DescribeArgs) -> anyhow::Result<ExitCode> {
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
     for (t, r) in texts.iter().zip(d.text.embed(&texts)) {
         match r {
-            Ok(e) => print(t, Modality::Text, None, &d.space.text_vector(&e.vector))?,
+            Ok(e) => print(
+                t,
+                Modality::Text,
+                None,
+                None,
+                Some(&d.space.text_vector(&e.vector)),
+            )?,
             Err(err) => {
                 failed += 1;
                 eprintln!("error: text input {t:?}: {err}");
@@ -124,16 +137,48 @@ pub fn run(cli: &Cli, args: &DescribeArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    // Read every file; audio and unreadable files fail on their own.
+    // Read every file; unreadable files fail on their own, WAV files go to the transcriber.
     let mut images: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut wavs: Vec<(String, Vec<u8>)> = Vec::new();
     for path in &args.files {
         let name = path.display().to_string();
-        match read_image(path) {
-            Ok(bytes) => images.push((name, bytes)),
+        match read_input(path) {
+            Ok((true, bytes)) => wavs.push((name, bytes)),
+            Ok((false, bytes)) => images.push((name, bytes)),
             Err(msg) => {
                 failed += 1;
                 eprintln!("error: input {name}: {msg}");
             }
+        }
+    }
+    if !wavs.is_empty() {
+        let manifest = crate::manifest::Manifest::load(&models_dir.join("manifest.toml"))?;
+        let transcriber = Transcriber::load(&manifest, &config.encoders.speech, None)
+            .context("loading the speech model (encoders.speech) for the WAV files")?;
+        for (name, bytes) in &wavs {
+            let t = match transcriber.transcribe_wav(bytes) {
+                Ok(t) => t,
+                Err(err) => {
+                    failed += 1;
+                    eprintln!("error: audio input {name}: {err}");
+                    continue;
+                }
+            };
+            // No speech: no text vector, no labels.
+            let v = if t.text.trim().is_empty() {
+                None
+            } else {
+                match d.text.embed(&[t.text.as_str()]).pop() {
+                    Some(Ok(e)) => Some(d.space.text_vector(&e.vector)),
+                    Some(Err(err)) => {
+                        failed += 1;
+                        eprintln!("error: audio input {name}: embedding its transcript: {err}");
+                        continue;
+                    }
+                    None => None,
+                }
+            };
+            print(name, Modality::Audio, None, Some(&t), v.as_ref())?;
         }
     }
     let refs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
@@ -149,7 +194,7 @@ pub fn run(cli: &Cli, args: &DescribeArgs) -> anyhow::Result<ExitCode> {
                     })
                     .collect();
                 let v = d.space.image_vector(&c.probabilities);
-                print(name, Modality::Vision, Some(classes), &v)?;
+                print(name, Modality::Vision, Some(classes), None, Some(&v))?;
             }
             Err(err) => {
                 failed += 1;
@@ -189,18 +234,13 @@ fn labels(args: &DescribeArgs, from_config: &[String]) -> anyhow::Result<Vec<Str
     Ok(out)
 }
 
-/// Read an image file; WAV files are refused by name (audio has no words yet).
-fn read_image(path: &PathBuf) -> Result<Vec<u8>, String> {
+/// Read an input file: `(is_wav, bytes)`. A file named `.wav` or holding a RIFF/WAVE header
+/// is audio (a `.wav` that is not WAV then fails in the WAV reader with a clear error).
+fn read_input(path: &PathBuf) -> Result<(bool, Vec<u8>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let wav_name = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("wav"));
-    if wav_name || bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WAVE") {
-        return Err(
-            "audio is not described yet: words for audio come with speech transcription; \
-             use `edgefuse embed audio` for its embedding"
-                .into(),
-        );
-    }
-    Ok(bytes)
+    let wav = wav_name || bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WAVE");
+    Ok((wav, bytes))
 }

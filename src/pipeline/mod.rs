@@ -66,6 +66,8 @@ pub struct Outcome {
     pub total_ms: f64,
     /// The item's vector in the shared text space, from the worker's semantic hook.
     pub semantic: Option<crate::shared_space::SemanticItem>,
+    /// What was said in an audio item (the speech hook's transcript), for `transcript`.
+    pub heard: Option<crate::shared_space::speech::Heard>,
 }
 
 /// What the publisher is told.

@@ -12,6 +12,7 @@ use super::queue::DropOldest;
 use super::{Body, Event, Outcome, Request};
 use crate::encoders::{AudioEncoder, ItemResult, Modality, TextEncoder, VisionEncoder};
 use crate::error::InputError;
+use crate::shared_space::speech::Heard;
 use crate::shared_space::{SemanticHook, SemanticItem};
 use crate::stats::Stats;
 
@@ -117,10 +118,10 @@ fn semantic_guarded(
     hook: Option<&dyn SemanticHook>,
     batch: &[Request],
     results: &[ItemResult],
-) -> Vec<Option<SemanticItem>> {
-    let none = || batch.iter().map(|_| None).collect();
+) -> Vec<(Option<SemanticItem>, Option<Heard>)> {
+    let none = || batch.iter().map(|_| (None, None)).collect();
     let Some(hook) = hook else { return none() };
-    match catch_unwind(AssertUnwindSafe(|| hook.semantic(batch, results))) {
+    match catch_unwind(AssertUnwindSafe(|| hook.semantic_heard(batch, results))) {
         Ok(v) if v.len() == batch.len() => v,
         _ => {
             tracing::error!(
@@ -194,7 +195,7 @@ impl Worker {
                     continue;
                 }
             };
-            for (((request, result), queue_ms), semantic) in
+            for (((request, result), queue_ms), (semantic, heard)) in
                 batch.into_iter().zip(results).zip(queue_ms).zip(semantic)
             {
                 let total_ms = request.received.elapsed().as_secs_f64() * 1e3;
@@ -205,6 +206,7 @@ impl Worker {
                     queue_ms,
                     total_ms,
                     semantic,
+                    heard,
                 };
                 if self
                     .events

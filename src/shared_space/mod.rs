@@ -18,6 +18,7 @@
 pub mod fuse;
 pub mod index;
 pub mod query;
+pub mod speech;
 pub mod words;
 
 use std::path::Path;
@@ -156,6 +157,19 @@ pub struct SemanticItem {
 /// the same trait and is handed to the vision worker.
 pub trait SemanticHook: Send + Sync {
     fn semantic(&self, batch: &[Request], results: &[ItemResult]) -> Vec<Option<SemanticItem>>;
+
+    /// [`SemanticHook::semantic`] with what was heard in each item (the speech hook's
+    /// transcripts, published on `transcript`); no transcripts by default.
+    fn semantic_heard(
+        &self,
+        batch: &[Request],
+        results: &[ItemResult],
+    ) -> Vec<(Option<SemanticItem>, Option<speech::Heard>)> {
+        self.semantic(batch, results)
+            .into_iter()
+            .map(|s| (s, None))
+            .collect()
+    }
 }
 
 /// Text already lives in the text space: an embedded text's semantic vector is its embedding,

@@ -65,6 +65,23 @@ struct WithSemantic<'a, T: Serialize> {
     semantic: Option<SemanticField<'a>>,
 }
 
+/// `transcript`: what was said in an audio item (its words withheld for the microphone unless
+/// `encoders.speech.publish_mic_text`), with the zero-shot words scored on its text vector.
+#[derive(Serialize)]
+struct TranscriptRecord<'a> {
+    schema: u32,
+    id: &'a str,
+    source: &'a str,
+    group: &'a str,
+    ts: &'a str,
+    #[serde(flatten)]
+    heard: &'a crate::shared_space::speech::Heard,
+    #[serde(skip_serializing_if = "<[WordScore]>::is_empty")]
+    words: &'a [WordScore],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    semantic: Option<SemanticField<'a>>,
+}
+
 /// `zero_shot/words`: the word list in force after a `zero_shot/set`.
 #[derive(Serialize)]
 struct WordsRecord<'a> {
@@ -336,6 +353,7 @@ impl Publisher {
 
     async fn embedded(&mut self, mut o: Outcome) {
         let semantic = o.semantic.take();
+        let heard = o.heard.take();
         let r = &o.request;
         let reply_to = r.response_topic.clone();
         let correlation = r.correlation.clone();
@@ -461,6 +479,26 @@ impl Publisher {
                         now,
                     )
                 });
+                if let Some(h) = &heard {
+                    let rec = TranscriptRecord {
+                        schema: SCHEMA,
+                        id: &r.id,
+                        source: &r.source,
+                        group: &r.group,
+                        ts: &ts,
+                        heard: h,
+                        words: &words,
+                        semantic: match (&space, &semantic) {
+                            (Some(space), Some(item)) => Some(SemanticField {
+                                space,
+                                vector: &item.vector,
+                            }),
+                            _ => None,
+                        },
+                    };
+                    self.json(self.mqtt.topics.at("transcript"), &rec, None, None)
+                        .await;
+                }
                 let words = (!words.is_empty()).then_some(WordsScored {
                     item: &r.id,
                     modality: r.modality,

@@ -313,18 +313,56 @@ fn describe_prints_the_shared_space_vector_on_request() {
 }
 
 #[test]
-fn describe_refuses_audio_and_bad_images_per_input_and_exits_nonzero() {
+fn describe_transcribes_a_wav_and_scores_the_labels_on_what_was_said() {
+    let o = describe(&[
+        "--labels",
+        "weather,cooking,vehicle",
+        "tests/fixtures/speech/kettle.wav",
+        "tests/fixtures/speech/silence_3s.wav",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = stdout_lines(&o);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let k = &lines[0];
+    assert_eq!(k["input"], "tests/fixtures/speech/kettle.wav");
+    assert_eq!(k["modality"], "audio");
+    let said: String = k["transcript"]["text"]
+        .as_str()
+        .unwrap()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || c.is_whitespace())
+        .collect();
+    assert_eq!(
+        said.split_whitespace().collect::<Vec<_>>().join(" "),
+        "the kettle is boiling in the kitchen"
+    );
+    assert!(k["transcript"]["segments"][0]["end_s"].as_f64().unwrap() > 1.0);
+    assert!(k.get("classes").is_none());
+    let zs = k["zero_shot"].as_array().unwrap();
+    assert_eq!(zs.len(), 3, "{k}");
+    assert_eq!(zs[0]["label"], "cooking", "{k}");
+    assert!(zs[0]["score"].as_f64() > zs[1]["score"].as_f64(), "{k}");
+    // Silence: an empty transcript and no labels (no text vector to score them on).
+    let s = &lines[1];
+    assert_eq!(s["transcript"]["text"], "");
+    assert!(s["transcript"]["segments"].as_array().unwrap().is_empty());
+    assert!(s["zero_shot"].as_array().unwrap().is_empty(), "{s}");
+}
+
+#[test]
+fn describe_refuses_bad_audio_and_bad_images_per_input_and_exits_nonzero() {
     let o = describe(&[
         "--labels",
         "cat",
-        "tests/fixtures/audio/speech_fox.wav",
+        "tests/fixtures/audio/not_a_wav.wav",
         "tests/fixtures/images/not_an_image.jpg",
         "tests/fixtures/images/coffee.jpg",
     ]);
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
-        err.contains("speech_fox.wav") && err.contains("audio is not described yet"),
+        err.contains("not_a_wav.wav") && err.contains("not a WAV file"),
         "{err}"
     );
     assert!(

@@ -23,4 +23,5 @@ mod semantic;
 mod service;
 mod shared_space;
 mod speech;
+mod speech_daemon;
 mod variants;

@@ -201,7 +201,8 @@ impl Sub {
                     "no message on *{suffix} within {timeout:?}; saw:\n{}",
                     self.seen
                         .iter()
-                        .map(|l| &l[..l.len().min(160)])
+                        // Raw WAV/JPEG echoes hold multi-byte replacement characters.
+                        .map(|l| l.chars().take(160).collect::<String>())
                         .collect::<Vec<_>>()
                         .join("\n")
                 ),
