@@ -135,5 +135,35 @@ fn a_photo_gets_its_classes_and_words_and_a_sentence_finds_it() {
         assert_eq!(r["results"][0]["id"], want, "{q}: {r}");
         assert_eq!(r["results"][0]["modality"], "vision", "{r}");
     }
+
+    // A reload (SIGHUP) keeps the classifier and rebuilds the space from its cache: images
+    // still get classes, and the index (same space) still answers.
+    daemon.signal("HUP");
+    image(broker.port, "img-coffee-2", "coffee.png");
+    let l = sub
+        .expect("/labels", T, |m| {
+            m.json()["items"]["vision"]["id"] == "img-coffee-2"
+        })
+        .json();
+    assert_eq!(l["classes"][0]["name"], "espresso", "{l}");
+    publish(
+        broker.port,
+        "edgefuse/test/query",
+        &[
+            "-m",
+            r#"{"text": "espresso", "modality": "vision", "k": 2}"#,
+        ],
+    );
+    let r = sub
+        .expect("/query/result", T, |m| m.json()["query"] == "espresso")
+        .json();
+    let mut top: Vec<&str> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    top.sort_unstable();
+    assert_eq!(top, ["img-coffee", "img-coffee-2"], "{r}");
     drop(daemon);
 }
