@@ -201,7 +201,11 @@ impl Sub {
                     "no message on *{suffix} within {timeout:?}; saw:\n{}",
                     self.seen
                         .iter()
-                        .map(|l| &l[..l.len().min(160)])
+                        // At most 160 characters (binary payloads are not cut inside one).
+                        .map(|l| l
+                            .char_indices()
+                            .nth(160)
+                            .map_or(l.as_str(), |(i, _)| &l[..i]))
                         .collect::<Vec<_>>()
                         .join("\n")
                 ),
