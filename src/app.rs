@@ -537,6 +537,7 @@ impl Pipeline {
             semantic,
             top_k: config.fusion.top_k,
             labels_published: false,
+            top_classes: config.encoders.classifier.top_k,
         };
         let publisher = tokio::spawn(publisher.run(events_rx));
 
@@ -705,9 +706,13 @@ async fn open_semantic(
     };
     let cfg = config.clone();
     let encoder = Arc::clone(&text.encoder);
-    // The text encoder's own space; a ConSE space (with its own text mapping) replaces it here.
-    let space: Arc<dyn crate::shared_space::TextSpace> =
-        Arc::new(crate::shared_space::RawTextSpace::new(info));
+    // With the classifier, the ConSE space (images, and texts with its correction); else the
+    // text encoder's own space.
+    let conse = conse_space(config, &text.encoder, encoders).await;
+    let space: Arc<dyn crate::shared_space::TextSpace> = match &conse {
+        Some((_, s)) => Arc::new(crate::shared_space::conse::ConseSpace(Arc::clone(s))),
+        None => Arc::new(crate::shared_space::RawTextSpace::new(info)),
+    };
     let map = Arc::clone(&space);
     let state = tokio::task::spawn_blocking(move || {
         crate::shared_space::SemanticState::open(
@@ -731,7 +736,51 @@ async fn open_semantic(
         Modality::Text,
         Arc::new(crate::shared_space::TextIsSemantic(space)),
     );
+    if let Some((classifier, space)) = conse {
+        hooks.insert(
+            Modality::Vision,
+            Arc::new(crate::shared_space::conse::VisionConse { classifier, space }),
+        );
+    }
     Ok((Some(state), hooks))
+}
+
+/// The ConSE space (`[semantic]`), when the classifier is loaded: class-name embeddings from
+/// the cache under `state_dir` (computed and saved once). Built on the blocking pool; a
+/// failure costs images their semantic vector (logged), never the pipeline.
+async fn conse_space(
+    config: &Config,
+    text: &Arc<TextEncoder>,
+    encoders: &Encoders,
+) -> Option<(
+    Arc<crate::encoders::ClassifierEncoder>,
+    Arc<crate::semantic::SemanticSpace>,
+)> {
+    let classifier = Arc::clone(&encoders.classifier.as_ref()?.encoder);
+    if !config.semantic.enabled {
+        return None;
+    }
+    let (text, c, cfg) = (Arc::clone(text), Arc::clone(&classifier), config.clone());
+    let built = tokio::task::spawn_blocking(move || {
+        crate::semantic::SemanticSpace::load_or_build(
+            Some(&cfg.state_dir),
+            &text,
+            &c,
+            &cfg.semantic,
+        )
+    })
+    .await;
+    match built {
+        Ok(Ok(space)) => Some((classifier, Arc::new(space))),
+        Ok(Err(e)) => {
+            tracing::error!("images get no semantic vector: {e}");
+            None
+        }
+        Err(e) => {
+            tracing::error!("images get no semantic vector: the space task failed: {e}");
+            None
+        }
+    }
 }
 
 fn zero_shot_labels(

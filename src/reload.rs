@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::encoders::{AudioEncoder, Modality, TextEncoder, Transcriber, VisionEncoder};
+use crate::encoders::{
+    AudioEncoder, ClassifierEncoder, Modality, TextEncoder, Transcriber, VisionEncoder,
+};
 use crate::error::ModelError;
 use crate::manifest::Manifest;
 
@@ -104,6 +106,9 @@ pub struct Encoders {
     pub audio: Option<Loaded<AudioEncoder>>,
     /// `[encoders.speech]` (with the audio encoder only: transcripts ride on the audio worker).
     pub speech: Option<Loaded<Transcriber>>,
+    /// The ImageNet classifier (`encoders.classifier`, with vision on): image classes and the
+    /// ConSE shared space.
+    pub classifier: Option<Loaded<ClassifierEncoder>>,
 }
 
 /// What a load did per modality, for the log.
@@ -129,7 +134,7 @@ impl Encoders {
         let manifest_ref = &manifest;
         // The three models load on their own threads: parsing and optimising is single-threaded
         // in tract, so on a multi-core board this is most of the start-up time saved.
-        let (text, vision, audio) = std::thread::scope(|scope| {
+        let loaded = std::thread::scope(|scope| {
             let text = scope.spawn(|| {
                 let mut changes = Vec::new();
                 let loaded = load_one(
@@ -168,7 +173,25 @@ impl Encoders {
                         )
                     },
                 );
-                (loaded, changes)
+                // The classifier serves images only; its load is not a modality change.
+                let classifier = load_one(
+                    Modality::Vision,
+                    e.vision.enabled && e.classifier.enabled,
+                    fingerprint(&e.classifier, manifest_ref, &e.classifier.model),
+                    previous.and_then(|p| p.classifier.as_ref()),
+                    &mut Vec::new(),
+                    || {
+                        ClassifierEncoder::load(
+                            manifest_ref,
+                            &e.classifier.model,
+                            cache,
+                            e.classifier.top_k,
+                            e.classifier.max_batch,
+                            e.classifier.max_pixels,
+                        )
+                    },
+                );
+                ((loaded, changes), classifier)
             });
             let mut changes = Vec::new();
             let audio = load_one(
@@ -187,11 +210,16 @@ impl Encoders {
                     )
                 },
             );
-            (joined(text), joined(vision), (audio, changes))
+            let (vision, classifier) = vision
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (joined(text), vision, classifier, (audio, changes))
         });
+        let (text, vision, classifier, audio) = loaded;
         let mut changes = Vec::new();
         let text = take(text, &mut changes)?;
         let vision = take(vision, &mut changes)?;
+        let classifier = classifier?;
         let audio = take(audio, &mut changes)?;
         // Speech after the others (its ~770 MiB load need not overlap theirs). Its change is
         // logged here: it is not a modality of its own.
@@ -219,6 +247,7 @@ impl Encoders {
                 vision,
                 audio,
                 speech,
+                classifier,
             },
             changes,
         ))

@@ -302,6 +302,11 @@ impl SemanticSpace {
         &self.labels
     }
 
+    /// Class `index`'s vector in this space (its name embedding, corrected and unit length).
+    pub fn class_vector(&self, index: usize) -> Option<&[f32]> {
+        self.classes.get(index).map(Vec::as_slice)
+    }
+
     /// An image's vector from its class probabilities (softmax output, one per class).
     pub fn image_vector(&self, probabilities: &[f32]) -> SemanticVector {
         let t = self.config.top_t.clamp(1, self.classes.len());

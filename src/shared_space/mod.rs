@@ -15,6 +15,7 @@
 //! embedding maps into the space ([`RawTextSpace`]: unchanged; a ConSE space with hubness
 //! correction centres it), so texts, words, queries and images all meet in one space.
 
+pub mod conse;
 pub mod fuse;
 pub mod index;
 pub mod query;

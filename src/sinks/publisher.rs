@@ -39,6 +39,8 @@ pub struct Publisher {
     /// one, even when no label matches (an empty list), so a subscriber such as Home Assistant
     /// never keeps showing a label that no longer applies.
     pub labels_published: bool,
+    /// ImageNet classes reported per image on `labels` (`encoders.classifier.top_k`).
+    pub top_classes: usize,
 }
 
 #[derive(Serialize)]
@@ -105,6 +107,33 @@ struct LabelsRecord<'a> {
     /// Zero-shot words scored on the new item's semantic vector.
     #[serde(skip_serializing_if = "Option::is_none")]
     words: Option<WordsScored<'a>>,
+    /// The new image's ImageNet classes, most probable first (absent for other items).
+    #[serde(skip_serializing_if = "<[ClassOut]>::is_empty")]
+    classes: &'a [ClassOut<'a>],
+}
+
+/// One ImageNet class of an image, on `labels`.
+#[derive(Debug, Serialize, PartialEq)]
+struct ClassOut<'a> {
+    name: &'a str,
+    probability: f32,
+}
+
+/// An image's classes from its semantic item (its carrier classes, most probable first), at
+/// most `k`; none for other modalities.
+fn classes_of(modality: Modality, item: Option<&SemanticItem>, k: usize) -> Vec<ClassOut<'_>> {
+    match (modality, item) {
+        (Modality::Vision, Some(item)) => item
+            .parts
+            .iter()
+            .take(k)
+            .map(|c| ClassOut {
+                name: &c.name,
+                probability: c.weight,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 #[derive(Serialize)]
@@ -504,7 +533,8 @@ impl Publisher {
                     modality: r.modality,
                     scores: &words,
                 });
-                self.fused(&fused, &ts, fused_semantic.as_ref(), words)
+                let classes = classes_of(r.modality, semantic.as_ref(), self.top_classes);
+                self.fused(&fused, &ts, fused_semantic.as_ref(), words, &classes)
                     .await;
             }
         }
@@ -516,6 +546,7 @@ impl Publisher {
         ts: &str,
         semantic: Option<&FusedSemantic>,
         words: Option<WordsScored<'_>>,
+        classes: &[ClassOut<'_>],
     ) {
         self.fused_count += 1;
         let id = format!("fused-{}", self.fused_count);
@@ -538,8 +569,10 @@ impl Publisher {
         };
         self.json(self.mqtt.topics.at("fused"), &rec, None, None)
             .await;
-        self.labels_published |=
-            !self.fusion.labels.is_empty() || !f.zero_shot.is_empty() || words.is_some();
+        self.labels_published |= !self.fusion.labels.is_empty()
+            || !f.zero_shot.is_empty()
+            || words.is_some()
+            || !classes.is_empty();
         if self.labels_published {
             let rec = LabelsRecord {
                 schema: SCHEMA,
@@ -550,6 +583,7 @@ impl Publisher {
                 labels: &f.labels,
                 zero_shot: &f.zero_shot,
                 words,
+                classes,
             };
             self.json(self.mqtt.topics.at("labels"), &rec, None, None)
                 .await;
@@ -696,5 +730,60 @@ mod tests {
         assert_eq!(with["semantic"]["space"], "m@abc");
         assert_eq!(with["vector"], with["semantic"]["vector"]);
         assert_eq!(with["id"], "t-1");
+    }
+
+    #[test]
+    fn labels_carry_an_images_classes_and_stay_byte_identical_without() {
+        use crate::shared_space::Component;
+        let part = |name: &str, weight: f32| Component {
+            name: name.into(),
+            weight,
+            vector: vec![1.0, 0.0],
+        };
+        let item = SemanticItem {
+            vector: vec![1.0, 0.0],
+            parts: vec![
+                part("espresso", 0.9),
+                part("cup", 0.05),
+                part("eggnog", 0.01),
+            ],
+        };
+        let c = classes_of(Modality::Vision, Some(&item), 2);
+        assert_eq!(
+            c,
+            [
+                ClassOut {
+                    name: "espresso",
+                    probability: 0.9
+                },
+                ClassOut {
+                    name: "cup",
+                    probability: 0.05
+                }
+            ]
+        );
+        assert!(classes_of(Modality::Text, Some(&item), 2).is_empty());
+        assert!(classes_of(Modality::Vision, None, 2).is_empty());
+
+        let items = BTreeMap::new();
+        let rec = |classes| LabelsRecord {
+            schema: SCHEMA,
+            id: "fused-1",
+            group: "default",
+            ts: "2026-01-01T00:00:00.000Z",
+            items: &items,
+            labels: &[],
+            zero_shot: &[],
+            words: None,
+            classes,
+        };
+        let plain = serde_json::to_string(&rec(&[])).unwrap();
+        assert_eq!(
+            plain,
+            r#"{"schema":1,"id":"fused-1","group":"default","ts":"2026-01-01T00:00:00.000Z","items":{},"labels":[]}"#
+        );
+        let with = serde_json::to_value(rec(&c)).unwrap();
+        assert_eq!(with["classes"][0]["name"], "espresso");
+        assert_eq!(with["classes"][1]["probability"], 0.05f32 as f64);
     }
 }

@@ -15,6 +15,7 @@ mod compiled;
 mod daemon;
 mod encoders;
 mod fuzz_corpus;
+mod image_words;
 mod malformed;
 mod multilingual;
 mod reliability;
