@@ -231,24 +231,34 @@ pub async fn run(
     Ok(())
 }
 
-/// One line per modality: the model in use, or that the encoder is off.
+/// One line per modality: the model in use, or that the encoder is off; then the image
+/// classifier and the speech model when they are on.
 fn log_models(encoders: &Encoders) {
+    let line = |what: &str, l: &crate::encoders::LoadedModel| {
+        tracing::info!(
+            "{what} model: {} ({}, {}, sha256 {}), loaded in {:.0} ms from {}",
+            l.key,
+            l.spec.name,
+            l.spec.quantization,
+            l.spec.sha256_prefix(),
+            l.load_ms,
+            match l.source {
+                crate::encoders::runtime::ModelSource::Onnx => "ONNX",
+                crate::encoders::runtime::ModelSource::Compiled => "the compiled cache",
+            }
+        )
+    };
     for m in Modality::ALL {
         match encoders.model(m) {
-            Some(l) => tracing::info!(
-                "{m} model: {} ({}, {}, sha256 {}), loaded in {:.0} ms from {}",
-                l.key,
-                l.spec.name,
-                l.spec.quantization,
-                l.spec.sha256_prefix(),
-                l.load_ms,
-                match l.source {
-                    crate::encoders::runtime::ModelSource::Onnx => "ONNX",
-                    crate::encoders::runtime::ModelSource::Compiled => "the compiled cache",
-                }
-            ),
+            Some(l) => line(m.as_str(), l),
             None => tracing::info!("{m} encoder: disabled"),
         }
+    }
+    if let Some(c) = &encoders.classifier {
+        line("classifier", &c.encoder.model);
+    }
+    if encoders.speech.is_some() {
+        tracing::info!("speech: transcribing audio (encoders.speech)");
     }
 }
 
