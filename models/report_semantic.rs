@@ -513,6 +513,8 @@ fn multilingual_section(
     // the translation of the best English word (same setting).
     let mut hits = vec![vec![0usize; tr.langs.len()]; settings.len()];
     let mut same = vec![vec![0usize; tr.langs.len()]; settings.len()];
+    // kept[s][l]: photos right in English that stay right in language `l`.
+    let mut kept = vec![vec![0usize; tr.langs.len()]; settings.len()];
     let mut misses: Vec<Vec<String>> = vec![Vec::new(); tr.langs.len()];
     let mut notes = Vec::new();
     for (si, s) in settings.iter().enumerate() {
@@ -556,6 +558,9 @@ fn multilingual_section(
                 }
                 if best == english_best[i] {
                     same[si][l] += 1;
+                    if best == truth[i] {
+                        kept[si][l] += 1;
+                    }
                 }
             }
         }
@@ -607,6 +612,23 @@ fn multilingual_section(
     header(&mut md, "text encoder, words embedded as");
     for (s, c) in settings.iter().zip(&same) {
         row(&mut md, &s.label, c);
+    }
+    md.push_str(
+        "\n**Right in English, right here too** (of the photos the encoder labels right with the \
+         English words, how many it also labels right in this language):\n\n",
+    );
+    header(&mut md, "text encoder, words embedded as");
+    for (s, k) in settings.iter().zip(&kept) {
+        let total = k[0];
+        md.push_str(&format!("| {} |", s.label));
+        for c in k {
+            md.push_str(&format!(" {c}/{total} |"));
+        }
+        let mean = k[1..].iter().sum::<usize>() as f64 / k[1..].len().max(1) as f64;
+        md.push_str(&format!(
+            " {mean:.1}/{total} ({:.0} %) |\n",
+            100.0 * mean / total.max(1) as f64
+        ));
     }
     md.push_str(&format!(
         "\n<details><summary>{} misses per language (label → best word (its English))</summary>\n\n",
