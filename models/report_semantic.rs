@@ -1,8 +1,11 @@
 //! The shared-space quality table of docs/models.md: zero-shot top-1 (image → word and
 //! word → image) on the 40 labelled photos of tests/fixtures/photos, plain ConSE beside the
 //! variants edgefuse can use, classifier label accuracy, and the latency and RSS the classifier
-//! adds. Run through `models/report_semantic` (`--write docs/models.md` replaces the section
-//! between its markers; without it the table is printed).
+//! adds; and photo → word with the labels translated into six more languages
+//! (`tests/fixtures/photos/words.tsv`), the configured English text encoder beside
+//! `text-multilingual`, each in its own ConSE space. Run through `models/report_semantic`
+//! (`--write docs/models.md` replaces each section between its markers; without it the tables
+//! are printed; `--multilingual` computes only the second section).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
