@@ -8,10 +8,11 @@
 use std::sync::OnceLock;
 
 use crate::util::{self, cosine, fixture, models_dir, norm, run_edgefuse, stderr};
-use edgefuse::encoders::{EncoderSet, TextEncoder, TextRole};
+use edgefuse::encoders::{ClassifierEncoder, EncoderSet, TextEncoder, TextRole};
 use edgefuse::error::InputError;
 use edgefuse::manifest::{read_verified, Manifest};
 use edgefuse::preprocess::text::{TextPreprocess, TextTokenizer};
+use edgefuse::semantic::{cache, SemanticConfig};
 use serde::Deserialize;
 
 const KEY: &str = "text-multilingual";
@@ -364,6 +365,25 @@ fn describe_gives_the_same_photo_labels_and_text_labels_in_four_languages() {
         .iter()
         .map(|(f, _)| util::fixture_path(&format!("tests/fixtures/photos/{f}")))
         .collect();
+    let classifier = ClassifierEncoder::load(&manifest(), "classifier", None, 5, 4, 40_000_000)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e5_cache = cache::path_for(
+        &state.join("state"),
+        encoder(),
+        &classifier,
+        &SemanticConfig::default(),
+    );
+    let minilm = TextEncoder::load(&manifest(), "text", None, None, 4).unwrap();
+    assert_ne!(
+        e5_cache,
+        cache::path_for(
+            &state.join("state"),
+            &minilm,
+            &classifier,
+            &SemanticConfig::default()
+        ),
+        "each text model has its own class-name cache"
+    );
     let mut first_cache = None;
     for lang in ["en", "de", "fr", "zh"] {
         let l = langs.iter().position(|x| x == lang).unwrap();
@@ -397,12 +417,12 @@ fn describe_gives_the_same_photo_labels_and_text_labels_in_four_languages() {
             );
         }
         // The class names were embedded once with e5 (the first run, or an earlier test run)
-        // and read back from the cache after that: one file, never rewritten.
+        // into e5's own cache file and read back after that: no file written or rewritten.
         let files = cache_files(&state);
-        assert_eq!(
-            files.len(),
-            1,
-            "one class-name cache for one text model: {files:?}"
+        assert!(
+            files.iter().any(|(p, _)| *p == e5_cache),
+            "{} missing: {files:?}",
+            e5_cache.display()
         );
         match &first_cache {
             None => first_cache = Some(files),
