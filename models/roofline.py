@@ -16,6 +16,8 @@ speech encoder one second of 16 kHz audio; one 36 ms VAD chunk), batch 1:
                   `MatMulInteger` stay int8 (1 byte)
   weights read    the weights a run reads: all but lookup tables (Gather), of which a run
                   reads only the rows it looks up (MiniLM's 30522x384 word table)
+                  `weights_in_memory = "q4_0"` variants: 2-D matmul weights at 4.5 bits,
+                  lookup tables of 1 Mi values or more as f16
   activations     bytes of every intermediate tensor written once (f32 unless the graph says
                   otherwise); a run reads them back once, so the traffic upper bound is
                   weights + 2 x activations
@@ -184,7 +186,7 @@ def shapes_by_running(model, names: list) -> dict:
             for n, v in zip(names, outs)}
 
 
-def count(path: Path, sizes: dict) -> dict:
+def count(path: Path, sizes: dict, q4: bool = False) -> dict:
     model = onnx.load(str(path))
     fix_inputs(model, sizes)
     inferred = shape_inference.infer_shapes(model, data_prop=True)
@@ -302,11 +304,16 @@ def count(path: Path, sizes: dict) -> dict:
         decoded = t.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
                                   onnx.TensorProto.UINT8) and any(
             c in DECODE_OPS for c in consumers.get(name, []))
+        in_ram = 4 if decoded else size
+        if q4 and matmul_weights.get(name) == "f32" and len(t.dims) == 2:
+            in_ram = 4.5 / 8  # Q4_0: 32 weights in 16 bytes + an f16 scale
+        elif q4 and only_gathered(name) and numel >= 1 << 20:
+            in_ram = 2  # lookup tables held as f16
         stored += numel * size
-        ram += numel * (4 if decoded else size)
+        ram += int(numel * in_ram)
         if not only_gathered(name):
             streamed_stored += numel * size
-            streamed_ram += numel * (4 if decoded else size)
+            streamed_ram += int(numel * in_ram)
     return {
         "weights_streamed_stored": streamed_stored,
         "weights_streamed_ram": streamed_ram,
@@ -378,7 +385,7 @@ def main() -> int:
             cases = CASES.get(spec.get("modality", ""), [])
         for label, sizes in cases:
             try:
-                c = count(path, sizes)
+                c = count(path, sizes, q4=spec.get("weights_in_memory") == "q4_0")
             except (RooflineError, onnx.onnx_cpp2py_export.shape_inference.InferenceError) as e:
                 print(f"roofline: {key} ({label}): {e}", file=sys.stderr)
                 continue

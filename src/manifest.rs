@@ -66,6 +66,11 @@ pub struct ModelSpec {
     /// encoder in `file`), each pinned by sha256 and named by its role.
     #[serde(default)]
     pub extra_files: Vec<ExtraFile>,
+    /// How tract holds the matmul weights once loaded: `"f32"` (the default; f16/int8 storage
+    /// is decoded at load) or `"q4_0"` (requantized at load to 4-bit blocks of 32 with an f16
+    /// scale, tract's block-quant format, and unpacked panel by panel at run time).
+    #[serde(default)]
+    pub weights_in_memory: Option<String>,
 }
 
 /// One more file of a multi-file model.
