@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, shape_inference
+from onnx import helper, shape_inference
 
 HERE = Path(__file__).resolve().parent
 
@@ -264,7 +264,7 @@ def count(path: Path, sizes: dict, q4: bool = False) -> dict:
                 macs[kind] += numel * k
                 w_name = n.input[1]
             else:
-                src = n.input[0] if n.op_type != "QLinearMatMul" else n.input[0]
+                src = n.input[0]
                 a_shape = info.get(src, (None, 0))[0]
                 if a_shape is None:
                     unknown.append(f"{n.op_type}:{n.name} input shape")
