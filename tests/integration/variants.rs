@@ -265,3 +265,25 @@ fn small_board_config_is_valid_and_names_compressed_models() {
         (1, 1, 1)
     );
 }
+
+/// An unknown `weights_in_memory` is refused when the manifest is read, naming the entry and
+/// the accepted values, not when (or whether) the model is first loaded.
+#[test]
+fn unknown_weights_in_memory_is_a_manifest_error() {
+    let text = std::fs::read_to_string(repo().join("models/manifest.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("manifest.toml");
+    let bad = "\n[models.text-q3]\nvariant_of = \"text\"\nweights_in_memory = \"q3\"\n";
+    std::fs::write(&path, format!("{text}{bad}")).unwrap();
+    let err = match edgefuse::manifest::Manifest::load(&path) {
+        Ok(_) => panic!("a bad weights_in_memory must not load"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("models.text-q3.weights_in_memory") && err.contains("q4_0"),
+        "{err}"
+    );
+    // The shipped manifest uses only accepted values.
+    std::fs::write(&path, text).unwrap();
+    edgefuse::manifest::Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+}
