@@ -212,6 +212,20 @@ fn strip_trailer(bytes: &[u8]) -> Result<&[u8], String> {
     Ok(tar)
 }
 
+impl crate::config::Config {
+    /// The compiled-model cache the daemon uses, if `models.compiled_cache` is on.
+    pub fn model_cache(&self) -> Option<ModelCache> {
+        self.models.compiled_cache.then(|| {
+            ModelCache::new(
+                self.models
+                    .compiled_dir
+                    .clone()
+                    .unwrap_or_else(|| self.state_dir.join("compiled")),
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,30 +4,10 @@
 //! on every connect and again whenever Home Assistant announces `online` on its status topic
 //! (after a Home Assistant restart). Documented in docs/mqtt.md.
 
-use serde::Deserialize;
 use serde_json::json;
 
 use super::Topics;
-
-/// `[homeassistant]` in the config file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HomeAssistantConfig {
-    /// Publish discovery configs (on by default: Home Assistant then finds the device on its
-    /// own, as it does for Zigbee2MQTT or Tasmota; other subscribers ignore the topics).
-    pub enabled: bool,
-    /// Home Assistant's `discovery_prefix`.
-    pub discovery_prefix: String,
-}
-
-impl Default for HomeAssistantConfig {
-    fn default() -> Self {
-        HomeAssistantConfig {
-            enabled: true,
-            discovery_prefix: "homeassistant".into(),
-        }
-    }
-}
+pub use crate::config::HomeAssistantConfig;
 
 /// What the MQTT event loop needs to announce the device.
 #[derive(Debug, Clone)]

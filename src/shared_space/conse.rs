@@ -97,8 +97,8 @@ mod tests {
     use super::*;
     use crate::encoders::{l2_normalize, Embedding, Timings};
     use crate::error::InputError;
-    use crate::mqtt::ack::Ticket;
     use crate::semantic::SemanticConfig;
+    use crate::types::Ticket;
 
     fn unit(v: &[f32]) -> Vec<f32> {
         let mut v = v.to_vec();

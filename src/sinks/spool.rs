@@ -20,32 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Deserialize;
 
-/// `[spool]` in the config file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SpoolConfig {
-    /// Spool results published at QoS 1 or 2 (QoS 0 results are never spooled).
-    pub enabled: bool,
-    /// Upper bound of the spool on disk; the oldest records are dropped beyond it.
-    pub max_bytes: u64,
-    /// Records older than this are dropped unsent.
-    pub max_age_s: u64,
-    /// fsync the spool before publishing (power-cut safe); false leaves it to the OS.
-    pub fsync: bool,
-}
-
-impl Default for SpoolConfig {
-    fn default() -> Self {
-        SpoolConfig {
-            enabled: true,
-            max_bytes: 64 * 1024 * 1024,
-            max_age_s: 7 * 24 * 3600,
-            fsync: true,
-        }
-    }
-}
+pub use crate::config::SpoolConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {

@@ -211,7 +211,8 @@ fn the_config_selects_it_for_the_text_encoder() {
     let text = set.text.as_ref().unwrap();
     assert_eq!(text.model.spec.name, "multilingual-e5-small");
     assert_eq!(text.prefix(TextRole::Query), "query: ");
-    // The config's cap (256 in configs/default.toml) applies; without one, the manifest's 512.
+    // The config's cap applies when set; without one (as in configs/default.toml), the
+    // manifest's 512.
     assert_eq!(
         text.max_length(),
         config.encoders.text.max_length.unwrap_or(512)
