@@ -60,6 +60,8 @@ pub struct ClassifierRun {
     pub vision_ms: Pct,
     /// `classify` (its own decode and preprocessing, inference, softmax, top classes).
     pub classifier_ms: Pct,
+    /// Of which the model run alone.
+    pub classifier_inference_ms: Pct,
     /// The image's vector in the shared space from its probabilities (`semantic.top_t`
     /// classes); absent without the text encoder (the space needs it).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -518,15 +520,15 @@ fn measure_classifier(
     args: &BenchArgs,
     executor: &Executor,
 ) -> anyhow::Result<ClassifierRun> {
-    let (mut v, mut c, mut p) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut v, mut c, mut p, mut ci) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..args.warmup + args.iterations {
         let t0 = Instant::now();
         let e = multithread_tract_scope(executor.clone(), || vision.embed(&[image]));
         let t1 = Instant::now();
         let k = multithread_tract_scope(executor.clone(), || classifier.classify(&[image]));
         let t2 = Instant::now();
-        let probabilities = match (e.into_iter().next(), k.into_iter().next()) {
-            (Some(Ok(_)), Some(Ok(k))) => k.probabilities,
+        let (probabilities, inference_ms) = match (e.into_iter().next(), k.into_iter().next()) {
+            (Some(Ok(_)), Some(Ok(k))) => (k.probabilities, k.timings.inference_ms),
             (Some(Err(err)), _) | (_, Some(Err(err))) => anyhow::bail!("{err}"),
             _ => anyhow::bail!("no result"),
         };
@@ -539,6 +541,7 @@ fn measure_classifier(
         v.push((t1 - t0).as_secs_f64() * 1e3);
         c.push((t2 - t1).as_secs_f64() * 1e3);
         p.push((t3 - t2).as_secs_f64() * 1e3);
+        ci.push(inference_ms);
     }
     let (vision_ms, classifier_ms, conse_ms) = (pct(&v), pct(&c), pct(&p));
     Ok(ClassifierRun {
@@ -546,6 +549,7 @@ fn measure_classifier(
         iterations: args.iterations,
         vision_ms,
         classifier_ms,
+        classifier_inference_ms: pct(&ci),
         conse_ms: space.map(|_| conse_ms),
         ratio: if vision_ms.mean > 0.0 {
             (vision_ms.mean + classifier_ms.mean + space.map_or(0.0, |_| conse_ms.mean))
@@ -795,16 +799,22 @@ fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         )?;
         writeln!(
             out,
-            "  {:>7} {:>17} {:>17} {:>17} {:>24}",
-            "threads", "vision", "classifier", "ConSE", "(vision+classifier+ConSE)/vision"
+            "  {:>7} {:>17} {:>17} {:>17} {:>17} {:>24}",
+            "threads",
+            "vision",
+            "classifier",
+            "(its inference)",
+            "ConSE",
+            "(vision+classifier+ConSE)/vision"
         )?;
         for run in &c.runs {
             writeln!(
                 out,
-                "  {:>7} {:>17} {:>17} {:>17} {:>24.2}",
+                "  {:>7} {:>17} {:>17} {:>17} {:>17} {:>24.2}",
                 run.threads,
                 p(run.vision_ms),
                 p(run.classifier_ms),
+                p(run.classifier_inference_ms),
                 run.conse_ms.map_or_else(|| "—".to_owned(), p),
                 run.ratio
             )?;
