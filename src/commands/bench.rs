@@ -63,7 +63,8 @@ pub struct ClassifierRun {
     /// Of which the model run alone.
     pub classifier_inference_ms: Pct,
     /// The image's vector in the shared space from its probabilities (`semantic.top_t`
-    /// classes); absent without the text encoder (the space needs it).
+    /// classes); absent without the text encoder or without the class-name cache in the state
+    /// dir (the daemon and `edgefuse describe` write it at their first start).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conse_ms: Option<Pct>,
     /// Mean (vision + classifier + projection) / mean vision alone.
@@ -378,18 +379,29 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             let Sample::Bytes(image) = &samples[1] else {
                 unreachable!("samples are in modality order")
             };
-            // The shared space (class-name embeddings from the state dir's cache, built there
-            // once if missing) needs the text encoder.
+            // The shared space needs the text encoder and the class-name embeddings the daemon
+            // or `describe` cached in the state dir: read, never computed or written here.
             let space = match &set.text {
-                Some(text) if config.semantic.enabled => Some(
-                    crate::semantic::SemanticSpace::load_or_build(
-                        Some(&config.state_dir),
-                        text,
-                        &enc,
-                        &config.semantic,
+                Some(text)
+                    if config.semantic.enabled
+                        && crate::semantic::cache::path_for(
+                            &config.state_dir,
+                            text,
+                            &enc,
+                            &config.semantic,
+                        )
+                        .is_file() =>
+                {
+                    Some(
+                        crate::semantic::SemanticSpace::load_or_build(
+                            Some(&config.state_dir),
+                            text,
+                            &enc,
+                            &config.semantic,
+                        )
+                        .context("reading the shared space for the ConSE projection")?,
                     )
-                    .context("building the shared space for the ConSE projection")?,
-                ),
+                }
                 _ => None,
             };
             let mut runs = Vec::new();
