@@ -110,10 +110,10 @@ pub async fn run(
         let st = s.stats();
         tracing::info!(records = st.records, bytes = st.bytes, "spool opened");
     }
-    let discovery = config
-        .homeassistant
-        .enabled
-        .then(|| crate::mqtt::discovery::build(&config.homeassistant, &topics, &device_id));
+    let ha_entities = crate::mqtt::discovery::Entities::from_config(&config);
+    let discovery = config.homeassistant.enabled.then(|| {
+        crate::mqtt::discovery::build(&config.homeassistant, &topics, &device_id, ha_entities)
+    });
     let mqtt_stop = CancellationToken::new();
     let client_id = if config.mqtt.client_id.is_empty() {
         format!("edgefuse-{device_id}")

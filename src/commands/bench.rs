@@ -35,6 +35,40 @@ pub struct Report {
     pub settings: Settings,
     pub rss_bytes: Rss,
     pub modalities: Vec<ModalityReport>,
+    /// With vision measured and `encoders.classifier.enabled`: what the image classifier (and
+    /// the ConSE projection into the shared space) adds to each image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierReport>,
+}
+
+#[derive(Serialize)]
+pub struct ClassifierReport {
+    pub model: ModelInfo,
+    pub load_ms: f64,
+    /// RSS growth while the classifier loaded.
+    pub rss_load_bytes: u64,
+    /// Per thread count, batch 1: the vision encoder alone, the classifier and the ConSE
+    /// projection, timed in turn on the same image in one loop, so load changes hit all three.
+    pub runs: Vec<ClassifierRun>,
+}
+
+#[derive(Serialize)]
+pub struct ClassifierRun {
+    pub threads: usize,
+    pub iterations: usize,
+    /// `embed` of the vision encoder (decode, preprocess, inference), per image.
+    pub vision_ms: Pct,
+    /// `classify` (its own decode and preprocessing, inference, softmax, top classes).
+    pub classifier_ms: Pct,
+    /// Of which the model run alone.
+    pub classifier_inference_ms: Pct,
+    /// The image's vector in the shared space from its probabilities (`semantic.top_t`
+    /// classes); absent without the text encoder or without the class-name cache in the state
+    /// dir (the daemon and `edgefuse describe` write it at their first start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conse_ms: Option<Pct>,
+    /// Mean (vision + classifier + projection) / mean vision alone.
+    pub ratio: f64,
 }
 
 #[derive(Serialize)]
@@ -206,6 +240,25 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         crate::stats::trim_heap();
         rss_per_model.push(rss_bytes().saturating_sub(before));
     }
+    // The classifier runs on every image beside the vision encoder (the daemon's default).
+    let classifier = if modalities.contains(&Modality::Vision) && config.encoders.classifier.enabled
+    {
+        let c = &config.encoders.classifier;
+        let before = rss_bytes();
+        let enc = crate::encoders::ClassifierEncoder::load(
+            &set.manifest,
+            &c.model,
+            None,
+            c.top_k,
+            1,
+            c.max_pixels,
+        )
+        .context("loading the image classifier (encoders.classifier)")?;
+        crate::stats::trim_heap();
+        Some((enc, rss_bytes().saturating_sub(before)))
+    } else {
+        None
+    };
     let rss_loaded = rss_bytes();
     // Every start after the first reads the compiled form: measure that load too, in a
     // throw-away cache so the user's state directory is untouched.
@@ -320,6 +373,57 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             profile,
         });
     }
+    let classifier = match classifier {
+        Some((enc, rss_load)) => {
+            let vision = set.vision.as_ref().context("vision encoder")?;
+            let Sample::Bytes(image) = &samples[1] else {
+                unreachable!("samples are in modality order")
+            };
+            // The shared space needs the text encoder and the class-name embeddings the daemon
+            // or `describe` cached in the state dir: read, never computed or written here.
+            let space = match &set.text {
+                Some(text)
+                    if config.semantic.enabled
+                        && crate::semantic::cache::path_for(
+                            &config.state_dir,
+                            text,
+                            &enc,
+                            &config.semantic,
+                        )
+                        .is_file() =>
+                {
+                    Some(
+                        crate::semantic::SemanticSpace::load_or_build(
+                            Some(&config.state_dir),
+                            text,
+                            &enc,
+                            &config.semantic,
+                        )
+                        .context("reading the shared space for the ConSE projection")?,
+                    )
+                }
+                _ => None,
+            };
+            let mut runs = Vec::new();
+            for (nthreads, ex) in &executors {
+                runs.push(
+                    measure_classifier(vision, &enc, space.as_ref(), image, args, ex)
+                        .with_context(|| format!("classifier: {nthreads} thread(s)"))
+                        .map(|r| ClassifierRun {
+                            threads: *nthreads,
+                            ..r
+                        })?,
+                );
+            }
+            Some(ClassifierReport {
+                model: ModelInfo::of(&enc.model),
+                load_ms: enc.model.load_ms,
+                rss_load_bytes: rss_load,
+                runs,
+            })
+        }
+        None => None,
+    };
     if !args.json {
         eprintln!();
     }
@@ -341,6 +445,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             peak: peak_rss_bytes(),
         },
         modalities: reports,
+        classifier,
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -411,6 +516,56 @@ fn measure(
         call_ms,
         items_per_s: if call_ms.mean > 0.0 {
             batch as f64 * 1e3 / call_ms.mean
+        } else {
+            0.0
+        },
+    })
+}
+
+/// Vision alone, then the classifier, then the ConSE projection, on one image per call, in
+/// turn for `warmup + iterations` rounds under `executor`.
+fn measure_classifier(
+    vision: &crate::encoders::VisionEncoder,
+    classifier: &crate::encoders::ClassifierEncoder,
+    space: Option<&crate::semantic::SemanticSpace>,
+    image: &[u8],
+    args: &BenchArgs,
+    executor: &Executor,
+) -> anyhow::Result<ClassifierRun> {
+    let (mut v, mut c, mut p, mut ci) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..args.warmup + args.iterations {
+        let t0 = Instant::now();
+        let e = multithread_tract_scope(executor.clone(), || vision.embed(&[image]));
+        let t1 = Instant::now();
+        let k = multithread_tract_scope(executor.clone(), || classifier.classify(&[image]));
+        let t2 = Instant::now();
+        let (probabilities, inference_ms) = match (e.into_iter().next(), k.into_iter().next()) {
+            (Some(Ok(_)), Some(Ok(k))) => (k.probabilities, k.timings.inference_ms),
+            (Some(Err(err)), _) | (_, Some(Err(err))) => anyhow::bail!("{err}"),
+            _ => anyhow::bail!("no result"),
+        };
+        let projected = space.map(|s| s.image_vector(&probabilities).vector.len());
+        let t3 = Instant::now();
+        anyhow::ensure!(projected != Some(0), "empty ConSE vector");
+        if i < args.warmup {
+            continue;
+        }
+        v.push((t1 - t0).as_secs_f64() * 1e3);
+        c.push((t2 - t1).as_secs_f64() * 1e3);
+        p.push((t3 - t2).as_secs_f64() * 1e3);
+        ci.push(inference_ms);
+    }
+    let (vision_ms, classifier_ms, conse_ms) = (pct(&v), pct(&c), pct(&p));
+    Ok(ClassifierRun {
+        threads: 1,
+        iterations: args.iterations,
+        vision_ms,
+        classifier_ms,
+        classifier_inference_ms: pct(&ci),
+        conse_ms: space.map(|_| conse_ms),
+        ratio: if vision_ms.mean > 0.0 {
+            (vision_ms.mean + classifier_ms.mean + space.map_or(0.0, |_| conse_ms.mean))
+                / vision_ms.mean
         } else {
             0.0
         },
@@ -642,6 +797,39 @@ fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
                     op.op, op.nodes, op.ms, op.percent
                 )?;
             }
+        }
+    }
+    if let Some(c) = &r.classifier {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "image classifier — {} ({}), beside the vision encoder on the same image; load {:.0} ms, +{} RSS",
+            c.model.name,
+            c.model.quantization,
+            c.load_ms,
+            mb(c.rss_load_bytes)
+        )?;
+        writeln!(
+            out,
+            "  {:>7} {:>17} {:>17} {:>17} {:>17} {:>24}",
+            "threads",
+            "vision",
+            "classifier",
+            "(its inference)",
+            "ConSE",
+            "(vision+classifier+ConSE)/vision"
+        )?;
+        for run in &c.runs {
+            writeln!(
+                out,
+                "  {:>7} {:>17} {:>17} {:>17} {:>17} {:>24.2}",
+                run.threads,
+                p(run.vision_ms),
+                p(run.classifier_ms),
+                p(run.classifier_inference_ms),
+                run.conse_ms.map_or_else(|| "—".to_owned(), p),
+                run.ratio
+            )?;
         }
     }
     Ok(())
