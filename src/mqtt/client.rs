@@ -247,7 +247,11 @@ async fn run_event_loop(
     let mut was_connected = false;
     let mut ever_connected = false;
     let mut fwd = Forward::default();
-    let mut expire = tokio::time::interval(Duration::from_secs(10));
+    // Not `interval`: its first tick is immediate, and a branch that wins the select! while
+    // rumqttc is connecting drops that connection half made. rumqttd then fires its last will,
+    // a retained `offline` that subscribers saw before the `online` (tests: daemon.rs, early_subscribers_…).
+    let every = Duration::from_secs(10);
+    let mut expire = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let counters = handle.counters.clone();
     // A connection attempt starts whenever rumqttc has no network.
