@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MicConfig};
-use crate::encoders::{Modality, ModelInfo, TextEncoder};
+use crate::encoders::{Modality, ModelInfo, Role, TextEncoder};
 use crate::fusion::{Fusion, LabelLimits, LabelStore};
 use crate::mqtt::ack::Ticket;
 use crate::mqtt::client::{connect, ConnectSettings};
@@ -254,10 +254,10 @@ fn log_models(encoders: &Encoders) {
             None => tracing::info!("{m} encoder: disabled"),
         }
     }
-    if let Some(c) = &encoders.classifier {
-        line("classifier", &c.encoder.model);
+    if let Some(c) = encoders.model(Role::Classifier) {
+        line("classifier", c);
     }
-    if encoders.speech.is_some() {
+    if encoders.contains(Role::Speech) {
         tracing::info!("speech: transcribing audio (encoders.speech)");
     }
 }
@@ -352,7 +352,7 @@ async fn reload(
         Err(e) => return refuse(current, format!("models: {e}")).await,
     };
     // Zero-shot labels and the label store are checked before the swap too.
-    if let Err(e) = zero_shot_labels(&config, encoders.text.as_ref().map(|t| &*t.encoder)) {
+    if let Err(e) = zero_shot_labels(&config, encoders.get::<TextEncoder>()) {
         return refuse(current, format!("{e:#}")).await;
     }
 
@@ -442,7 +442,7 @@ impl Pipeline {
         // Fusion state: zero-shot label embeddings and the persisted few-shot labels.
         let zero_shot = {
             let cfg = config.clone();
-            let text = encoders.text.as_ref().map(|t| Arc::clone(&t.encoder));
+            let text = encoders.shared::<TextEncoder>();
             tokio::task::spawn_blocking(move || zero_shot_labels(&cfg, text.as_deref())).await??
         };
         std::fs::create_dir_all(&config.state_dir)
@@ -464,8 +464,8 @@ impl Pipeline {
             .with_counters(link.stats.fusion.clone());
         let (semantic, mut semantic_hooks) = open_semantic(&config, &encoders, &models).await?;
         // Speech: the audio hook transcribes, and places transcripts in the shared space.
-        let transcriber = encoders.speech.as_ref().map(|s| Arc::clone(&s.encoder));
-        let audio_on = encoders.audio.is_some();
+        let transcriber = encoders.shared();
+        let audio_on = encoders.contains(Modality::Audio);
         let speech = &config.encoders.speech;
         let hook =
             crate::shared_space::speech::hook(speech, transcriber, audio_on, semantic.as_ref());
@@ -494,23 +494,23 @@ impl Pipeline {
         let mut workers = Vec::new();
         let mut dir_tx = None;
         let runs: Vec<(EncoderRef, usize, usize)> = [
-            encoders.text.as_ref().map(|e| {
+            encoders.shared().map(|e| {
                 (
-                    EncoderRef::Text(Arc::clone(&e.encoder)),
+                    EncoderRef::Text(e),
                     config.encoders.text.max_batch,
                     config.queues.text,
                 )
             }),
-            encoders.vision.as_ref().map(|e| {
+            encoders.shared().map(|e| {
                 (
-                    EncoderRef::Vision(Arc::clone(&e.encoder)),
+                    EncoderRef::Vision(e),
                     config.encoders.vision.max_batch,
                     config.queues.vision,
                 )
             }),
-            encoders.audio.as_ref().map(|e| {
+            encoders.shared().map(|e| {
                 (
-                    EncoderRef::Audio(Arc::clone(&e.encoder)),
+                    EncoderRef::Audio(e),
                     config.encoders.audio.max_batch,
                     config.queues.audio,
                 )
@@ -702,7 +702,7 @@ async fn open_semantic(
 )> {
     let mut hooks: BTreeMap<Modality, Arc<dyn crate::shared_space::SemanticHook>> = BTreeMap::new();
     let (Some(text), Some(info), true) = (
-        encoders.text.as_ref(),
+        encoders.shared::<TextEncoder>(),
         models.get(&Modality::Text),
         config.shared_space.enabled,
     ) else {
@@ -715,10 +715,10 @@ async fn open_semantic(
         return Ok((None, hooks));
     };
     let cfg = config.clone();
-    let encoder = Arc::clone(&text.encoder);
+    let encoder = Arc::clone(&text);
     // With the classifier, the ConSE space (images, and texts with its correction); else the
     // text encoder's own space.
-    let conse = conse_space(config, &text.encoder, encoders).await;
+    let conse = conse_space(config, &text, encoders).await;
     let space: Arc<dyn crate::shared_space::TextSpace> = match &conse {
         Some((_, s)) => Arc::new(crate::shared_space::conse::ConseSpace(Arc::clone(s))),
         None => Arc::new(crate::shared_space::RawTextSpace::new(info)),
@@ -766,7 +766,7 @@ async fn conse_space(
     Arc<crate::encoders::ClassifierEncoder>,
     Arc<crate::semantic::SemanticSpace>,
 )> {
-    let classifier = Arc::clone(&encoders.classifier.as_ref()?.encoder);
+    let classifier = encoders.shared::<crate::encoders::ClassifierEncoder>()?;
     if !config.semantic.enabled {
         return None;
     }
