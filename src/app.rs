@@ -10,7 +10,7 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::encoders::Modality;
+use crate::encoders::{Modality, Role, TextEncoder};
 use crate::mqtt::client::{connect, ConnectSettings};
 use crate::mqtt::payload::{now_rfc3339, ErrorRecord, SCHEMA};
 use crate::mqtt::{broker, security, BrokerAddr, Topics};
@@ -212,10 +212,10 @@ fn log_models(encoders: &Encoders) {
             None => tracing::info!("{m} encoder: disabled"),
         }
     }
-    if let Some(c) = &encoders.classifier {
-        line("classifier", &c.encoder.model);
+    if let Some(c) = encoders.model(Role::Classifier) {
+        line("classifier", c);
     }
-    if encoders.speech.is_some() {
+    if encoders.contains(Role::Speech) {
         tracing::info!("speech: transcribing audio (encoders.speech)");
     }
 }
@@ -286,7 +286,7 @@ async fn reload(
         Err(e) => return refuse(current, format!("models: {e}")).await,
     };
     // Zero-shot labels and the label store are checked before the swap too.
-    if let Err(e) = zero_shot_labels(&config, encoders.text.as_ref().map(|t| &*t.encoder)) {
+    if let Err(e) = zero_shot_labels(&config, encoders.get::<TextEncoder>()) {
         return refuse(current, format!("{e:#}")).await;
     }
 

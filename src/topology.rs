@@ -79,7 +79,7 @@ impl Pipeline {
         // Fusion state: zero-shot label embeddings and the persisted few-shot labels.
         let zero_shot = {
             let cfg = config.clone();
-            let text = encoders.text.as_ref().map(|t| Arc::clone(&t.encoder));
+            let text = encoders.shared::<TextEncoder>();
             tokio::task::spawn_blocking(move || zero_shot_labels(&cfg, text.as_deref())).await??
         };
         std::fs::create_dir_all(&config.state_dir)
@@ -101,8 +101,8 @@ impl Pipeline {
             .with_counters(link.stats.fusion.clone());
         let (semantic, mut semantic_hooks) = open_semantic(&config, &encoders, &models).await?;
         // Speech: the audio hook transcribes, and places transcripts in the shared space.
-        let transcriber = encoders.speech.as_ref().map(|s| Arc::clone(&s.encoder));
-        let audio_on = encoders.audio.is_some();
+        let transcriber = encoders.shared();
+        let audio_on = encoders.contains(Modality::Audio);
         let speech = &config.encoders.speech;
         let hook =
             crate::shared_space::speech::hook(speech, transcriber, audio_on, semantic.as_ref());
@@ -127,23 +127,23 @@ impl Pipeline {
         }
         let mut workers = Vec::new();
         let runs: Vec<(EncoderRef, usize, usize)> = [
-            encoders.text.as_ref().map(|e| {
+            encoders.shared().map(|e| {
                 (
-                    EncoderRef::Text(Arc::clone(&e.encoder)),
+                    EncoderRef::Text(e),
                     config.encoders.text.max_batch,
                     config.queues.text,
                 )
             }),
-            encoders.vision.as_ref().map(|e| {
+            encoders.shared().map(|e| {
                 (
-                    EncoderRef::Vision(Arc::clone(&e.encoder)),
+                    EncoderRef::Vision(e),
                     config.encoders.vision.max_batch,
                     config.queues.vision,
                 )
             }),
-            encoders.audio.as_ref().map(|e| {
+            encoders.shared().map(|e| {
                 (
-                    EncoderRef::Audio(Arc::clone(&e.encoder)),
+                    EncoderRef::Audio(e),
                     config.encoders.audio.max_batch,
                     config.queues.audio,
                 )
@@ -302,7 +302,7 @@ async fn open_semantic(
 )> {
     let mut hooks: BTreeMap<Modality, Arc<dyn crate::shared_space::SemanticHook>> = BTreeMap::new();
     let (Some(text), Some(info), true) = (
-        encoders.text.as_ref(),
+        encoders.shared::<TextEncoder>(),
         models.get(&Modality::Text),
         config.shared_space.enabled,
     ) else {
@@ -315,10 +315,10 @@ async fn open_semantic(
         return Ok((None, hooks));
     };
     let cfg = config.clone();
-    let encoder = Arc::clone(&text.encoder);
+    let encoder = Arc::clone(&text);
     // With the classifier, the ConSE space (images, and texts with its correction); else the
     // text encoder's own space.
-    let conse = conse_space(config, &text.encoder, encoders).await;
+    let conse = conse_space(config, &text, encoders).await;
     let space: Arc<dyn crate::shared_space::TextSpace> = match &conse {
         Some((_, s)) => Arc::new(crate::shared_space::conse::ConseSpace(Arc::clone(s))),
         None => Arc::new(crate::shared_space::RawTextSpace::new(info)),
@@ -366,7 +366,7 @@ async fn conse_space(
     Arc<crate::encoders::ClassifierEncoder>,
     Arc<crate::semantic::SemanticSpace>,
 )> {
-    let classifier = Arc::clone(&encoders.classifier.as_ref()?.encoder);
+    let classifier = encoders.shared::<crate::encoders::ClassifierEncoder>()?;
     if !config.semantic.enabled {
         return None;
     }

@@ -18,9 +18,10 @@ use tract_onnx::prelude::*;
 use super::load_config;
 use crate::cli::{BenchArgs, Cli};
 use crate::cpu;
-use crate::encoders::{EncoderSet, ItemResult, Modality, ModelInfo, Timings};
-use crate::manifest::read_verified;
-use crate::preprocess::text::{TextPreprocess, TextTokenizer};
+use crate::encoders::{
+    AudioEncoder, Encoders, ItemResult, Modality, ModelInfo, TextEncoder, TextRole, Timings,
+    VisionEncoder,
+};
 use crate::stats::rss_bytes;
 
 const SAMPLE_IMAGE: &[u8] = include_bytes!("../../tests/fixtures/images/chelsea.jpg");
@@ -210,9 +211,6 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     // Measure exactly the requested batch sizes: the encoders split larger batches.
     let max_batch = batches.iter().copied().max().unwrap_or(1);
     let e = &mut config.encoders;
-    e.text.enabled = modalities.contains(&Modality::Text);
-    e.vision.enabled = modalities.contains(&Modality::Vision);
-    e.audio.enabled = modalities.contains(&Modality::Audio);
     e.text.max_batch = e.text.max_batch.max(max_batch);
     e.vision.max_batch = e.vision.max_batch.max(max_batch);
     e.audio.max_batch = e.audio.max_batch.max(max_batch);
@@ -220,26 +218,21 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let samples = load_samples(args)?;
     let rss_start = rss_bytes();
     let mut rss_per_model = Vec::new();
-    let mut set = EncoderSet {
-        manifest: crate::manifest::Manifest::load(&models_dir.join("manifest.toml"))?,
-        text: None,
-        vision: None,
-        audio: None,
-    };
+    let mut set: Option<Encoders> = None;
     // Load one modality at a time so the RSS each model adds can be attributed.
     for &m in &modalities {
         let before = rss_bytes();
-        let one = EncoderSet::load(&config, &models_dir, &[m])
+        let one = Encoders::load_roles(&config, &models_dir, &[m.into()])
             .with_context(|| format!("loading the {m} encoder"))?;
-        match m {
-            Modality::Text => set.text = one.text,
-            Modality::Vision => set.vision = one.vision,
-            Modality::Audio => set.audio = one.audio,
+        match &mut set {
+            Some(set) => set.merge(one),
+            None => set = Some(one),
         }
         // As the daemon does after loading (see `stats::trim_heap`).
         crate::stats::trim_heap();
         rss_per_model.push(rss_bytes().saturating_sub(before));
     }
+    let set = set.context("no modality to measure")?;
     // The classifier runs on every image beside the vision encoder (the daemon's default).
     let classifier = if modalities.contains(&Modality::Vision) && config.encoders.classifier.enabled
     {
@@ -301,7 +294,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         let model = set.model(m).context("encoder loaded above")?;
         let (input, one): (String, Box<dyn Fn(usize) -> Vec<ItemResult> + '_>) = match m {
             Modality::Text => {
-                let enc = set.text.as_ref().context("text encoder")?;
+                let enc = set.get::<TextEncoder>().context("text encoder")?;
                 let Sample::Text(t) = &samples[0] else {
                     unreachable!("samples are in modality order")
                 };
@@ -312,7 +305,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 )
             }
             Modality::Vision => {
-                let enc = set.vision.as_ref().context("vision encoder")?;
+                let enc = set.get::<VisionEncoder>().context("vision encoder")?;
                 let Sample::Bytes(b) = &samples[1] else {
                     unreachable!("samples are in modality order")
                 };
@@ -327,7 +320,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 (desc, Box::new(move |n| enc.embed(&vec![b.as_slice(); n])))
             }
             Modality::Audio => {
-                let enc = set.audio.as_ref().context("audio encoder")?;
+                let enc = set.get::<AudioEncoder>().context("audio encoder")?;
                 let Sample::Bytes(b) = &samples[2] else {
                     unreachable!("samples are in modality order")
                 };
@@ -355,7 +348,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let profile = if args.profile {
-            let inputs = plan_inputs(&set, m, &samples, &config)
+            let inputs = model_inputs(&set, m, &samples)
                 .with_context(|| format!("{m}: building the profiling inputs"))?;
             Some(profile_plan(&model.plan, inputs, args.iterations)?)
         } else {
@@ -375,13 +368,13 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let classifier = match classifier {
         Some((enc, rss_load)) => {
-            let vision = set.vision.as_ref().context("vision encoder")?;
+            let vision = set.get::<VisionEncoder>().context("vision encoder")?;
             let Sample::Bytes(image) = &samples[1] else {
                 unreachable!("samples are in modality order")
             };
             // The shared space needs the text encoder and the class-name embeddings the daemon
             // or `describe` cached in the state dir: read, never computed or written here.
-            let space = match &set.text {
+            let space = match set.get::<TextEncoder>() {
                 Some(text)
                     if config.semantic.enabled
                         && crate::semantic::cache::path_for(
@@ -572,59 +565,24 @@ fn measure_classifier(
     })
 }
 
-/// The model inputs for one item of `m`, built by the encoders' own public preprocessing.
-fn plan_inputs(
-    set: &EncoderSet,
-    m: Modality,
-    samples: &[Sample],
-    config: &crate::config::Config,
-) -> anyhow::Result<TVec<TValue>> {
-    match (m, &samples[m as usize]) {
-        (Modality::Text, Sample::Text(t)) => {
-            let enc = set.text.as_ref().context("text encoder")?;
-            let pre: TextPreprocess = enc.model.spec.preprocess()?;
-            let path = set.manifest.path_of(&pre.tokenizer);
-            let bytes = read_verified(&path, &pre.tokenizer_sha256)?;
-            let tok = TextTokenizer::from_bytes(&bytes, &path, enc.max_length())?;
-            let tb = tok.encode_batch(&[t.as_str()])?;
-            let shape = [tb.batch, tb.seq];
-            let t = |v: &[i64]| -> anyhow::Result<TValue> {
-                Ok(Tensor::from_shape(&shape, v)?.into_tvalue())
-            };
-            Ok(tvec![
-                t(&tb.input_ids)?,
-                t(&tb.attention_mask)?,
-                t(&tb.token_type_ids)?
-            ])
-        }
-        (Modality::Vision, Sample::Bytes(b)) => {
-            let enc = set.vision.as_ref().context("vision encoder")?;
-            let crop = enc.params.crop as usize;
-            let mut buf = Vec::new();
-            crate::preprocess::image::preprocess(
-                b,
-                &enc.params,
-                config.encoders.vision.max_pixels,
-                &mut buf,
-            )?;
-            Ok(tvec![
-                Tensor::from_shape(&[1, 3, crop, crop], &buf)?.into_tvalue()
-            ])
-        }
-        (Modality::Audio, Sample::Bytes(b)) => {
-            let enc = set.audio.as_ref().context("audio encoder")?;
-            let p = &enc.front_end.params;
-            let blocks = enc
-                .front_end
-                .wav_to_blocks(b, config.encoders.audio.max_seconds)?;
-            Ok(tvec![Tensor::from_shape(
-                &[blocks.count, p.block_frames, p.n_mels],
-                &blocks.data
-            )?
-            .into_tvalue()])
-        }
+/// The model inputs for one item of `m`, built by the encoder's own preprocessing.
+fn model_inputs(set: &Encoders, m: Modality, samples: &[Sample]) -> anyhow::Result<TVec<TValue>> {
+    let inputs = match (m, &samples[m as usize]) {
+        (Modality::Text, Sample::Text(t)) => set
+            .get::<TextEncoder>()
+            .context("text encoder")?
+            .model_inputs(t, TextRole::Passage)?,
+        (Modality::Vision, Sample::Bytes(b)) => set
+            .get::<VisionEncoder>()
+            .context("vision encoder")?
+            .model_inputs(b)?,
+        (Modality::Audio, Sample::Bytes(b)) => set
+            .get::<AudioEncoder>()
+            .context("audio encoder")?
+            .model_inputs(b)?,
         _ => bail!("no sample for {m}"),
-    }
+    };
+    Ok(inputs)
 }
 
 /// Run the plan `iterations` times timing every node, and sum the time per op type.

@@ -10,6 +10,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -17,7 +18,7 @@ use serde::Serialize;
 use super::load_config;
 use crate::cli::{Cli, DescribeArgs};
 use crate::encoders::speech::Transcript;
-use crate::encoders::{ClassifierEncoder, Modality, TextEncoder, Transcriber};
+use crate::encoders::{ClassifierEncoder, Encoders, Modality, Role, TextEncoder, Transcriber};
 use crate::semantic::{check_label, SemanticSpace};
 use crate::shared_space::conse::{image_item, ConseSpace};
 use crate::shared_space::words::{self, WordScore};
@@ -45,8 +46,8 @@ struct Line<'a> {
 
 /// Text encoder, classifier and the shared space, loaded as the config says.
 pub struct Describer {
-    pub text: TextEncoder,
-    pub classifier: ClassifierEncoder,
+    pub text: Arc<TextEncoder>,
+    pub classifier: Arc<ClassifierEncoder>,
     pub space: ConseSpace,
 }
 
@@ -54,23 +55,10 @@ impl Describer {
     /// Load with the config's models (text and classifier are enabled whatever it says) and
     /// the class-name cache under its state dir.
     pub fn load(config: &crate::config::Config, models_dir: &Path) -> anyhow::Result<Describer> {
-        let manifest = crate::manifest::Manifest::load(&models_dir.join("manifest.toml"))?;
-        let e = &config.encoders;
-        let text = TextEncoder::load(
-            &manifest,
-            &e.text.model,
-            None,
-            e.text.max_length,
-            e.text.max_batch,
-        )?;
-        let classifier = ClassifierEncoder::load(
-            &manifest,
-            &e.classifier.model,
-            None,
-            e.classifier.top_k,
-            e.classifier.max_batch,
-            e.classifier.max_pixels,
-        )?;
+        let roles = [Role::Text, Role::Classifier];
+        let loaded = Encoders::load_roles(config, models_dir, &roles)?;
+        let text = loaded.shared::<TextEncoder>().context("text encoder")?;
+        let classifier = loaded.shared::<ClassifierEncoder>().context("classifier")?;
         let space = SemanticSpace::load_or_build(
             Some(&config.state_dir),
             &text,
@@ -168,9 +156,9 @@ pub fn run(cli: &Cli, args: &DescribeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if !wavs.is_empty() {
-        let manifest = crate::manifest::Manifest::load(&models_dir.join("manifest.toml"))?;
-        let transcriber = Transcriber::load(&manifest, &config.encoders.speech, None)
+        let loaded = Encoders::load_roles(&config, &models_dir, &[Role::Speech])
             .context("loading the speech model (encoders.speech) for the WAV files")?;
+        let transcriber = loaded.get::<Transcriber>().context("speech model")?;
         for (name, bytes) in &wavs {
             let t = match transcriber.transcribe_wav(bytes) {
                 Ok(t) => t,

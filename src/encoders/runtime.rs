@@ -120,10 +120,8 @@ impl LoadedModel {
         crop: usize,
     ) -> Result<(Vec<f32>, f64), crate::error::InputError> {
         let started = Instant::now();
-        let input =
-            Tensor::from_shape(&[n, 3, crop, crop], data).map_err(super::inference_error)?;
         let outputs = self
-            .run(tvec![input.into()])
+            .run(tvec![image_batch(data, n, crop)?.into()])
             .map_err(super::inference_error)?;
         let infer_ms = started.elapsed().as_secs_f64() * 1e3;
         let out = outputs[0]
@@ -131,6 +129,15 @@ impl LoadedModel {
             .map_err(super::inference_error)?;
         Ok((out.iter().copied().collect(), infer_ms))
     }
+}
+
+/// `n` preprocessed NCHW crops of `crop`×`crop` as one input tensor.
+pub fn image_batch(
+    data: &[f32],
+    n: usize,
+    crop: usize,
+) -> Result<Tensor, crate::error::InputError> {
+    Tensor::from_shape(&[n, 3, crop, crop], data).map_err(super::inference_error)
 }
 
 /// Maps a tract error at `stage` of loading `spec` to a [`ModelError`] naming both.

@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 use crate::util::{self, cosine, fixture, models_dir, norm, run_edgefuse, stderr};
-use edgefuse::encoders::{ClassifierEncoder, EncoderSet, TextEncoder, TextRole};
+use edgefuse::encoders::{ClassifierEncoder, Encoders, Role, TextEncoder, TextRole};
 use edgefuse::error::InputError;
 use edgefuse::manifest::{read_verified, Manifest};
 use edgefuse::preprocess::text::{TextPreprocess, TextTokenizer};
@@ -202,13 +202,9 @@ fn a_sentence_is_closest_to_its_translation() {
 fn the_config_selects_it_for_the_text_encoder() {
     let mut config = util::fp32_config();
     config.encoders.text.model = KEY.into();
-    let set = EncoderSet::load(
-        &config,
-        &models_dir(),
-        &[edgefuse::encoders::Modality::Text],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let text = set.text.as_ref().unwrap();
+    let set = Encoders::load_roles(&config, &models_dir(), &[Role::Text])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = set.get::<TextEncoder>().unwrap();
     assert_eq!(text.model.spec.name, "multilingual-e5-small");
     assert_eq!(text.prefix(TextRole::Query), "query: ");
     // The config's cap applies when set; without one (as in configs/default.toml), the
