@@ -1,8 +1,10 @@
 //! One rumqttc (MQTT 5) connection shared by intake and publishing. The event loop runs on its
-//! own task: it re-subscribes and announces `online` (and Home Assistant discovery) on every
-//! connect, backs off exponentially with jitter while the broker is unreachable, and hands
-//! incoming publishes to a bounded channel (when the channel is full the loop waits:
-//! back-pressure reaches the broker over TCP).
+//! own task and only moves packets: it turns rumqttc's events into calls on the delivery state
+//! (`outbox::Outbox`, no I/O: the window, packet ids, replay cursor, what a connect announces,
+//! backoff) and carries out the actions that state asks for. It re-subscribes and announces
+//! `online` (and Home Assistant discovery) on every connect, backs off exponentially with
+//! jitter while the broker is unreachable, and hands incoming publishes to a bounded channel
+//! (when the channel is full the loop waits: back-pressure reaches the broker over TCP).
 //!
 //! Store-and-forward: results are appended to the spool (`sinks::spool`) by the publisher and
 //! sent from the spool by this loop only, which maps each packet id rumqttc assigns back to its
