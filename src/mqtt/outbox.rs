@@ -4,8 +4,9 @@
 //! polls ([`Outbox::poll`]) until there are none; the tests below drive the type alone.
 //!
 //! What it owns:
-//! - **The in-flight window.** At most [`WINDOW`] of our QoS ≥ 1 publishes are handed to
-//!   rumqttc and not yet acknowledged; spooled results wait in the spool beyond that.
+//! - **The in-flight window.** A spooled result is handed to rumqttc only while fewer than
+//!   [`WINDOW`] of our QoS ≥ 1 publishes await a packet id or (records) an acknowledgement;
+//!   the rest wait in the spool.
 //! - **The packet-id map.** rumqttc assigns packet ids in the order publishes are handed to it
 //!   and reports each as it goes out ([`Outbox::packet_id`]), so the ids map back to spool
 //!   records in that order. PubAck (PubComp at QoS 2) of a record yields
@@ -27,6 +28,9 @@
 //! Bounds: records in flight ≤ [`WINDOW`]; the packet-id map and the queue of ids to come hold
 //! at most the window plus the publishes one connect or one stop announces (availability and
 //! the discovery configs); the action queue is drained by the event loop after every event.
+//!
+//! Length: about 480 lines of code; the rest of the file is its unit tests, which need a fake
+//! spool and a fake rumqttc request channel and stay beside the code they drive.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
