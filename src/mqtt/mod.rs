@@ -5,6 +5,7 @@ pub mod ack;
 pub mod broker;
 pub mod client;
 pub mod discovery;
+pub mod outbox;
 pub mod payload;
 pub mod security;
 pub mod topics;
