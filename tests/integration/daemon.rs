@@ -293,6 +293,10 @@ fn embedded_broker_serves_plain_mosquitto_clients() {
     );
     let daemon = Daemon::start(&config);
     crate::util::wait_port(port, T);
+    // The daemon subscribes before it says `online`; a QoS 0 input sent before that is lost by
+    // MQTT's rules (the broker may listen before the daemon's own client has connected).
+    let mut available = Sub::start_with(port, "edgefuse/test/available", &[]);
+    available.expect("available", T, |m| m.payload == "online");
     // MQTT 3.1.1 clients, as a new user would run them.
     let mut sub = Sub::start_formatted(port, "edgefuse/test/embedding/text", &[], "%p");
     let status = std::process::Command::new("mosquitto_pub")
