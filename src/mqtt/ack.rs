@@ -155,6 +155,13 @@ impl AckTracker {
         self.len() == 0
     }
 
+    /// Inputs whose ticket was completed and not yet popped (tests).
+    #[cfg(test)]
+    pub(crate) fn completed(&self) -> usize {
+        let s = self.lock();
+        s.entries.iter().filter(|e| e.slot == Slot::Done).count()
+    }
+
     /// Resolves after a ticket completed (or shutdown began).
     pub async fn changed(&self) {
         self.shared.wake.notified().await
@@ -197,6 +204,11 @@ impl Ticket {
     /// No ack owed (QoS 0, or an input that did not come over MQTT).
     pub fn none() -> Ticket {
         Ticket(None)
+    }
+
+    /// Whether an acknowledgement waits on this ticket (a QoS ≥ 1 input over MQTT).
+    pub fn owes_ack(&self) -> bool {
+        self.0.is_some()
     }
 
     pub fn complete(mut self) {
