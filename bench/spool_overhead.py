@@ -209,11 +209,14 @@ def main() -> None:
             for m in modalities:
                 r: dict = {f"one_{n}": [] for n in daemons} | {f"burst_{n}": [] for n in daemons} | {"tract": []}
                 for rnd in range(args.rounds):
+                    # A different daemon goes first each round, so no one always follows the
+                    # raw tract process (or anything else) on a shared machine.
+                    order = list(daemons)[rnd % len(daemons):] + list(daemons)[:rnd % len(daemons)]
                     for _ in range(args.per_round):
-                        for name in daemons:
+                        for name in order:
                             r[f"one_{name}"].append(drv.one(name, m, payloads[m]))
                     r["tract"].append(tract_ms(args.edgefuse, configs["after"], models, m, args.per_round))
-                    for name in daemons:
+                    for name in order:
                         r[f"burst_{name}"].append(drv.burst(name, m, payloads[m], args.burst))
                     log(f"{m} round {rnd + 1}: " + ", ".join(
                         f"{n} {med(r[f'one_{n}'][-args.per_round:]):.2f} ms" for n in daemons)
