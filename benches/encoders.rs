@@ -35,7 +35,7 @@ use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 
 use edgefuse::config::Config;
-use edgefuse::encoders::{AudioEncoder, EncoderSet, Modality, TextEncoder, VisionEncoder};
+use edgefuse::encoders::{AudioEncoder, Encoders, Modality, Role, TextEncoder, VisionEncoder};
 use edgefuse::manifest::{read_verified, Manifest};
 use edgefuse::preprocess::text::{TextPreprocess, TextTokenizer, TokenBatch};
 use edgefuse::preprocess::{image, resample, wav};
@@ -420,15 +420,20 @@ fn main() {
     config.encoders.text.model = "text".into();
     config.encoders.vision.model = "vision".into();
     config.encoders.audio.model = "audio".into();
-    let only = only_modalities();
-    let set = EncoderSet::load(&config, &models_dir(), &only).unwrap_or_else(|e| panic!("{e}"));
-    if let Some(text) = &set.text {
+    let mut only = only_modalities();
+    if only.is_empty() {
+        only = Modality::ALL.to_vec();
+    }
+    let roles: Vec<Role> = only.into_iter().map(Role::from).collect();
+    let set =
+        Encoders::load_roles(&config, &models_dir(), &roles).unwrap_or_else(|e| panic!("{e}"));
+    if let Some(text) = set.get::<TextEncoder>() {
         bench_text(&mut c, text, &set.manifest);
     }
-    if let Some(vision) = &set.vision {
+    if let Some(vision) = set.get::<VisionEncoder>() {
         bench_vision(&mut c, vision, &config);
     }
-    if let Some(audio) = &set.audio {
+    if let Some(audio) = set.get::<AudioEncoder>() {
         bench_audio(&mut c, audio, &config);
     }
     c.final_summary();

@@ -213,6 +213,42 @@ fn child(models: &Path, key: &str, modality: Modality, repo: &Path) -> Result<()
     Ok(())
 }
 
+fn status_kb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// Memory mode (`--memory KEY MODALITY`): what one model holds. Prints, in MiB: RSS before
+/// loading, RSS once loaded and the heap trimmed (as the daemon does after loading), RSS after
+/// one item (batch 1) and trimming again, and the peak (VmHWM, loading included).
+fn memory(models: &Path, key: &str, modality: Modality, repo: &Path) -> Result<()> {
+    let m = Manifest::load(&models.join("manifest.toml"))?;
+    let inp = inputs(repo)?;
+    edgefuse::stats::trim_heap();
+    let start = status_kb("VmRSS:");
+    let enc = Enc::load(&m, key, modality)?;
+    edgefuse::stats::trim_heap();
+    let loaded = status_kb("VmRSS:");
+    enc.time_batch(&inp, 1)?;
+    edgefuse::stats::trim_heap();
+    let after = status_kb("VmRSS:");
+    let hwm = status_kb("VmHWM:");
+    println!(
+        "{:.1} {:.1} {:.1} {:.1}",
+        start / 1024.0,
+        loaded / 1024.0,
+        after / 1024.0,
+        hwm / 1024.0
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut args = std::env::args().skip(1);
@@ -226,6 +262,14 @@ fn main() -> Result<()> {
             "--write" => write = Some(args.next().context("--write FILE")?.into()),
             "--reps" => reps = args.next().context("--reps N")?.parse()?,
             "--modality" => only.push(args.next().context("--modality NAME")?),
+            "--memory" => {
+                let key = args.next().context("--memory KEY MODALITY")?;
+                let m = args
+                    .next()
+                    .and_then(|s| modality_of(&s))
+                    .context("modality")?;
+                return memory(&models, &key, m, &repo);
+            }
             "--child" => {
                 let key = args.next().context("--child KEY MODALITY")?;
                 let m = args

@@ -80,8 +80,9 @@ pub struct DescribeArgs {
     /// A text to describe (repeatable); texts are printed before files.
     #[arg(long = "text", short = 't', value_name = "TEXT")]
     pub texts: Vec<String>,
-    /// Zero-shot labels, comma-separated, e.g. "cat,dog,coffee". Default: the config's
-    /// `fusion.zero_shot.labels`.
+    /// Zero-shot labels, comma-separated, e.g. "cat,dog,coffee". Default: the daemon's
+    /// zero-shot words (the list set over MQTT, saved in the state dir, else the config's
+    /// `fusion.zero_shot.words`), else `fusion.zero_shot.labels`.
     #[arg(long, short = 'l', value_delimiter = ',', value_name = "W1,W2,...")]
     pub labels: Vec<String>,
     /// Also print each input's unit vector in the shared space under "semantic".

@@ -6,6 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod components;
+pub use components::{BrokerAddr, HomeAssistantConfig, SpoolConfig, WatchdogConfig};
+
+use crate::types::Modality;
+
 /// The built-in default, `configs/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../configs/default.toml");
 
@@ -36,13 +41,13 @@ pub struct Config {
     #[serde(default)]
     pub shutdown: ShutdownConfig,
     #[serde(default)]
-    pub watchdog: crate::systemd::WatchdogConfig,
+    pub watchdog: WatchdogConfig,
     #[serde(default)]
     pub debug: DebugConfig,
     #[serde(default)]
-    pub spool: crate::sinks::spool::SpoolConfig,
+    pub spool: SpoolConfig,
     #[serde(default)]
-    pub homeassistant: crate::mqtt::discovery::HomeAssistantConfig,
+    pub homeassistant: HomeAssistantConfig,
     #[serde(default)]
     pub shared_space: crate::shared_space::SpaceConfig,
     /// The shared text space (ConSE): how images get a vector in the text encoder's space.
@@ -324,7 +329,9 @@ pub struct ModalityPaths {
 #[serde(deny_unknown_fields, default)]
 pub struct ZeroShotConfig {
     pub labels: Vec<String>,
-    pub modalities: Vec<String>,
+    /// Checked when the TOML is read: a value other than `text`, `vision` or `audio` is a
+    /// parse error naming `[fusion.zero_shot]`; `text` is refused by validation.
+    pub modalities: Vec<Modality>,
     /// Plain words scored on every item with a semantic vector (`[shared_space]`); replaced at
     /// run time by a list set over MQTT (`zero_shot/set`).
     pub words: Vec<String>,
@@ -907,7 +914,7 @@ impl Config {
     fn mqtt_problems(&self, p: &mut Problems) {
         let m = &self.mqtt;
         if m.broker != "embedded" {
-            if let Err(e) = crate::mqtt::BrokerAddr::parse(&m.broker) {
+            if let Err(e) = BrokerAddr::parse(&m.broker) {
                 p.add("mqtt.broker", format!("{:?}: {e}", m.broker));
             }
         } else if m.embedded_listen.parse::<std::net::SocketAddr>().is_err() {
@@ -1077,11 +1084,12 @@ impl Config {
             p.range(&format!("fusion.weights.{name}"), w, 0.0, 1000.0);
         }
         for (i, m) in f.zero_shot.modalities.iter().enumerate() {
-            if !["vision", "audio"].contains(&m.as_str()) {
+            if *m == Modality::Text {
                 p.add(
                     &format!("fusion.zero_shot.modalities[{i}]"),
                     format!(
-                        "{m:?} must be \"vision\" or \"audio\" (text is the label space itself)"
+                        "{:?} must be \"vision\" or \"audio\" (text is the label space itself)",
+                        m.as_str()
                     ),
                 );
             }
@@ -1132,18 +1140,6 @@ impl Config {
         } else {
             cleaned
         }
-    }
-
-    /// The compiled-model cache the daemon uses, if `models.compiled_cache` is on.
-    pub fn model_cache(&self) -> Option<crate::encoders::ModelCache> {
-        self.models.compiled_cache.then(|| {
-            crate::encoders::ModelCache::new(
-                self.models
-                    .compiled_dir
-                    .clone()
-                    .unwrap_or_else(|| self.state_dir.join("compiled")),
-            )
-        })
     }
 
     /// `models.dir`, with `--models` taking precedence.
@@ -1204,6 +1200,15 @@ mod tests {
             }
         }
         assert!(n >= 2, "expected the default and the Pi example");
+    }
+
+    /// Defaults live in the `Default` impls and serde default functions; `configs/default.toml`
+    /// spells them out for users and must say the same.
+    #[test]
+    fn configs_default_toml_says_what_the_code_defaults_are() {
+        let shipped = format!("{:#?}", Config::builtin());
+        let coded = format!("{:#?}", Config::from_toml("", "empty").unwrap());
+        assert_eq!(shipped, coded);
     }
 
     #[test]
@@ -1305,6 +1310,21 @@ modalities = ["text"]
         ] {
             assert!(paths.contains(&want), "{want} missing from {paths:?}");
         }
+    }
+
+    #[test]
+    fn an_unknown_zero_shot_modality_is_an_error_naming_its_table_not_dropped() {
+        let toml = "[fusion.zero_shot]\nlabels = [\"cat\"]\nmodalities = [\"vision\", \"smell\"]\n";
+        let err = Config::from_toml(toml, "t").unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert_eq!(err.problems[0].path, "fusion.zero_shot (line 3)", "{err}");
+        assert!(err.problems[0].message.contains("smell"), "{err}");
+        let ok = "[fusion.zero_shot]\nlabels = [\"cat\"]\nmodalities = [\"audio\", \"vision\"]\n";
+        let c = Config::from_toml(ok, "t").unwrap();
+        assert_eq!(
+            c.fusion.zero_shot.modalities,
+            [Modality::Audio, Modality::Vision]
+        );
     }
 
     #[test]

@@ -4,12 +4,12 @@
 
 use bytes::Bytes;
 
-use crate::app::{parse_incoming, Parsed};
 use crate::config::Config;
 use crate::mqtt::{Incoming, Topics};
 use crate::pipeline::Body;
 use crate::preprocess::image::ImagePreprocess;
 use crate::preprocess::{image, resample, wav};
+use crate::sources::mqtt::{parse_incoming, Parsed};
 
 /// Limits used by the fuzz entry points (smaller than the defaults, so a fuzzer explores
 /// formats rather than allocations; the refusal logic is the same).

@@ -66,6 +66,11 @@ pub struct ModelSpec {
     /// encoder in `file`), each pinned by sha256 and named by its role.
     #[serde(default)]
     pub extra_files: Vec<ExtraFile>,
+    /// How tract holds the matmul weights once loaded: `"f32"` (the default; f16/int8 storage
+    /// is decoded at load) or `"q4_0"` (requantized at load to 4-bit blocks of 32 with an f16
+    /// scale, tract's block-quant format, and unpacked panel by panel at run time).
+    #[serde(default)]
+    pub weights_in_memory: Option<String>,
 }
 
 /// One more file of a multi-file model.
@@ -115,6 +120,9 @@ impl TensorSpec {
     }
 }
 
+/// The values of `weights_in_memory` (`src/encoders/runtime.rs` applies them).
+pub const WEIGHTS_IN_MEMORY: [&str; 2] = ["f32", "q4_0"];
+
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
@@ -143,6 +151,15 @@ impl Manifest {
                 path: path.to_owned(),
                 message: format!("schema {} is not supported (expected 1)", manifest.schema),
             });
+        }
+        for (key, spec) in &manifest.models {
+            if let Some(w) = &spec.weights_in_memory {
+                if !WEIGHTS_IN_MEMORY.contains(&w.as_str()) {
+                    return Err(bad(format!(
+                        "models.{key}.weights_in_memory: {w:?} is not one of {WEIGHTS_IN_MEMORY:?}"
+                    )));
+                }
+            }
         }
         manifest.dir = path.parent().unwrap_or(Path::new(".")).to_owned();
         Ok(manifest)

@@ -21,31 +21,12 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use serde::Deserialize;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::MissedTickBehavior;
 
+pub use crate::config::WatchdogConfig;
 use crate::stats::Stats;
 use crate::types::Modality;
-
-/// `[watchdog]` in the config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WatchdogConfig {
-    /// A batch in inference for longer than this counts as a stuck encoder.
-    pub max_batch_s: u64,
-    /// Seconds between `STATUS=` updates while running.
-    pub status_interval_s: u64,
-}
-
-impl Default for WatchdogConfig {
-    fn default() -> Self {
-        WatchdogConfig {
-            max_batch_s: 120,
-            status_interval_s: 10,
-        }
-    }
-}
 
 /// Where notifications go.
 #[derive(Debug, Clone)]

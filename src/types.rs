@@ -6,6 +6,9 @@ use serde::Serialize;
 
 use crate::error::InputError;
 
+mod ticket;
+pub use ticket::{Settle, Ticket};
+
 /// The three modalities edgefuse embeds.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,

@@ -18,9 +18,10 @@ use tract_onnx::prelude::*;
 use super::load_config;
 use crate::cli::{BenchArgs, Cli};
 use crate::cpu;
-use crate::encoders::{EncoderSet, ItemResult, Modality, ModelInfo, Timings};
-use crate::manifest::read_verified;
-use crate::preprocess::text::{TextPreprocess, TextTokenizer};
+use crate::encoders::{
+    AudioEncoder, Encoders, ItemResult, Modality, ModelInfo, TextEncoder, TextRole, Timings,
+    VisionEncoder,
+};
 use crate::stats::rss_bytes;
 
 const SAMPLE_IMAGE: &[u8] = include_bytes!("../../tests/fixtures/images/chelsea.jpg");
@@ -35,6 +36,40 @@ pub struct Report {
     pub settings: Settings,
     pub rss_bytes: Rss,
     pub modalities: Vec<ModalityReport>,
+    /// With vision measured and `encoders.classifier.enabled`: what the image classifier (and
+    /// the ConSE projection into the shared space) adds to each image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierReport>,
+}
+
+#[derive(Serialize)]
+pub struct ClassifierReport {
+    pub model: ModelInfo,
+    pub load_ms: f64,
+    /// RSS growth while the classifier loaded.
+    pub rss_load_bytes: u64,
+    /// Per thread count, batch 1: the vision encoder alone, the classifier and the ConSE
+    /// projection, timed in turn on the same image in one loop, so load changes hit all three.
+    pub runs: Vec<ClassifierRun>,
+}
+
+#[derive(Serialize)]
+pub struct ClassifierRun {
+    pub threads: usize,
+    pub iterations: usize,
+    /// `embed` of the vision encoder (decode, preprocess, inference), per image.
+    pub vision_ms: Pct,
+    /// `classify` (its own decode and preprocessing, inference, softmax, top classes).
+    pub classifier_ms: Pct,
+    /// Of which the model run alone.
+    pub classifier_inference_ms: Pct,
+    /// The image's vector in the shared space from its probabilities (`semantic.top_t`
+    /// classes); absent without the text encoder or without the class-name cache in the state
+    /// dir (the daemon and `edgefuse describe` write it at their first start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conse_ms: Option<Pct>,
+    /// Mean (vision + classifier + projection) / mean vision alone.
+    pub ratio: f64,
 }
 
 #[derive(Serialize)]
@@ -176,9 +211,6 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     // Measure exactly the requested batch sizes: the encoders split larger batches.
     let max_batch = batches.iter().copied().max().unwrap_or(1);
     let e = &mut config.encoders;
-    e.text.enabled = modalities.contains(&Modality::Text);
-    e.vision.enabled = modalities.contains(&Modality::Vision);
-    e.audio.enabled = modalities.contains(&Modality::Audio);
     e.text.max_batch = e.text.max_batch.max(max_batch);
     e.vision.max_batch = e.vision.max_batch.max(max_batch);
     e.audio.max_batch = e.audio.max_batch.max(max_batch);
@@ -186,26 +218,40 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let samples = load_samples(args)?;
     let rss_start = rss_bytes();
     let mut rss_per_model = Vec::new();
-    let mut set = EncoderSet {
-        manifest: crate::manifest::Manifest::load(&models_dir.join("manifest.toml"))?,
-        text: None,
-        vision: None,
-        audio: None,
-    };
+    let mut set: Option<Encoders> = None;
     // Load one modality at a time so the RSS each model adds can be attributed.
     for &m in &modalities {
         let before = rss_bytes();
-        let one = EncoderSet::load(&config, &models_dir, &[m])
+        let one = Encoders::load_roles(&config, &models_dir, &[m.into()])
             .with_context(|| format!("loading the {m} encoder"))?;
-        match m {
-            Modality::Text => set.text = one.text,
-            Modality::Vision => set.vision = one.vision,
-            Modality::Audio => set.audio = one.audio,
+        match &mut set {
+            Some(set) => set.merge(one),
+            None => set = Some(one),
         }
         // As the daemon does after loading (see `stats::trim_heap`).
         crate::stats::trim_heap();
         rss_per_model.push(rss_bytes().saturating_sub(before));
     }
+    let set = set.context("no modality to measure")?;
+    // The classifier runs on every image beside the vision encoder (the daemon's default).
+    let classifier = if modalities.contains(&Modality::Vision) && config.encoders.classifier.enabled
+    {
+        let c = &config.encoders.classifier;
+        let before = rss_bytes();
+        let enc = crate::encoders::ClassifierEncoder::load(
+            &set.manifest,
+            &c.model,
+            None,
+            c.top_k,
+            1,
+            c.max_pixels,
+        )
+        .context("loading the image classifier (encoders.classifier)")?;
+        crate::stats::trim_heap();
+        Some((enc, rss_bytes().saturating_sub(before)))
+    } else {
+        None
+    };
     let rss_loaded = rss_bytes();
     // Every start after the first reads the compiled form: measure that load too, in a
     // throw-away cache so the user's state directory is untouched.
@@ -248,7 +294,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         let model = set.model(m).context("encoder loaded above")?;
         let (input, one): (String, Box<dyn Fn(usize) -> Vec<ItemResult> + '_>) = match m {
             Modality::Text => {
-                let enc = set.text.as_ref().context("text encoder")?;
+                let enc = set.get::<TextEncoder>().context("text encoder")?;
                 let Sample::Text(t) = &samples[0] else {
                     unreachable!("samples are in modality order")
                 };
@@ -259,7 +305,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 )
             }
             Modality::Vision => {
-                let enc = set.vision.as_ref().context("vision encoder")?;
+                let enc = set.get::<VisionEncoder>().context("vision encoder")?;
                 let Sample::Bytes(b) = &samples[1] else {
                     unreachable!("samples are in modality order")
                 };
@@ -274,7 +320,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 (desc, Box::new(move |n| enc.embed(&vec![b.as_slice(); n])))
             }
             Modality::Audio => {
-                let enc = set.audio.as_ref().context("audio encoder")?;
+                let enc = set.get::<AudioEncoder>().context("audio encoder")?;
                 let Sample::Bytes(b) = &samples[2] else {
                     unreachable!("samples are in modality order")
                 };
@@ -302,7 +348,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let profile = if args.profile {
-            let inputs = plan_inputs(&set, m, &samples, &config)
+            let inputs = model_inputs(&set, m, &samples)
                 .with_context(|| format!("{m}: building the profiling inputs"))?;
             Some(profile_plan(&model.plan, inputs, args.iterations)?)
         } else {
@@ -320,6 +366,57 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             profile,
         });
     }
+    let classifier = match classifier {
+        Some((enc, rss_load)) => {
+            let vision = set.get::<VisionEncoder>().context("vision encoder")?;
+            let Sample::Bytes(image) = &samples[1] else {
+                unreachable!("samples are in modality order")
+            };
+            // The shared space needs the text encoder and the class-name embeddings the daemon
+            // or `describe` cached in the state dir: read, never computed or written here.
+            let space = match set.get::<TextEncoder>() {
+                Some(text)
+                    if config.semantic.enabled
+                        && crate::semantic::cache::path_for(
+                            &config.state_dir,
+                            text,
+                            &enc,
+                            &config.semantic,
+                        )
+                        .is_file() =>
+                {
+                    Some(
+                        crate::semantic::SemanticSpace::load_or_build(
+                            Some(&config.state_dir),
+                            text,
+                            &enc,
+                            &config.semantic,
+                        )
+                        .context("reading the shared space for the ConSE projection")?,
+                    )
+                }
+                _ => None,
+            };
+            let mut runs = Vec::new();
+            for (nthreads, ex) in &executors {
+                runs.push(
+                    measure_classifier(vision, &enc, space.as_ref(), image, args, ex)
+                        .with_context(|| format!("classifier: {nthreads} thread(s)"))
+                        .map(|r| ClassifierRun {
+                            threads: *nthreads,
+                            ..r
+                        })?,
+                );
+            }
+            Some(ClassifierReport {
+                model: ModelInfo::of(&enc.model),
+                load_ms: enc.model.load_ms,
+                rss_load_bytes: rss_load,
+                runs,
+            })
+        }
+        None => None,
+    };
     if !args.json {
         eprintln!();
     }
@@ -341,6 +438,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             peak: peak_rss_bytes(),
         },
         modalities: reports,
+        classifier,
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -417,59 +515,74 @@ fn measure(
     })
 }
 
-/// The model inputs for one item of `m`, built by the encoders' own public preprocessing.
-fn plan_inputs(
-    set: &EncoderSet,
-    m: Modality,
-    samples: &[Sample],
-    config: &crate::config::Config,
-) -> anyhow::Result<TVec<TValue>> {
-    match (m, &samples[m as usize]) {
-        (Modality::Text, Sample::Text(t)) => {
-            let enc = set.text.as_ref().context("text encoder")?;
-            let pre: TextPreprocess = enc.model.spec.preprocess()?;
-            let path = set.manifest.path_of(&pre.tokenizer);
-            let bytes = read_verified(&path, &pre.tokenizer_sha256)?;
-            let tok = TextTokenizer::from_bytes(&bytes, &path, enc.max_length())?;
-            let tb = tok.encode_batch(&[t.as_str()])?;
-            let shape = [tb.batch, tb.seq];
-            let t = |v: &[i64]| -> anyhow::Result<TValue> {
-                Ok(Tensor::from_shape(&shape, v)?.into_tvalue())
-            };
-            Ok(tvec![
-                t(&tb.input_ids)?,
-                t(&tb.attention_mask)?,
-                t(&tb.token_type_ids)?
-            ])
+/// Vision alone, then the classifier, then the ConSE projection, on one image per call, in
+/// turn for `warmup + iterations` rounds under `executor`.
+fn measure_classifier(
+    vision: &crate::encoders::VisionEncoder,
+    classifier: &crate::encoders::ClassifierEncoder,
+    space: Option<&crate::semantic::SemanticSpace>,
+    image: &[u8],
+    args: &BenchArgs,
+    executor: &Executor,
+) -> anyhow::Result<ClassifierRun> {
+    let (mut v, mut c, mut p, mut ci) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..args.warmup + args.iterations {
+        let t0 = Instant::now();
+        let e = multithread_tract_scope(executor.clone(), || vision.embed(&[image]));
+        let t1 = Instant::now();
+        let k = multithread_tract_scope(executor.clone(), || classifier.classify(&[image]));
+        let t2 = Instant::now();
+        let (probabilities, inference_ms) = match (e.into_iter().next(), k.into_iter().next()) {
+            (Some(Ok(_)), Some(Ok(k))) => (k.probabilities, k.timings.inference_ms),
+            (Some(Err(err)), _) | (_, Some(Err(err))) => anyhow::bail!("{err}"),
+            _ => anyhow::bail!("no result"),
+        };
+        let projected = space.map(|s| s.image_vector(&probabilities).vector.len());
+        let t3 = Instant::now();
+        anyhow::ensure!(projected != Some(0), "empty ConSE vector");
+        if i < args.warmup {
+            continue;
         }
-        (Modality::Vision, Sample::Bytes(b)) => {
-            let enc = set.vision.as_ref().context("vision encoder")?;
-            let crop = enc.params.crop as usize;
-            let mut buf = Vec::new();
-            crate::preprocess::image::preprocess(
-                b,
-                &enc.params,
-                config.encoders.vision.max_pixels,
-                &mut buf,
-            )?;
-            Ok(tvec![
-                Tensor::from_shape(&[1, 3, crop, crop], &buf)?.into_tvalue()
-            ])
-        }
-        (Modality::Audio, Sample::Bytes(b)) => {
-            let enc = set.audio.as_ref().context("audio encoder")?;
-            let p = &enc.front_end.params;
-            let blocks = enc
-                .front_end
-                .wav_to_blocks(b, config.encoders.audio.max_seconds)?;
-            Ok(tvec![Tensor::from_shape(
-                &[blocks.count, p.block_frames, p.n_mels],
-                &blocks.data
-            )?
-            .into_tvalue()])
-        }
-        _ => bail!("no sample for {m}"),
+        v.push((t1 - t0).as_secs_f64() * 1e3);
+        c.push((t2 - t1).as_secs_f64() * 1e3);
+        p.push((t3 - t2).as_secs_f64() * 1e3);
+        ci.push(inference_ms);
     }
+    let (vision_ms, classifier_ms, conse_ms) = (pct(&v), pct(&c), pct(&p));
+    Ok(ClassifierRun {
+        threads: 1,
+        iterations: args.iterations,
+        vision_ms,
+        classifier_ms,
+        classifier_inference_ms: pct(&ci),
+        conse_ms: space.map(|_| conse_ms),
+        ratio: if vision_ms.mean > 0.0 {
+            (vision_ms.mean + classifier_ms.mean + space.map_or(0.0, |_| conse_ms.mean))
+                / vision_ms.mean
+        } else {
+            0.0
+        },
+    })
+}
+
+/// The model inputs for one item of `m`, built by the encoder's own preprocessing.
+fn model_inputs(set: &Encoders, m: Modality, samples: &[Sample]) -> anyhow::Result<TVec<TValue>> {
+    let inputs = match (m, &samples[m as usize]) {
+        (Modality::Text, Sample::Text(t)) => set
+            .get::<TextEncoder>()
+            .context("text encoder")?
+            .model_inputs(t, TextRole::Passage)?,
+        (Modality::Vision, Sample::Bytes(b)) => set
+            .get::<VisionEncoder>()
+            .context("vision encoder")?
+            .model_inputs(b)?,
+        (Modality::Audio, Sample::Bytes(b)) => set
+            .get::<AudioEncoder>()
+            .context("audio encoder")?
+            .model_inputs(b)?,
+        _ => bail!("no sample for {m}"),
+    };
+    Ok(inputs)
 }
 
 /// Run the plan `iterations` times timing every node, and sum the time per op type.
@@ -642,6 +755,39 @@ fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
                     op.op, op.nodes, op.ms, op.percent
                 )?;
             }
+        }
+    }
+    if let Some(c) = &r.classifier {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "image classifier — {} ({}), beside the vision encoder on the same image; load {:.0} ms, +{} RSS",
+            c.model.name,
+            c.model.quantization,
+            c.load_ms,
+            mb(c.rss_load_bytes)
+        )?;
+        writeln!(
+            out,
+            "  {:>7} {:>17} {:>17} {:>17} {:>17} {:>24}",
+            "threads",
+            "vision",
+            "classifier",
+            "(its inference)",
+            "ConSE",
+            "(vision+classifier+ConSE)/vision"
+        )?;
+        for run in &c.runs {
+            writeln!(
+                out,
+                "  {:>7} {:>17} {:>17} {:>17} {:>17} {:>24.2}",
+                run.threads,
+                p(run.vision_ms),
+                p(run.classifier_ms),
+                p(run.classifier_inference_ms),
+                run.conse_ms.map_or_else(|| "—".to_owned(), p),
+                run.ratio
+            )?;
         }
     }
     Ok(())

@@ -2,10 +2,15 @@
 //! the transcript (WAV files, with Moonshine) and zero-shot labels in the shared text space, one
 //! JSON object per input. A WAV's labels are scored on its transcript's text vector; audio
 //! without speech gets an empty transcript and no labels.
+//!
+//! The labels are embedded and scored by the daemon's own code (`shared_space::words` over
+//! the ConSE space, `shared_space::conse::image_item` for images): `describe` and the `labels`
+//! record of the daemon give the same scores and reasons for the same input and words.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -13,8 +18,11 @@ use serde::Serialize;
 use super::load_config;
 use crate::cli::{Cli, DescribeArgs};
 use crate::encoders::speech::Transcript;
-use crate::encoders::{ClassifierEncoder, Modality, TextEncoder, Transcriber};
-use crate::semantic::{check_label, SemanticSpace, SemanticVector, ZeroShotScore};
+use crate::encoders::{ClassifierEncoder, Encoders, Modality, Role, TextEncoder, Transcriber};
+use crate::semantic::{check_label, SemanticSpace};
+use crate::shared_space::conse::{image_item, ConseSpace};
+use crate::shared_space::words::{self, WordScore};
+use crate::shared_space::{SemanticItem, TextSpace};
 
 #[derive(Serialize)]
 struct Class<'a> {
@@ -30,7 +38,7 @@ struct Line<'a> {
     classes: Option<Vec<Class<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     transcript: Option<&'a Transcript>,
-    zero_shot: &'a [ZeroShotScore],
+    zero_shot: &'a [WordScore],
     space: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     semantic: Option<&'a [f32]>,
@@ -38,32 +46,19 @@ struct Line<'a> {
 
 /// Text encoder, classifier and the shared space, loaded as the config says.
 pub struct Describer {
-    pub text: TextEncoder,
-    pub classifier: ClassifierEncoder,
-    pub space: SemanticSpace,
+    pub text: Arc<TextEncoder>,
+    pub classifier: Arc<ClassifierEncoder>,
+    pub space: ConseSpace,
 }
 
 impl Describer {
     /// Load with the config's models (text and classifier are enabled whatever it says) and
     /// the class-name cache under its state dir.
     pub fn load(config: &crate::config::Config, models_dir: &Path) -> anyhow::Result<Describer> {
-        let manifest = crate::manifest::Manifest::load(&models_dir.join("manifest.toml"))?;
-        let e = &config.encoders;
-        let text = TextEncoder::load(
-            &manifest,
-            &e.text.model,
-            None,
-            e.text.max_length,
-            e.text.max_batch,
-        )?;
-        let classifier = ClassifierEncoder::load(
-            &manifest,
-            &e.classifier.model,
-            None,
-            e.classifier.top_k,
-            e.classifier.max_batch,
-            e.classifier.max_pixels,
-        )?;
+        let roles = [Role::Text, Role::Classifier];
+        let loaded = Encoders::load_roles(config, models_dir, &roles)?;
+        let text = loaded.shared::<TextEncoder>().context("text encoder")?;
+        let classifier = loaded.shared::<ClassifierEncoder>().context("classifier")?;
         let space = SemanticSpace::load_or_build(
             Some(&config.state_dir),
             &text,
@@ -74,15 +69,27 @@ impl Describer {
         Ok(Describer {
             text,
             classifier,
-            space,
+            space: ConseSpace(std::sync::Arc::new(space)),
         })
     }
 
-    /// `(label, raw embedding of its prompt)` for each label.
+    /// `(label, its vector in the space)` for each label, embedded as the daemon embeds its
+    /// zero-shot words (inside `semantic.template`).
     pub fn embed_labels(&self, labels: &[String]) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
-        self.space
-            .embed_labels(&self.text, labels)
-            .context("embedding the labels")
+        words::embed_words(&self.text, &self.space, labels).context("embedding the labels")
+    }
+
+    /// The semantic item of an embedded text (raw text-encoder embedding).
+    pub fn text_item(&self, embedding: &[f32]) -> SemanticItem {
+        SemanticItem {
+            vector: self.space.text_vector(embedding),
+            parts: Vec::new(),
+        }
+    }
+
+    /// Every label's score on an item, best first, with its reason.
+    pub fn score(&self, item: &SemanticItem, labels: &[(String, Vec<f32>)]) -> Vec<WordScore> {
+        words::score(labels, item, usize::MAX, self.space.reasons())
     }
 }
 
@@ -91,10 +98,13 @@ pub fn run(cli: &Cli, args: &DescribeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("nothing to describe: name image files and/or pass --text \"...\"");
     }
     let config = load_config(cli)?;
-    let labels = labels(args, &config.fusion.zero_shot.labels)?;
     let models_dir = config.models_dir(cli.models.as_deref());
     let d = Describer::load(&config, &models_dir)?;
-    let label_vecs = d.embed_labels(&labels)?;
+    let label_vecs = if args.labels.is_empty() {
+        daemon_words(&config, &d)?
+    } else {
+        d.embed_labels(&labels(&args.labels)?)?
+    };
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -103,9 +113,9 @@ pub fn run(cli: &Cli, args: &DescribeArgs) -> anyhow::Result<ExitCode> {
                      modality: Modality,
                      classes: Option<Vec<Class>>,
                      transcript: Option<&Transcript>,
-                     v: Option<&SemanticVector>|
+                     v: Option<&SemanticItem>|
      -> anyhow::Result<()> {
-        let scores = v.map_or_else(Vec::new, |v| d.space.zero_shot(v, &label_vecs));
+        let scores = v.map_or_else(Vec::new, |v| d.score(v, &label_vecs));
         let line = Line {
             input,
             modality,
@@ -123,13 +133,7 @@ pub fn run(cli: &Cli, args: &DescribeArgs) -> anyhow::Result<ExitCode> {
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
     for (t, r) in texts.iter().zip(d.text.embed(&texts)) {
         match r {
-            Ok(e) => print(
-                t,
-                Modality::Text,
-                None,
-                None,
-                Some(&d.space.text_vector(&e.vector)),
-            )?,
+            Ok(e) => print(t, Modality::Text, None, None, Some(&d.text_item(&e.vector)))?,
             Err(err) => {
                 failed += 1;
                 eprintln!("error: text input {t:?}: {err}");
@@ -152,9 +156,9 @@ pub fn run(cli: &Cli, args: &DescribeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if !wavs.is_empty() {
-        let manifest = crate::manifest::Manifest::load(&models_dir.join("manifest.toml"))?;
-        let transcriber = Transcriber::load(&manifest, &config.encoders.speech, None)
+        let loaded = Encoders::load_roles(&config, &models_dir, &[Role::Speech])
             .context("loading the speech model (encoders.speech) for the WAV files")?;
+        let transcriber = loaded.get::<Transcriber>().context("speech model")?;
         for (name, bytes) in &wavs {
             let t = match transcriber.transcribe_wav(bytes) {
                 Ok(t) => t,
@@ -169,7 +173,7 @@ pub fn run(cli: &Cli, args: &DescribeArgs) -> anyhow::Result<ExitCode> {
                 None
             } else {
                 match d.text.embed(&[t.text.as_str()]).pop() {
-                    Some(Ok(e)) => Some(d.space.text_vector(&e.vector)),
+                    Some(Ok(e)) => Some(d.text_item(&e.vector)),
                     Some(Err(err)) => {
                         failed += 1;
                         eprintln!("error: audio input {name}: embedding its transcript: {err}");
@@ -193,7 +197,7 @@ pub fn run(cli: &Cli, args: &DescribeArgs) -> anyhow::Result<ExitCode> {
                         probability: s.probability,
                     })
                     .collect();
-                let v = d.space.image_vector(&c.probabilities);
+                let v = image_item(&d.space.0, &c.probabilities);
                 print(name, Modality::Vision, Some(classes), None, Some(&v))?;
             }
             Err(err) => {
@@ -210,13 +214,29 @@ pub fn run(cli: &Cli, args: &DescribeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `--labels` (or the config's list), each checked; duplicates dropped, order kept.
-fn labels(args: &DescribeArgs, from_config: &[String]) -> anyhow::Result<Vec<String>> {
-    let given = if args.labels.is_empty() {
-        from_config
+/// Without `--labels`: the daemon's zero-shot words (the list saved by `zero_shot/set` in the
+/// state dir, else `fusion.zero_shot.words`), read and embedded as the daemon does; when there
+/// are none, `fusion.zero_shot.labels`.
+fn daemon_words(
+    config: &crate::config::Config,
+    d: &Describer,
+) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
+    let store = words::WordStore::open(
+        Some(&config.state_dir.join("zero_shot_words.json")),
+        &config.fusion.zero_shot.words,
+        &d.text,
+        &d.space,
+    )
+    .context("the zero-shot words")?;
+    if store.is_empty() {
+        d.embed_labels(&labels(&config.fusion.zero_shot.labels)?)
     } else {
-        &args.labels
-    };
+        Ok(store.vectors().to_vec())
+    }
+}
+
+/// Labels as given, each checked; duplicates dropped, order kept.
+fn labels(given: &[String]) -> anyhow::Result<Vec<String>> {
     if given.len() > crate::semantic::MAX_LABELS {
         anyhow::bail!(
             "{} labels given; at most {} are scored at once",

@@ -8,7 +8,10 @@ use serde::Serialize;
 
 use super::load_config;
 use crate::cli::{Cli, EmbedArgs, EmbedWhat};
-use crate::encoders::{Embedding, EncoderSet, ItemResult, Modality, ModelInfo, Timings};
+use crate::encoders::{
+    AudioEncoder, Embedding, Encoders, ItemResult, Modality, ModelInfo, TextEncoder, Timings,
+    VisionEncoder,
+};
 
 #[derive(Serialize)]
 struct Line<'a> {
@@ -30,28 +33,26 @@ pub fn run(cli: &Cli, args: &EmbedArgs) -> anyhow::Result<ExitCode> {
         EmbedWhat::Image { .. } => Modality::Vision,
         EmbedWhat::Audio { .. } => Modality::Audio,
     };
-    let mut config = config;
-    // The command names its modality, so enable that encoder even if the config turned it off.
-    match modality {
-        Modality::Text => config.encoders.text.enabled = true,
-        Modality::Vision => config.encoders.vision.enabled = true,
-        Modality::Audio => config.encoders.audio.enabled = true,
-    }
-    let set = EncoderSet::load(&config, &models_dir, &[modality])?;
+    // The command names its modality, so that encoder loads even if the config turned it off.
+    let set = Encoders::load_roles(&config, &models_dir, &[modality.into()])?;
     let (names, results, with_blocks): (Vec<String>, Vec<ItemResult>, bool) = match &args.what {
         EmbedWhat::Text { texts } => {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let enc = set.text.as_ref().expect("text encoder loaded above");
+            let enc = set.get::<TextEncoder>().expect("text encoder loaded above");
             (texts.clone(), enc.embed(&refs), false)
         }
         EmbedWhat::Image { files } => {
-            let enc = set.vision.as_ref().expect("vision encoder loaded above");
+            let enc = set
+                .get::<VisionEncoder>()
+                .expect("vision encoder loaded above");
             let (names, bytes) = read_files(files);
             let results = embed_readable(&bytes, |ok| enc.embed(ok));
             (names, results, false)
         }
         EmbedWhat::Audio { files, blocks } => {
-            let enc = set.audio.as_ref().expect("audio encoder loaded above");
+            let enc = set
+                .get::<AudioEncoder>()
+                .expect("audio encoder loaded above");
             let (names, bytes) = read_files(files);
             let results = embed_readable(&bytes, |ok| enc.embed_wavs(ok));
             (names, results, *blocks)

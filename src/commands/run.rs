@@ -21,7 +21,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(crate::app::run(
         config,
         source,
-        crate::app::shutdown_signal(),
+        crate::signals::shutdown_signal(),
     ))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use super::load_config;
 use crate::cli::{Cli, TranscribeArgs};
+use crate::encoders::registry::Load;
 use crate::encoders::speech::Transcript;
-use crate::encoders::Transcriber;
-use crate::manifest::Manifest;
+use crate::encoders::{Encoders, Role, Transcriber};
 
 #[derive(Serialize)]
 struct Line<'a> {
@@ -23,9 +23,16 @@ struct Line<'a> {
 pub fn run(cli: &Cli, args: &TranscribeArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(cli)?;
     let models_dir = config.models_dir(cli.models.as_deref());
-    let manifest = Manifest::load(&models_dir.join("manifest.toml"))?;
     let cache = config.model_cache();
-    let transcriber = Transcriber::load(&manifest, &config.encoders.speech, cache.as_ref())?;
+    let load = Load {
+        only: Some(&[Role::Speech]),
+        cache: cache.as_ref(),
+        previous: None,
+    };
+    let (loaded, _) = Encoders::load_with(&config.encoders, &models_dir, load)?;
+    let transcriber = loaded
+        .get::<Transcriber>()
+        .ok_or_else(|| anyhow::anyhow!("the speech model did not load"))?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failed = 0;

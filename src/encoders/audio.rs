@@ -5,8 +5,10 @@ use std::time::Instant;
 
 use tract_onnx::prelude::*;
 
+use super::registry::{Encoder, Role, Schedule};
 use super::ModelCache;
 use super::{inference_error, l2_normalize, ms, Embedding, ItemResult, LoadedModel, Timings};
+use crate::config::{AudioConfig, EncodersConfig};
 use crate::error::{InputError, ModelError};
 use crate::manifest::Manifest;
 use crate::preprocess::audio::{AudioFrontEnd, AudioPreprocess, Blocks};
@@ -16,6 +18,32 @@ pub struct AudioEncoder {
     pub front_end: AudioFrontEnd,
     max_batch: usize,
     max_seconds: f64,
+}
+
+impl Encoder for AudioEncoder {
+    const ROLE: Role = Role::Audio;
+    const SCHEDULE: Schedule = Schedule::Parallel;
+    type Settings = AudioConfig;
+
+    fn enabled(config: &EncodersConfig) -> bool {
+        config.audio.enabled
+    }
+    fn settings(config: &EncodersConfig) -> AudioConfig {
+        config.audio.clone()
+    }
+    fn model_key(settings: &AudioConfig) -> &str {
+        &settings.model
+    }
+    fn load(
+        manifest: &Manifest,
+        s: &AudioConfig,
+        cache: Option<&ModelCache>,
+    ) -> Result<Self, ModelError> {
+        AudioEncoder::load(manifest, &s.model, cache, s.max_batch, s.max_seconds)
+    }
+    fn model(&self) -> &LoadedModel {
+        &self.model
+    }
 }
 
 impl AudioEncoder {
@@ -59,18 +87,37 @@ impl AudioEncoder {
         self.embed_blocks(&blocks, ms(t0))
     }
 
+    /// The inputs of the model's first run on a WAV file (its first `max_batch` blocks),
+    /// exactly as `embed_wavs` builds them (for profiling the model alone).
+    pub fn model_inputs(&self, wav: &[u8]) -> Result<TVec<TValue>, InputError> {
+        let blocks = self.front_end.wav_to_blocks(wav, self.max_seconds)?;
+        let first = blocks.data.chunks(self.chunk_len()).next().unwrap_or(&[]);
+        Ok(tvec![self.block_batch(first)?.into()])
+    }
+
+    /// Values per model run: `max_batch` blocks of frames × mel bands.
+    fn chunk_len(&self) -> usize {
+        let p = &self.front_end.params;
+        self.max_batch * p.block_frames * p.n_mels
+    }
+
+    /// Whole blocks of frames × mel bands as one input tensor.
+    fn block_batch(&self, chunk: &[f32]) -> Result<Tensor, InputError> {
+        let p = &self.front_end.params;
+        let n = chunk.len() / (p.block_frames * p.n_mels).max(1);
+        Tensor::from_shape(&[n, p.block_frames, p.n_mels], chunk).map_err(inference_error)
+    }
+
     fn embed_blocks(&self, blocks: &Blocks, preprocess_ms: f64) -> ItemResult {
         let p = &self.front_end.params;
         let per_block = p.block_frames * p.n_mels;
         let t1 = Instant::now();
         let mut raw: Vec<Vec<f32>> = Vec::with_capacity(blocks.count);
-        for chunk in blocks.data.chunks(self.max_batch * per_block) {
+        for chunk in blocks.data.chunks(self.chunk_len()) {
             let n = chunk.len() / per_block;
-            let input = Tensor::from_shape(&[n, p.block_frames, p.n_mels], chunk)
-                .map_err(inference_error)?;
             let outputs = self
                 .model
-                .run(tvec![input.into()])
+                .run(tvec![self.block_batch(chunk)?.into()])
                 .map_err(inference_error)?;
             let out = outputs[0]
                 .to_plain_array_view::<f32>()

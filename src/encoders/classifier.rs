@@ -9,8 +9,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::registry::{Encoder, Role, Schedule};
 use super::ModelCache;
 use super::{ms, LoadedModel, Timings};
+use crate::config::{ClassifierConfig, EncodersConfig};
 use crate::error::{InputError, ModelError};
 use crate::manifest::{read_verified, Manifest};
 use crate::preprocess::image::{preprocess, ImagePreprocess};
@@ -66,6 +68,41 @@ pub struct ClassifierEncoder {
     top_k: usize,
     max_batch: usize,
     max_pixels: u64,
+}
+
+/// The classifier serves images: it loads after the vision encoder, on its thread, and only
+/// with vision on.
+impl Encoder for ClassifierEncoder {
+    const ROLE: Role = Role::Classifier;
+    const SCHEDULE: Schedule = Schedule::After(Role::Vision);
+    type Settings = ClassifierConfig;
+
+    fn enabled(config: &EncodersConfig) -> bool {
+        config.vision.enabled && config.classifier.enabled
+    }
+    fn settings(config: &EncodersConfig) -> ClassifierConfig {
+        config.classifier.clone()
+    }
+    fn model_key(settings: &ClassifierConfig) -> &str {
+        &settings.model
+    }
+    fn load(
+        manifest: &Manifest,
+        s: &ClassifierConfig,
+        cache: Option<&ModelCache>,
+    ) -> Result<Self, ModelError> {
+        ClassifierEncoder::load(
+            manifest,
+            &s.model,
+            cache,
+            s.top_k,
+            s.max_batch,
+            s.max_pixels,
+        )
+    }
+    fn model(&self) -> &LoadedModel {
+        &self.model
+    }
 }
 
 impl ClassifierEncoder {

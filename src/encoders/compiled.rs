@@ -172,6 +172,10 @@ fn key(spec: &ModelSpec) -> String {
     h.update(b"\n");
     // Input facts (dtype, fixed and symbolic dims) and selected outputs shape the typed graph.
     h.update(format!("{:?}\n{:?}", spec.inputs, spec.outputs).as_bytes());
+    // A variant that requantizes at load shares its original's file but not its graph.
+    if let Some(w) = &spec.weights_in_memory {
+        h.update(format!("\nweights_in_memory {w}").as_bytes());
+    }
     hex::encode(&h.finalize()[..8])
 }
 
@@ -206,6 +210,20 @@ fn strip_trailer(bytes: &[u8]) -> Result<&[u8], String> {
         ));
     }
     Ok(tar)
+}
+
+impl crate::config::Config {
+    /// The compiled-model cache the daemon uses, if `models.compiled_cache` is on.
+    pub fn model_cache(&self) -> Option<ModelCache> {
+        self.models.compiled_cache.then(|| {
+            ModelCache::new(
+                self.models
+                    .compiled_dir
+                    .clone()
+                    .unwrap_or_else(|| self.state_dir.join("compiled")),
+            )
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
-//! Encoders: one struct per modality owning its loaded model and its preprocessing.
-//! Each is synchronous (call it from a blocking thread) and batches its inputs.
+//! Encoders: one struct per model role owning its loaded model and its preprocessing, and the
+//! one registry that loads them ([`registry`]). Each is synchronous (call it from a blocking
+//! thread) and batches its inputs.
 
 pub mod audio;
 pub mod classifier;
 pub mod compiled;
 pub mod quality;
+pub mod registry;
 pub mod runtime;
-pub mod set;
 pub mod speech;
 pub mod text;
 pub mod vision;
@@ -14,8 +15,8 @@ pub mod vision;
 pub use audio::AudioEncoder;
 pub use classifier::ClassifierEncoder;
 pub use compiled::ModelCache;
+pub use registry::{Change, Encoder, Encoders, Role};
 pub use runtime::{LoadedModel, ModelSource};
-pub use set::EncoderSet;
 pub use speech::Transcriber;
 pub use text::{TextEncoder, TextRole};
 pub use vision::VisionEncoder;

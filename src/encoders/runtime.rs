@@ -120,10 +120,8 @@ impl LoadedModel {
         crop: usize,
     ) -> Result<(Vec<f32>, f64), crate::error::InputError> {
         let started = Instant::now();
-        let input =
-            Tensor::from_shape(&[n, 3, crop, crop], data).map_err(super::inference_error)?;
         let outputs = self
-            .run(tvec![input.into()])
+            .run(tvec![image_batch(data, n, crop)?.into()])
             .map_err(super::inference_error)?;
         let infer_ms = started.elapsed().as_secs_f64() * 1e3;
         let out = outputs[0]
@@ -131,6 +129,15 @@ impl LoadedModel {
             .map_err(super::inference_error)?;
         Ok((out.iter().copied().collect(), infer_ms))
     }
+}
+
+/// `n` preprocessed NCHW crops of `crop`×`crop` as one input tensor.
+pub fn image_batch(
+    data: &[f32],
+    n: usize,
+    crop: usize,
+) -> Result<Tensor, crate::error::InputError> {
+    Tensor::from_shape(&[n, 3, crop, crop], data).map_err(super::inference_error)
 }
 
 /// Maps a tract error at `stage` of loading `spec` to a [`ModelError`] naming both.
@@ -182,9 +189,10 @@ fn typed_from_onnx(
         .into_typed()
         .map_err(tract_err("type the model"))?;
     decode_compressed_weights(&mut model).map_err(tract_err("decode compressed weights"))?;
-    model
+    let model = model
         .into_decluttered()
-        .map_err(tract_err("declutter the model"))
+        .map_err(tract_err("declutter the model"))?;
+    weights_in_memory(model, spec).map_err(tract_err("requantize the weights"))
 }
 
 /// Evaluate, once at load, the constant chains that turn stored f16 / int8 weights back into f32
@@ -233,6 +241,73 @@ fn decode_compressed_weights(model: &mut TypedModel) -> TractResult<()> {
             continue 'restart;
         }
         break;
+    }
+    model.compact()
+}
+
+/// The in-memory weight format the manifest asks for (`weights_in_memory`). `q4_0` runs tract's
+/// `block_quant` transform: every constant 2-D matmul operand becomes Q4_0 blocks (32 weights,
+/// 4 bits each, one f16 scale: 4.5 bits a weight) that the matmul unpacks panel by panel.
+/// Lookup tables become f16 (`quantize_lookup_tables`). Applied before the compiled-model
+/// cache, which stores the requantized graph (NNEF has both block formats): a later start reads
+/// the small graph and never holds the f32 weights.
+fn weights_in_memory(model: TypedModel, spec: &ModelSpec) -> TractResult<TypedModel> {
+    match spec.weights_in_memory.as_deref() {
+        None | Some("f32") => Ok(model),
+        Some("q4_0") => {
+            let transform = tract_onnx::tract_core::transform::get_transform("block_quant")?
+                .ok_or_else(|| anyhow::anyhow!("tract has no block_quant transform"))?;
+            let mut model = transform.transform_into(model)?;
+            quantize_lookup_tables(&mut model)?;
+            Ok(model)
+        }
+        Some(other) => anyhow::bail!("weights_in_memory = {other:?}: expected \"f32\" or \"q4_0\""),
+    }
+}
+
+/// Lookup tables (a `Gather` on axis 0 of a large f32 constant, e.g. MiniLM's 30522 × 384 word
+/// table) held as f16: the `Gather` reads f16 rows and only those are cast to f32. (tract's
+/// Q8_1 blocks would be smaller, but tract-nnef 0.23.9 writes them and cannot read them back,
+/// which would defeat the compiled-model cache.) Tables under 1 Mi values stay f32.
+fn quantize_lookup_tables(model: &mut TypedModel) -> TractResult<()> {
+    use tract_onnx::tract_core::ops::array::Gather;
+    use tract_onnx::tract_core::ops::cast::cast;
+    use tract_onnx::tract_core::ops::konst::Const;
+    let mut patches = Vec::new();
+    for node in model.nodes() {
+        let Some(gather) = node.op_as::<Gather>() else {
+            continue;
+        };
+        let Some(table) = model.node(node.inputs[0].node).op_as::<Const>() else {
+            continue;
+        };
+        let t = table.val();
+        if gather.output_type.is_some()
+            || t.datum_type() != f32::datum_type()
+            || !t.is_plain()
+            || t.len() < 1 << 20
+        {
+            continue;
+        }
+        let half = t.cast_to::<f16>()?.into_owned();
+        let mut patch = TypedModelPatch::default();
+        let konst = patch.wire_node(
+            format!("{}.f16", model.node(node.inputs[0].node).name),
+            Const::new(half.into_arc_tensor())?,
+            &[],
+        )?[0];
+        let indices = patch.tap_model(model, node.inputs[1])?;
+        let rows = patch.wire_node(&node.name, gather.clone(), &[konst, indices])?[0];
+        let out = patch.wire_node(
+            format!("{}.f32", node.name),
+            cast(f32::datum_type()),
+            &[rows],
+        )?[0];
+        patch.shunt_outside(model, node.id.into(), out)?;
+        patches.push(patch);
+    }
+    for patch in patches {
+        patch.apply(model)?;
     }
     model.compact()
 }

@@ -15,8 +15,9 @@ use std::time::Instant;
 use serde::Serialize;
 use tract_onnx::prelude::*;
 
+use super::registry::{Encoder, Role, Schedule};
 use super::{inference_error, ms, LoadedModel, ModelCache};
-use crate::config::SpeechConfig;
+use crate::config::{EncodersConfig, SpeechConfig};
 use crate::error::{InputError, ModelError};
 use crate::manifest::{read_verified, Dim, Manifest, ModelSpec, TensorSpec};
 use crate::preprocess::resample::resample;
@@ -285,6 +286,38 @@ fn tensor(name: String, dtype: &str, shape: Vec<Dim>) -> TensorSpec {
         name,
         dtype: dtype.into(),
         shape,
+    }
+}
+
+/// Speech serves audio (transcripts ride on the audio worker): only with the audio encoder on,
+/// and loaded after the others (its ~770 MiB load need not overlap theirs).
+impl Encoder for Transcriber {
+    const ROLE: Role = Role::Speech;
+    const SCHEDULE: Schedule = Schedule::Last;
+    type Settings = SpeechConfig;
+
+    fn enabled(config: &EncodersConfig) -> bool {
+        config.speech.enabled && config.audio.enabled
+    }
+    fn settings(config: &EncodersConfig) -> SpeechConfig {
+        SpeechConfig {
+            // Read per item by the hook; flipping it needs no model load.
+            publish_mic_text: false,
+            ..config.speech.clone()
+        }
+    }
+    fn model_key(settings: &SpeechConfig) -> &str {
+        &settings.model
+    }
+    fn load(
+        manifest: &Manifest,
+        settings: &SpeechConfig,
+        cache: Option<&ModelCache>,
+    ) -> Result<Self, ModelError> {
+        Transcriber::load(manifest, settings, cache)
+    }
+    fn model(&self) -> &LoadedModel {
+        &self.encoder
     }
 }
 

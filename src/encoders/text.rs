@@ -4,12 +4,14 @@ use std::time::Instant;
 
 use tract_onnx::prelude::*;
 
+use super::registry::{Encoder, Role, Schedule};
 use super::ModelCache;
 use super::{inference_error, l2_normalize, ms, Embedding, ItemResult, LoadedModel, Timings};
+use crate::config::{EncodersConfig, TextConfig};
 use crate::error::{InputError, ModelError};
 use crate::manifest::{read_verified, Manifest};
 pub use crate::preprocess::text::TextRole;
-use crate::preprocess::text::{mean_pool, Pooling, TextPreprocess, TextTokenizer};
+use crate::preprocess::text::{mean_pool, Pooling, TextPreprocess, TextTokenizer, TokenBatch};
 
 pub struct TextEncoder {
     pub model: LoadedModel,
@@ -19,6 +21,32 @@ pub struct TextEncoder {
     max_batch: usize,
     prefix_query: String,
     prefix_passage: String,
+}
+
+impl Encoder for TextEncoder {
+    const ROLE: Role = Role::Text;
+    const SCHEDULE: Schedule = Schedule::Parallel;
+    type Settings = TextConfig;
+
+    fn enabled(config: &EncodersConfig) -> bool {
+        config.text.enabled
+    }
+    fn settings(config: &EncodersConfig) -> TextConfig {
+        config.text.clone()
+    }
+    fn model_key(settings: &TextConfig) -> &str {
+        &settings.model
+    }
+    fn load(
+        manifest: &Manifest,
+        s: &TextConfig,
+        cache: Option<&ModelCache>,
+    ) -> Result<Self, ModelError> {
+        TextEncoder::load(manifest, &s.model, cache, s.max_length, s.max_batch)
+    }
+    fn model(&self) -> &LoadedModel {
+        &self.model
+    }
 }
 
 impl TextEncoder {
@@ -92,6 +120,17 @@ impl TextEncoder {
         self.embed_raw(&refs)
     }
 
+    /// The model inputs of one text with the prefix for `role`, exactly as `embed_as` builds
+    /// them (for profiling the model alone).
+    pub fn model_inputs(&self, text: &str, role: TextRole) -> Result<TVec<TValue>, InputError> {
+        if text.trim().is_empty() {
+            return Err(InputError::EmptyText);
+        }
+        let prefixed = format!("{}{text}", self.prefix(role));
+        let tb = self.tokenizer.encode_batch(&[prefixed.as_str()])?;
+        tensors(&tb)
+    }
+
     fn embed_raw(&self, texts: &[&str]) -> Vec<ItemResult> {
         let mut results: Vec<Option<ItemResult>> = texts
             .iter()
@@ -119,17 +158,7 @@ impl TextEncoder {
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Embedding>, InputError> {
         let t0 = Instant::now();
         let tb = self.tokenizer.encode_batch(texts)?;
-        let shape = [tb.batch, tb.seq];
-        let tensor = |v: &[i64]| -> Result<TValue, InputError> {
-            Ok(Tensor::from_shape(&shape, v)
-                .map_err(inference_error)?
-                .into())
-        };
-        let inputs = tvec![
-            tensor(&tb.input_ids)?,
-            tensor(&tb.attention_mask)?,
-            tensor(&tb.token_type_ids)?
-        ];
+        let inputs = tensors(&tb)?;
         let pre_ms = ms(t0);
         let t1 = Instant::now();
         let outputs = self.model.run(inputs).map_err(inference_error)?;
@@ -164,4 +193,19 @@ impl TextEncoder {
             })
             .collect())
     }
+}
+
+/// The BERT inputs of a tokenised batch: token ids, attention mask, token types.
+fn tensors(tb: &TokenBatch) -> Result<TVec<TValue>, InputError> {
+    let shape = [tb.batch, tb.seq];
+    let tensor = |v: &[i64]| -> Result<TValue, InputError> {
+        Ok(Tensor::from_shape(&shape, v)
+            .map_err(inference_error)?
+            .into())
+    };
+    Ok(tvec![
+        tensor(&tb.input_ids)?,
+        tensor(&tb.attention_mask)?,
+        tensor(&tb.token_type_ids)?
+    ])
 }

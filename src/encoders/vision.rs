@@ -2,8 +2,13 @@
 
 use std::time::Instant;
 
+use tract_onnx::prelude::{tvec, TValue, TVec};
+
+use super::registry::{Encoder, Role, Schedule};
+use super::runtime::image_batch;
 use super::ModelCache;
 use super::{l2_normalize, ms, Embedding, ItemResult, LoadedModel, Timings};
+use crate::config::{EncodersConfig, VisionConfig};
 use crate::error::{InputError, ModelError};
 use crate::manifest::Manifest;
 use crate::preprocess::image::{preprocess, ImagePreprocess};
@@ -13,6 +18,32 @@ pub struct VisionEncoder {
     pub params: ImagePreprocess,
     max_batch: usize,
     max_pixels: u64,
+}
+
+impl Encoder for VisionEncoder {
+    const ROLE: Role = Role::Vision;
+    const SCHEDULE: Schedule = Schedule::Parallel;
+    type Settings = VisionConfig;
+
+    fn enabled(config: &EncodersConfig) -> bool {
+        config.vision.enabled
+    }
+    fn settings(config: &EncodersConfig) -> VisionConfig {
+        config.vision.clone()
+    }
+    fn model_key(settings: &VisionConfig) -> &str {
+        &settings.model
+    }
+    fn load(
+        manifest: &Manifest,
+        s: &VisionConfig,
+        cache: Option<&ModelCache>,
+    ) -> Result<Self, ModelError> {
+        VisionEncoder::load(manifest, &s.model, cache, s.max_batch, s.max_pixels)
+    }
+    fn model(&self) -> &LoadedModel {
+        &self.model
+    }
 }
 
 impl VisionEncoder {
@@ -77,6 +108,16 @@ impl VisionEncoder {
             .into_iter()
             .map(|r| r.unwrap_or(Err(InputError::Empty)))
             .collect()
+    }
+
+    /// The model inputs of one encoded image, exactly as `embed` builds them (for profiling
+    /// the model alone).
+    pub fn model_inputs(&self, image: &[u8]) -> Result<TVec<TValue>, InputError> {
+        let mut buf = Vec::new();
+        preprocess(image, &self.params, self.max_pixels, &mut buf)?;
+        Ok(tvec![
+            image_batch(&buf, 1, self.params.crop as usize)?.into()
+        ])
     }
 
     fn run(

@@ -128,15 +128,13 @@ impl Fusion {
             (Modality::Vision, cfg.weights.vision),
             (Modality::Audio, cfg.weights.audio),
         ]);
+        // Typed and validated with the config; text is the label space itself.
         let zero_shot_modalities: Vec<Modality> = cfg
             .zero_shot
             .modalities
             .iter()
-            .filter_map(|m| match m.as_str() {
-                "vision" => Some(Modality::Vision),
-                "audio" => Some(Modality::Audio),
-                _ => None,
-            })
+            .copied()
+            .filter(|m| *m != Modality::Text)
             .collect();
         for m in &zero_shot_modalities {
             let text_dim = zero_shot_labels.first().map(|(_, v)| v.len());
@@ -407,7 +405,7 @@ mod tests {
     #[test]
     fn zero_shot_requires_a_shared_dimension() {
         let mut cfg = FusionConfig::default();
-        cfg.zero_shot.modalities = vec!["vision".into()];
+        cfg.zero_shot.modalities = vec![Modality::Vision];
         cfg.zero_shot.labels = vec!["dog".into()];
         let err = Fusion::new(
             &cfg,
@@ -423,7 +421,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn zero_shot_scores_a_modality_in_the_text_space() {
         let mut cfg = FusionConfig::default();
-        cfg.zero_shot.modalities = vec!["vision".into()];
+        cfg.zero_shot.modalities = vec![Modality::Vision];
         cfg.zero_shot.labels = vec!["dog".into(), "cat".into()];
         let dims = BTreeMap::from([(Modality::Text, 2), (Modality::Vision, 2)]);
         let labels = vec![

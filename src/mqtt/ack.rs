@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex};
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::Notify;
 
+use crate::types::Settle;
+pub use crate::types::Ticket;
+
 /// Receive Maximum announced at connect: unacknowledged inputs the broker may send us at once.
 /// Deep enough for the default queues to batch (text `max_batch` 16), small enough to bound
 /// what a crash makes the broker send again.
@@ -104,7 +107,7 @@ impl AckTracker {
             qos,
             slot: Slot::Pending,
         });
-        Ticket(Some(Held {
+        Ticket::new(Box::new(Held {
             shared: Arc::clone(&self.shared),
             generation: s.generation,
             seq,
@@ -192,46 +195,13 @@ impl Held {
     }
 }
 
-/// One input's claim on an acknowledgement. [`Ticket::complete`] once the input's outcome is
-/// durable or final. Dropping it uncompleted marks it abandoned, which is acked too (unless
-/// shutting down): a path that loses the ticket (a panicked task, a dropped queue) must not
-/// hold back every later ack forever. A crash runs no destructor, so an input whose result was
-/// not yet spooled is never acked then, and the broker sends it again.
-#[derive(Default)]
-pub struct Ticket(Option<Held>);
-
-impl Ticket {
-    /// No ack owed (QoS 0, or an input that did not come over MQTT).
-    pub fn none() -> Ticket {
-        Ticket(None)
+impl Settle for Held {
+    fn settle(self: Box<Self>, done: bool) {
+        self.finish(if done { Slot::Done } else { Slot::Abandoned });
     }
 
-    /// Whether an acknowledgement waits on this ticket (a QoS ≥ 1 input over MQTT).
-    pub fn owes_ack(&self) -> bool {
-        self.0.is_some()
-    }
-
-    pub fn complete(mut self) {
-        if let Some(h) = self.0.take() {
-            h.finish(Slot::Done);
-        }
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            h.finish(Slot::Abandoned);
-        }
-    }
-}
-
-impl std::fmt::Debug for Ticket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(h) => write!(f, "Ticket(#{})", h.seq),
-            None => f.write_str("Ticket(none)"),
-        }
+    fn seq(&self) -> u64 {
+        self.seq
     }
 }
 

@@ -1,8 +1,10 @@
 //! One rumqttc (MQTT 5) connection shared by intake and publishing. The event loop runs on its
-//! own task: it re-subscribes and announces `online` (and Home Assistant discovery) on every
-//! connect, backs off exponentially with jitter while the broker is unreachable, and hands
-//! incoming publishes to a bounded channel (when the channel is full the loop waits:
-//! back-pressure reaches the broker over TCP).
+//! own task and only moves packets: it turns rumqttc's events into calls on the delivery state
+//! (`outbox::Outbox`, no I/O: the window, packet ids, replay cursor, what a connect announces,
+//! backoff) and carries out the actions that state asks for. It re-subscribes and announces
+//! `online` (and Home Assistant discovery) on every connect, backs off exponentially with
+//! jitter while the broker is unreachable, and hands incoming publishes to a bounded channel
+//! (when the channel is full the loop waits: back-pressure reaches the broker over TCP).
 //!
 //! Store-and-forward: results are appended to the spool (`sinks::spool`) by the publisher and
 //! sent from the spool by this loop only, which maps each packet id rumqttc assigns back to its
@@ -15,13 +17,12 @@
 //! Inputs are acknowledged manually (`ack`): each QoS ≥ 1 input travels with a ticket, and this
 //! loop sends the PubAcks, in receive order, once their inputs' outcomes are durable.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
 use rumqttc::Outgoing;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ack::{AckTracker, Ticket, RECEIVE_MAXIMUM};
 use super::discovery::Discovery;
+use super::outbox::{Ack, Action, Counts, Inbound, Kind, Outbox, Pending, Settings};
 use super::Topics;
 use crate::sinks::spool::{self, Record, Spool, SpoolStats};
 
@@ -58,7 +60,7 @@ pub struct MqttHandle {
     /// False on the embedded broker: rumqttd cannot forward MQTT 5 properties to its
     /// MQTT 3.1.1 listener (it panics on them), so none are sent there.
     properties: bool,
-    outbox: Option<Arc<Outbox>>,
+    spool: Option<Arc<SharedSpool>>,
     pub counters: Arc<Counters>,
     control: mpsc::Sender<Control>,
     /// Inputs received and not yet acknowledged.
@@ -66,7 +68,7 @@ pub struct MqttHandle {
 }
 
 /// The spool shared by the publisher (appends) and the event loop (sends, acks).
-struct Outbox {
+struct SharedSpool {
     spool: Mutex<Spool>,
     wake: Notify,
 }
@@ -91,6 +93,19 @@ pub struct Counters {
     pub on_connect: Notify,
 }
 
+impl Counters {
+    /// Copy the outbox's counts (only the event loop writes them).
+    fn mirror(&self, c: Counts) {
+        self.connected.store(c.connected, Ordering::Relaxed);
+        self.connect_attempts
+            .store(c.connect_attempts, Ordering::Relaxed);
+        self.reconnects.store(c.reconnects, Ordering::Relaxed);
+        self.replayed.store(c.replayed, Ordering::Relaxed);
+        self.discovery_announcements
+            .store(c.discovery_announcements, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct CountersSnapshot {
     pub connected: bool,
@@ -105,9 +120,6 @@ enum Control {
     /// Announce a clean stop (retained) and disconnect.
     Stop,
 }
-
-/// At most this many spooled results are in flight (sent, not yet acknowledged).
-const WINDOW: usize = 16;
 
 pub struct ConnectSettings {
     pub host: String,
@@ -184,8 +196,8 @@ pub fn connect(
     let (client, eventloop) = AsyncClient::new(opts, 256);
     let (tx, rx) = mpsc::channel(s.incoming_capacity.max(1));
     let (control, control_rx) = mpsc::channel(4);
-    let outbox = s.spool.filter(|_| qos != QoS::AtMostOnce).map(|spool| {
-        Arc::new(Outbox {
+    let spool = s.spool.filter(|_| qos != QoS::AtMostOnce).map(|spool| {
+        Arc::new(SharedSpool {
             spool: Mutex::new(spool),
             wake: Notify::new(),
         })
@@ -195,15 +207,22 @@ pub fn connect(
         topics,
         qos,
         properties: s.properties,
-        outbox,
+        spool,
         counters: Arc::new(Counters::default()),
         control,
         acks: AckTracker::default(),
     };
+    let outbox = Outbox::new(Settings {
+        qos,
+        properties: s.properties,
+        available: handle.topics.available(),
+        subscriptions: handle.topics.subscriptions().to_vec(),
+        discovery: s.discovery,
+    });
     let task = tokio::spawn(run_event_loop(
         eventloop,
         handle.clone(),
-        s.discovery,
+        outbox,
         tx,
         control_rx,
         stop,
@@ -211,102 +230,50 @@ pub fn connect(
     (handle, rx, task)
 }
 
-/// The event loop's view of spooled results in flight on the current connection.
-#[derive(Default)]
-struct Forward {
-    connected: bool,
-    /// Last spool record handed to rumqttc on this connection.
-    cursor: Option<u64>,
-    /// Records up to this sequence number existed before this connection: they are replays.
-    replay_until: u64,
-    /// Our QoS ≥ 1 publishes handed to rumqttc, in order, not yet given a packet id:
-    /// `Some(seq)` for spool records, `None` for availability and discovery.
-    awaiting_id: VecDeque<Option<u64>>,
-    /// Packet id → spool record, sent and not yet acknowledged.
-    in_flight: HashMap<u16, u64>,
-}
-
-impl Forward {
-    fn reset(&mut self) {
-        self.connected = false;
-        self.cursor = None;
-        self.awaiting_id.clear();
-        self.in_flight.clear();
-    }
-}
-
 async fn run_event_loop(
     mut eventloop: EventLoop,
     handle: MqttHandle,
-    discovery: Option<Discovery>,
+    mut outbox: Outbox,
     tx: mpsc::Sender<Received>,
     mut control: mpsc::Receiver<Control>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(500);
-    let mut was_connected = false;
-    let mut ever_connected = false;
-    let mut fwd = Forward::default();
-    let mut expire = tokio::time::interval(Duration::from_secs(10));
+    // Not `interval`: its first tick is immediate, and a branch that wins the select! while
+    // rumqttc is connecting drops that connection half made. rumqttd then fires its last will,
+    // a retained `offline` that subscribers saw before the `online` (tests: daemon.rs, early_subscribers_…).
+    let every = Duration::from_secs(10);
+    let mut expire = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let counters = handle.counters.clone();
-    // A connection attempt starts whenever rumqttc has no network.
-    counters.connect_attempts.fetch_add(1, Ordering::Relaxed);
+    counters.mirror(outbox.counts());
     loop {
         counters.loop_turns.fetch_add(1, Ordering::Relaxed);
-        let room = fwd.connected && fwd.awaiting_id.len() + fwd.in_flight.len() < WINDOW;
+        let room = outbox.has_room();
         let event = tokio::select! {
             _ = stop.cancelled() => break,
             Some(c) = control.recv() => {
                 match c {
-                    Control::Stop => {
-                        // Acks queued before the disconnect still go out.
-                        if fwd.connected {
-                            flush_acks(&handle);
-                        }
-                        if handle
-                            .client
-                            .try_publish(handle.topics.available(), QoS::AtLeastOnce, true, "stopped")
-                            .is_ok()
-                        {
-                            fwd.awaiting_id.push_back(None);
-                        }
-                        let _ = handle.client.try_disconnect();
-                    }
+                    Control::Stop => outbox.stop(),
                 }
-                continue;
+                None
             }
-            _ = handle.acks.changed(), if fwd.connected => {
-                flush_acks(&handle);
-                continue;
-            }
-            _ = wait_for_records(&handle.outbox), if room => {
-                top_up(&handle, &mut fwd);
-                continue;
-            }
-            _ = expire.tick(), if handle.outbox.is_some() => {
-                if let Some(o) = &handle.outbox {
-                    lock(&o.spool).expire(spool::now_ms());
+            _ = handle.acks.changed(), if outbox.is_connected() => None,
+            _ = wait_for_records(&handle.spool), if room => None,
+            _ = expire.tick(), if handle.spool.is_some() => {
+                if let Some(s) = &handle.spool {
+                    lock(&s.spool).expire(spool::now_ms());
                 }
-                continue;
+                None
             }
-            ev = eventloop.poll() => ev,
+            ev = eventloop.poll() => Some(ev),
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_millis(500);
-                was_connected = true;
-                if ever_connected {
-                    counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                }
-                ever_connected = true;
-                counters.connected.store(true, Ordering::Relaxed);
-                counters.on_connect.notify_one();
-                tracing::info!("connected to the MQTT broker");
+            None => {}
+            Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                 // Publishes left over from the last connection (resumed sessions): the spool
-                // resends results itself, and availability is announced afresh below. Acks
-                // left over name the old connection's packet ids: the broker resends those
-                // inputs, which get tickets of their own.
+                // resends results itself, and availability is announced afresh. Acks left
+                // over name the old connection's packet ids: the broker resends those inputs,
+                // which get tickets of their own.
                 eventloop.pending.retain(|r| {
                     !matches!(
                         r,
@@ -314,114 +281,125 @@ async fn run_event_loop(
                     )
                 });
                 handle.acks.reset();
-                fwd.reset();
-                fwd.connected = true;
-                fwd.replay_until = handle
-                    .outbox
+                let last_seq = handle
+                    .spool
                     .as_ref()
-                    .map_or(0, |o| lock(&o.spool).last_seq());
-                // try_* because this task is the one draining the request channel.
-                for filter in handle.topics.subscriptions() {
-                    if let Err(e) = handle.client.try_subscribe(filter.clone(), handle.qos) {
-                        tracing::warn!(%filter, "cannot subscribe: {e}");
-                    }
-                }
-                if let Some(d) = &discovery {
-                    if let Err(e) = handle
-                        .client
-                        .try_subscribe(d.status_topic.clone(), QoS::AtLeastOnce)
-                    {
-                        tracing::warn!(topic = %d.status_topic, "cannot subscribe: {e}");
-                    }
-                }
-                match handle.client.try_publish(
-                    handle.topics.available(),
-                    QoS::AtLeastOnce,
-                    true,
-                    "online",
-                ) {
-                    Ok(()) => fwd.awaiting_id.push_back(None),
-                    Err(e) => tracing::warn!("cannot announce availability: {e}"),
-                }
-                announce(&handle, &discovery, &mut fwd);
-                top_up(&handle, &mut fwd);
+                    .map_or(0, |s| lock(&s.spool).last_seq());
+                outbox.connected(last_seq);
+                counters.mirror(outbox.counts());
+                counters.on_connect.notify_one();
+                tracing::info!("connected to the MQTT broker");
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
+            Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
                 let ticket = handle.acks.receive(p.pkid, p.qos);
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                if let Some(d) = discovery.as_ref().filter(|d| d.status_topic == topic) {
-                    // Home Assistant restarted: it forgets non-retained state, so announce again.
-                    if p.payload.as_ref() == b"online" {
+                match outbox.inbound(&topic, &p.payload) {
+                    Inbound::Intake => {
+                        let props = p.properties.unwrap_or_default();
+                        let msg = Incoming {
+                            topic,
+                            payload: p.payload,
+                            response_topic: props.response_topic,
+                            correlation: props.correlation_data,
+                            content_type: props.content_type,
+                        };
+                        // When the intake is gone, or at a stop, the ticket is dropped with
+                        // the message.
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            sent = tx.send(Received { msg, ticket }) => if sent.is_err() { tracing::debug!("intake closed; dropping message") },
+                        }
+                    }
+                    Inbound::HomeAssistantOnline => {
                         tracing::info!("Home Assistant is online; announcing discovery");
-                        announce(&handle, &Some(d.clone()), &mut fwd);
+                        ticket.complete();
                     }
-                    ticket.complete();
-                    flush_acks(&handle);
-                    continue;
-                }
-                let props = p.properties.unwrap_or_default();
-                let msg = Incoming {
-                    topic,
-                    payload: p.payload,
-                    response_topic: props.response_topic,
-                    correlation: props.correlation_data,
-                    content_type: props.content_type,
-                };
-                // When the intake is gone, or at a stop, the ticket is dropped with the message.
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    sent = tx.send(Received { msg, ticket }) => if sent.is_err() { tracing::debug!("intake closed; dropping message") },
+                    Inbound::HomeAssistantOther => ticket.complete(),
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                // QoS 0 publishes have no packet id and never enter `awaiting_id`.
-                if pkid != 0 {
-                    if let Some(Some(seq)) = fwd.awaiting_id.pop_front() {
-                        fwd.in_flight.insert(pkid, seq);
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                acknowledged(&handle, &mut fwd, ack.pkid, handle.qos == QoS::AtLeastOnce);
-            }
-            Ok(Event::Incoming(Packet::PubComp(c))) => {
-                acknowledged(&handle, &mut fwd, c.pkid, handle.qos == QoS::ExactlyOnce);
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+            Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => outbox.packet_id(pkid),
+            Some(Ok(Event::Incoming(Packet::PubAck(a)))) => outbox.acked(a.pkid, Ack::PubAck),
+            Some(Ok(Event::Incoming(Packet::PubComp(c)))) => outbox.acked(c.pkid, Ack::PubComp),
+            Some(Ok(Event::Outgoing(Outgoing::Disconnect))) => {
                 tracing::info!("disconnected from the MQTT broker");
                 break;
             }
-            Ok(_) => {}
-            Err(e) => {
-                counters.connected.store(false, Ordering::Relaxed);
-                fwd.reset();
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                let retry = outbox.lost(rand_u16());
+                counters.mirror(outbox.counts());
                 // rumqttc drops the PubAcks still queued; the broker resends those inputs.
                 handle.acks.reset();
                 let e = super::security::explain(&e);
-                if was_connected {
+                if retry.was_connected {
                     tracing::warn!("MQTT connection lost: {e}; reconnecting");
                 } else {
+                    let backoff = retry.backoff;
                     tracing::warn!("cannot reach the MQTT broker: {e}; retrying in {backoff:?}");
                 }
-                was_connected = false;
-                // Up to a quarter of the delay again, so a fleet does not reconnect in step.
-                let spread = (backoff.as_millis() as u64 / 4).max(1);
-                let jitter = Duration::from_millis(u64::from(rand_u16()) % spread);
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(backoff + jitter) => {}
+                    _ = tokio::time::sleep(retry.wait) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                counters.connect_attempts.fetch_add(1, Ordering::Relaxed);
+                outbox.retrying();
             }
         }
-        if fwd.connected {
-            top_up(&handle, &mut fwd);
-            // Also retries acks that found rumqttc's request channel full.
-            flush_acks(&handle);
-        }
+        carry_out(&handle, &mut outbox);
+        counters.mirror(outbox.counts());
     }
     counters.connected.store(false, Ordering::Relaxed);
+}
+
+/// Carry out what the outbox asks for until it has nothing more for now. Only the event loop
+/// calls it: it also drains rumqttc's request channel, so it never waits for room there.
+fn carry_out(handle: &MqttHandle, outbox: &mut Outbox) {
+    let mut spool = handle.spool.as_ref().map(|s| lock(&s.spool));
+    while let Some(action) = outbox.poll(spool.as_deref().map(|s| s as &dyn Pending)) {
+        match action {
+            Action::Subscribe { filter, qos } => {
+                if let Err(e) = handle.client.try_subscribe(filter.clone(), qos) {
+                    tracing::warn!(%filter, "cannot subscribe: {e}");
+                }
+            }
+            Action::Publish(p) => {
+                let (kind, topic) = (p.kind, p.topic.clone());
+                let sent = match p.properties {
+                    Some(props) => handle
+                        .client
+                        .try_publish_with_properties(p.topic, p.qos, p.retain, p.payload, props),
+                    None => handle
+                        .client
+                        .try_publish(p.topic, p.qos, p.retain, p.payload),
+                };
+                if let Err(e) = sent {
+                    match kind {
+                        Kind::Online => tracing::warn!("cannot announce availability: {e}"),
+                        Kind::Discovery => {
+                            tracing::warn!(%topic, "cannot announce discovery: {e}")
+                        }
+                        // A record waits in the spool for the next turn of the loop.
+                        Kind::Stopped | Kind::Record { .. } => {}
+                    }
+                    outbox.refused(kind);
+                }
+            }
+            Action::AckInputs => flush_acks(handle),
+            Action::Delivered(seq) => {
+                if let Some(s) = spool.as_mut() {
+                    s.ack(seq);
+                }
+            }
+            Action::Discard { seq, error } => {
+                tracing::error!("{error}; dropping it");
+                if let Some(s) = spool.as_mut() {
+                    s.discard(seq);
+                }
+            }
+            Action::Disconnect => {
+                let _ = handle.client.try_disconnect();
+            }
+        }
+    }
 }
 
 fn lock(m: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
@@ -429,9 +407,9 @@ fn lock(m: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn wait_for_records(outbox: &Option<Arc<Outbox>>) {
-    match outbox {
-        Some(o) => o.wake.notified().await,
+async fn wait_for_records(spool: &Option<Arc<SharedSpool>>) {
+    match spool {
+        Some(s) => s.wake.notified().await,
         None => std::future::pending().await,
     }
 }
@@ -440,7 +418,7 @@ async fn wait_for_records(outbox: &Option<Arc<Outbox>>) {
 /// calls it: it also drains rumqttc's request channel, so it must never wait for room there.
 fn flush_acks(handle: &MqttHandle) {
     while let Some((pkid, qos)) = handle.acks.peek_ready() {
-        let mut p = Publish::new("", qos, Bytes::new(), None);
+        let mut p = rumqttc::v5::mqttbytes::v5::Publish::new("", qos, Bytes::new(), None);
         p.pkid = pkid;
         match handle.client.try_ack(&p) {
             Ok(()) => handle.acks.pop(),
@@ -448,92 +426,6 @@ fn flush_acks(handle: &MqttHandle) {
             Err(_) => break,
         }
     }
-}
-
-fn acknowledged(handle: &MqttHandle, fwd: &mut Forward, pkid: u16, final_ack: bool) {
-    if !final_ack {
-        return;
-    }
-    if let (Some(seq), Some(o)) = (fwd.in_flight.remove(&pkid), &handle.outbox) {
-        lock(&o.spool).ack(seq);
-    }
-}
-
-/// Publish the retained Home Assistant discovery configs.
-fn announce(handle: &MqttHandle, discovery: &Option<Discovery>, fwd: &mut Forward) {
-    let Some(d) = discovery else { return };
-    for (topic, body) in &d.messages {
-        match handle
-            .client
-            .try_publish(topic.clone(), QoS::AtLeastOnce, true, body.clone())
-        {
-            Ok(()) => fwd.awaiting_id.push_back(None),
-            Err(e) => tracing::warn!(%topic, "cannot announce discovery: {e}"),
-        }
-    }
-    handle
-        .counters
-        .discovery_announcements
-        .fetch_add(1, Ordering::Relaxed);
-}
-
-/// Hand spooled records to rumqttc, oldest first, while the in-flight window has room.
-fn top_up(handle: &MqttHandle, fwd: &mut Forward) {
-    let Some(o) = &handle.outbox else { return };
-    let mut spool = lock(&o.spool);
-    while fwd.awaiting_id.len() + fwd.in_flight.len() < WINDOW {
-        let Some(seq) = spool.next_after(fwd.cursor) else {
-            break;
-        };
-        let rec = match spool.read(seq) {
-            Ok(r) => r,
-            Err(e) => {
-                // A record that cannot be read now will not become readable: drop it.
-                tracing::error!("{e}; dropping it");
-                spool.discard(seq);
-                continue;
-            }
-        };
-        let historical = seq <= fwd.replay_until;
-        let (payload, props) = outgoing(rec.clone(), historical, handle.properties);
-        match handle
-            .client
-            .try_publish_with_properties(rec.topic, handle.qos, rec.retain, payload, props)
-        {
-            Ok(()) => {
-                fwd.awaiting_id.push_back(Some(seq));
-                fwd.cursor = Some(seq);
-                if historical {
-                    handle.counters.replayed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            // The request channel is full: the next turn of the loop tries again.
-            Err(_) => break,
-        }
-    }
-}
-
-/// The payload and properties a spooled record is sent with.
-fn outgoing(rec: Record, historical: bool, properties: bool) -> (Bytes, PublishProperties) {
-    let mut payload = rec.payload;
-    let mut user_properties = rec.user_properties;
-    if historical {
-        match spool::mark_historical(&payload) {
-            Some(p) => payload = p,
-            None => user_properties.push(("historical".into(), "true".into())),
-        }
-    }
-    let props = if properties {
-        PublishProperties {
-            content_type: rec.content_type,
-            correlation_data: rec.correlation,
-            user_properties,
-            ..Default::default()
-        }
-    } else {
-        PublishProperties::default()
-    };
-    (payload, props)
 }
 
 /// A little jitter without a random-number dependency.
@@ -560,7 +452,7 @@ impl MqttHandle {
         } else {
             PublishProperties::default()
         };
-        let qos = if self.outbox.is_some() {
+        let qos = if self.spool.is_some() {
             QoS::AtMostOnce
         } else {
             self.qos
@@ -574,13 +466,13 @@ impl MqttHandle {
 
     /// Whether results go through the spool.
     pub fn spooling(&self) -> bool {
-        self.outbox.is_some()
+        self.spool.is_some()
     }
 
     /// Append a result to the spool; it is sent after [`MqttHandle::commit`]. Returns the
     /// record back when there is no spool or the append failed (publish it directly then).
     pub fn spool(&self, rec: Record) -> Result<(), Box<Record>> {
-        let Some(o) = &self.outbox else {
+        let Some(o) = &self.spool else {
             return Err(Box::new(rec));
         };
         match lock(&o.spool).append(&rec, spool::now_ms()) {
@@ -594,7 +486,7 @@ impl MqttHandle {
 
     /// Make appended results durable, then let the event loop send them.
     pub fn commit(&self) {
-        if let Some(o) = &self.outbox {
+        if let Some(o) = &self.spool {
             if let Err(e) = lock(&o.spool).sync() {
                 tracing::error!("{e}");
             }
@@ -607,7 +499,7 @@ impl MqttHandle {
     /// those results now, before the fsync. The inputs behind them are acknowledged only after
     /// it has run (`sinks::publisher`).
     pub fn flush(&self, send: bool) -> Option<spool::SyncJob> {
-        let o = self.outbox.as_ref()?;
+        let o = self.spool.as_ref()?;
         let job = lock(&o.spool).take_sync().unwrap_or_else(|e| {
             tracing::error!("{e}");
             None
@@ -619,7 +511,7 @@ impl MqttHandle {
     }
 
     pub fn spool_stats(&self) -> Option<SpoolStats> {
-        self.outbox.as_ref().map(|o| lock(&o.spool).stats())
+        self.spool.as_ref().map(|o| lock(&o.spool).stats())
     }
 
     pub fn counters(&self) -> CountersSnapshot {
@@ -636,7 +528,7 @@ impl MqttHandle {
     /// Wait (up to `deadline`) until the broker has acknowledged every spooled result, so a
     /// clean stop leaves nothing behind when the broker is reachable.
     pub async fn drain(&self, deadline: tokio::time::Instant) {
-        let Some(o) = &self.outbox else { return };
+        let Some(o) = &self.spool else { return };
         while tokio::time::Instant::now() < deadline {
             if lock(&o.spool).is_empty() || !self.counters.connected.load(Ordering::Relaxed) {
                 return;

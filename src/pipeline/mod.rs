@@ -4,13 +4,15 @@
 pub mod queue;
 pub mod worker;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::error::InputError;
-use crate::mqtt::ack::Ticket;
+use crate::types::Ticket;
 use crate::types::{Embedding, Modality};
 
 /// What a request asks for once embedded.
@@ -55,6 +57,15 @@ pub struct Request {
     pub received: Instant,
     /// The MQTT input's ack, completed by the publisher once the result is spooled.
     pub ticket: Ticket,
+}
+
+/// Per-modality queues into the encoder workers: `requests` (bounded, the sender waits) for
+/// every enabled encoder, `live` (drop-oldest) for live sources. Sources feed them; the stats
+/// sink reads their depths.
+#[derive(Default)]
+pub struct Queues {
+    pub requests: BTreeMap<Modality, mpsc::Sender<Request>>,
+    pub live: BTreeMap<Modality, Arc<queue::DropOldest<Request>>>,
 }
 
 /// A request's outcome, with its queue wait.

@@ -1,8 +1,11 @@
 //! Class-name embeddings, computed once with the text encoder and kept on disk under
 //! `<state_dir>/semantic/classes-<key>.bin`.
 //!
-//! The key is a sha256 over the text model's sha256, the class-name and description files'
-//! sha256, the label-text choice and the prompt template: change any of them and a new file is
+//! The key is a sha256 over the text model's sha256 (one file per text model: switching
+//! `encoders.text.model` between `text` and `text-multilingual` keeps both), the prefix that
+//! model puts before class names (e5's `passage: `; models without one keep their key), the
+//! class-name and description files' sha256, the label-text choice and the prompt template:
+//! change any of them and a new file is
 //! computed (older files are left for the operator; each is ~1.5 MB). The file is written
 //! atomically (`crate::atomic_file`) and ends with a CRC-32; a torn, truncated or bit-rotted file
 //! is logged, ignored and rebuilt, never used.
@@ -16,13 +19,16 @@ use sha2::{Digest, Sha256};
 
 use super::{class_texts, SemanticConfig, SemanticError, SemanticSpace};
 use crate::encoders::classifier::ClassifierEncoder;
-use crate::encoders::{l2_normalize, TextEncoder};
+use crate::encoders::{l2_normalize, TextEncoder, TextRole};
 
 const MAGIC: &[u8; 8] = b"EFSEM001";
 
 /// What the cached embeddings depend on.
 pub struct CacheKey<'a> {
     pub text_model_sha256: &'a str,
+    /// The text encoder's passage prefix (class names are embedded as passages); empty for
+    /// models trained without prefixes.
+    pub text_prefix: &'a str,
     pub labels_sha256: &'a str,
     pub descriptions_sha256: &'a str,
     pub config: &'a SemanticConfig,
@@ -40,6 +46,12 @@ impl CacheKey<'_> {
         ] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
+        }
+        // Only hashed when set, so keys of models without prefixes stay what they were.
+        if !self.text_prefix.is_empty() {
+            h.update(b"prefix");
+            h.update((self.text_prefix.len() as u64).to_le_bytes());
+            h.update(self.text_prefix.as_bytes());
         }
         format!("classes-{}.bin", &hex::encode(h.finalize())[..16])
     }
@@ -143,6 +155,7 @@ pub fn path_for(
 ) -> PathBuf {
     let key = CacheKey {
         text_model_sha256: &text.model.spec.sha256,
+        text_prefix: text.prefix(TextRole::Passage),
         labels_sha256: &classifier.labels_sha256,
         descriptions_sha256: classifier.descriptions_sha256.as_deref().unwrap_or(""),
         config,
@@ -239,6 +252,7 @@ mod tests {
         let key = |t: &'static str, l: &'static str, c: &SemanticConfig| {
             CacheKey {
                 text_model_sha256: t,
+                text_prefix: "",
                 labels_sha256: l,
                 descriptions_sha256: "d",
                 config: c,
@@ -261,5 +275,19 @@ mod tests {
         };
         assert_eq!(base, key("t", "l", &t5));
         assert!(base.starts_with("classes-") && base.ends_with(".bin"));
+        // The text encoder's passage prefix (e5) is part of the key; no prefix adds nothing.
+        let with_prefix = |p: &'static str| {
+            CacheKey {
+                text_model_sha256: "t",
+                text_prefix: p,
+                labels_sha256: "l",
+                descriptions_sha256: "d",
+                config: &cfg,
+            }
+            .file_name()
+        };
+        assert_eq!(with_prefix(""), base);
+        assert_ne!(with_prefix("passage: "), base);
+        assert_ne!(with_prefix("passage: "), with_prefix("query: "));
     }
 }

@@ -11,7 +11,9 @@ use crate::pipeline::{Body, Purpose, Request};
 use crate::semantic::SemanticSpace;
 
 /// The ConSE space as the daemon's [`TextSpace`]: a text's vector is its embedding with the
-/// space's correction (`semantic.centre × mean class-name embedding` subtracted), normalised.
+/// space's correction (`semantic.centre × mean class-name embedding` subtracted), normalised;
+/// a zero-shot word is embedded inside `semantic.template`, like the class names. `edgefuse
+/// describe` goes through it too, so both score the same words alike.
 pub struct ConseSpace(pub Arc<SemanticSpace>);
 
 impl TextSpace for ConseSpace {
@@ -21,6 +23,14 @@ impl TextSpace for ConseSpace {
 
     fn text_vector(&self, embedding: &[f32]) -> Vec<f32> {
         self.0.text_vector(embedding).vector
+    }
+
+    fn word_text(&self, word: &str) -> String {
+        self.0.config().prompt(word)
+    }
+
+    fn reasons(&self) -> usize {
+        self.0.config().reasons
     }
 }
 
@@ -97,8 +107,8 @@ mod tests {
     use super::*;
     use crate::encoders::{l2_normalize, Embedding, Timings};
     use crate::error::InputError;
-    use crate::mqtt::ack::Ticket;
     use crate::semantic::SemanticConfig;
+    use crate::types::Ticket;
 
     fn unit(v: &[f32]) -> Vec<f32> {
         let mut v = v.to_vec();

@@ -90,6 +90,8 @@ pub struct Index {
     file: Option<File>,
     stats: IndexStats,
     evicted_since_compaction: u64,
+    /// A full index compacts every `max_items` inserts: one log line a minute at most.
+    compaction_log: crate::stats::Throttle,
 }
 
 fn cut(s: &str, max: usize) -> String {
@@ -286,6 +288,7 @@ impl Index {
                 ..Default::default()
             },
             evicted_since_compaction: 0,
+            compaction_log: crate::stats::Throttle::new(std::time::Duration::from_secs(60)),
         };
         let Some(path) = path else {
             return Ok(index);
@@ -384,12 +387,14 @@ impl Index {
         self.stats.file_records = self.items.len();
         self.stats.compactions += 1;
         if self.evicted_since_compaction > 0 {
-            tracing::info!(
-                items = self.items.len(),
-                evicted = self.evicted_since_compaction,
-                evicted_total = self.stats.evicted,
-                "semantic index compacted (full at shared_space.index.max_items; the oldest items were evicted)"
-            );
+            if let Some(n) = self.compaction_log.hit() {
+                tracing::info!(
+                    items = self.items.len(),
+                    evicted_total = self.stats.evicted,
+                    "semantic index compacted (full at shared_space.index.max_items; the oldest \
+                     items were evicted; {n} compactions since the last such line)"
+                );
+            }
         }
         self.evicted_since_compaction = 0;
         Ok(())

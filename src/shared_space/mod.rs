@@ -108,6 +108,17 @@ pub trait TextSpace: Send + Sync {
     fn name(&self) -> &str;
     /// The space's vector (unit length) for a raw text-encoder embedding.
     fn text_vector(&self, embedding: &[f32]) -> Vec<f32>;
+
+    /// The text embedded for a zero-shot word (the ConSE space wraps it in
+    /// `semantic.template`, as it did its class names); the word itself by default.
+    fn word_text(&self, word: &str) -> String {
+        word.to_owned()
+    }
+
+    /// Components named in a zero-shot score's reason (`semantic.reasons` in the ConSE space).
+    fn reasons(&self) -> usize {
+        words::DEFAULT_REASONS
+    }
 }
 
 /// The text encoder's own space: a text's vector is its embedding.

@@ -15,8 +15,8 @@ use crate::encoders::{cosine, TextEncoder};
 pub const MAX_WORDS: usize = 256;
 /// Longest word or phrase, in UTF-8 bytes.
 pub const MAX_WORD_BYTES: usize = 128;
-/// Components named in a score's reason.
-const REASONS: usize = 3;
+/// Components named in a score's reason when the space does not say (`semantic.reasons`).
+pub const DEFAULT_REASONS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WordsError {
@@ -142,6 +142,8 @@ pub struct WordStore {
     words: Vec<(String, Vec<f32>)>,
     /// Set over MQTT (persisted), rather than taken from the config.
     from_mqtt: bool,
+    /// Components named per reason ([`TextSpace::reasons`]).
+    reasons: usize,
 }
 
 fn embed_all(
@@ -152,7 +154,8 @@ fn embed_all(
     if words.is_empty() {
         return Ok(Vec::new());
     }
-    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    let texts: Vec<String> = words.iter().map(|w| space.word_text(w)).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     words
         .iter()
         .zip(text.embed(&refs))
@@ -197,6 +200,7 @@ impl WordStore {
             path: path.map(Path::to_owned),
             words: embed_all(text, space, &words)?,
             from_mqtt,
+            reasons: space.reasons(),
         })
     }
 
@@ -206,6 +210,7 @@ impl WordStore {
             path: None,
             words,
             from_mqtt: false,
+            reasons: DEFAULT_REASONS,
         }
     }
 
@@ -241,44 +246,62 @@ impl WordStore {
         Ok(())
     }
 
-    /// Score every word on an item, best first, at most `top_k`.
+    /// Score every word on an item, best first, at most `top_k` ([`score`]).
     pub fn score(&self, item: &SemanticItem, top_k: usize) -> Vec<WordScore> {
-        let mut out: Vec<WordScore> = self
-            .words
-            .iter()
-            .filter(|(_, v)| v.len() == item.vector.len())
-            .map(|(w, v)| {
-                let mut reason: Vec<(f32, Reason)> = item
-                    .parts
-                    .iter()
-                    .filter(|c| c.vector.len() == v.len())
-                    .map(|c| {
-                        let similarity = cosine(&c.vector, v);
-                        (
-                            c.weight * similarity,
-                            Reason {
-                                class: c.name.clone(),
-                                weight: c.weight,
-                                similarity,
-                            },
-                        )
-                    })
-                    .collect();
-                reason.sort_by(|a, b| b.0.total_cmp(&a.0));
-                WordScore {
-                    label: w.clone(),
-                    score: cosine(&item.vector, v),
-                    reason: reason.into_iter().take(REASONS).map(|(_, r)| r).collect(),
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| b.score.total_cmp(&a.score));
-        out.truncate(top_k);
-        out
+        score(&self.words, item, top_k, self.reasons)
+    }
+
+    /// The words in force with their vectors in the space.
+    pub fn vectors(&self) -> &[(String, Vec<f32>)] {
+        &self.words
     }
 }
 
-/// Embed a new list with `text`, into `space` (blocking: run it on the blocking pool).
+/// Score `words` (from [`embed_words`]) on an item, best first, at most `top_k`: each word's
+/// score is the cosine to the item's vector; its reason names the item's components with the
+/// largest `weight × similarity`, at most `reasons`. The daemon (`labels`) and `edgefuse
+/// describe` both score here.
+pub fn score(
+    words: &[(String, Vec<f32>)],
+    item: &SemanticItem,
+    top_k: usize,
+    reasons: usize,
+) -> Vec<WordScore> {
+    let mut out: Vec<WordScore> = words
+        .iter()
+        .filter(|(_, v)| v.len() == item.vector.len())
+        .map(|(w, v)| {
+            let mut reason: Vec<(f32, Reason)> = item
+                .parts
+                .iter()
+                .filter(|c| c.vector.len() == v.len())
+                .map(|c| {
+                    let similarity = cosine(&c.vector, v);
+                    (
+                        c.weight * similarity,
+                        Reason {
+                            class: c.name.clone(),
+                            weight: c.weight,
+                            similarity,
+                        },
+                    )
+                })
+                .collect();
+            reason.sort_by(|a, b| b.0.total_cmp(&a.0));
+            WordScore {
+                label: w.clone(),
+                score: cosine(&item.vector, v),
+                reason: reason.into_iter().take(reasons).map(|(_, r)| r).collect(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    out.truncate(top_k);
+    out
+}
+
+/// Embed a new list with `text`, into `space` (each word as [`TextSpace::word_text`] says;
+/// blocking: run it on the blocking pool).
 pub fn embed_words(
     text: &TextEncoder,
     space: &dyn TextSpace,
@@ -394,6 +417,7 @@ mod tests {
             path: Some(path.clone()),
             words: vec![],
             from_mqtt: false,
+            reasons: DEFAULT_REASONS,
         };
         store
             .replace(vec![

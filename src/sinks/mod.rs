@@ -3,3 +3,4 @@
 
 pub mod publisher;
 pub mod spool;
+pub mod stats;

@@ -3,6 +3,8 @@
 //! the order they were produced.
 
 use std::collections::BTreeMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
@@ -22,6 +24,7 @@ use crate::shared_space::query::{Hit, Query, QueryResult};
 use crate::shared_space::words::WordScore;
 use crate::shared_space::{SemanticField, SemanticItem, SemanticState};
 use crate::sinks::spool::{GroupCommit, Record, SyncJob};
+use crate::stats::Throttle;
 use crate::types::{Modality, ModelInfo};
 
 pub struct Publisher {
@@ -663,7 +666,9 @@ impl Publisher {
             .publish(topic.clone(), bytes, false, PublishProperties::default())
             .await
         {
-            tracing::warn!(%topic, "cannot publish: {e}");
+            if let Some(n) = throttled(&PUBLISH_FAILED_LOG) {
+                tracing::warn!(%topic, "cannot publish: {e}{}", since(n));
+            }
         }
     }
 
@@ -685,7 +690,11 @@ impl Publisher {
             ts: &ts,
             reason: &reason,
         };
-        tracing::info!(%id, %topic, "input refused: {reason}");
+        // One line per problem, but a flood of refusals (a client sending thousands of bad
+        // inputs, enrolls beyond fusion.max_labels) must not flood the journal too.
+        if let Some(n) = throttled(&REFUSED_LOG) {
+            tracing::info!(%id, %topic, "input refused: {reason}{}", since(n));
+        }
         self.json(self.mqtt.topics.at("error"), &rec, reply_to, correlation)
             .await;
     }
@@ -734,8 +743,34 @@ impl Publisher {
             .publish(topic.clone(), rec.payload, false, props)
             .await
         {
-            tracing::warn!(%topic, "cannot publish: {e}");
+            if let Some(n) = throttled(&PUBLISH_FAILED_LOG) {
+                tracing::warn!(%topic, "cannot publish: {e}{}", since(n));
+            }
         }
+    }
+}
+
+/// Log lines that may repeat on every message: the first, then at most one a second, saying
+/// how many were left out (`crate::stats::Throttle`).
+static REFUSED_LOG: LazyLock<Mutex<Throttle>> =
+    LazyLock::new(|| Mutex::new(Throttle::new(Duration::from_secs(1))));
+static PUBLISH_FAILED_LOG: LazyLock<Mutex<Throttle>> =
+    LazyLock::new(|| Mutex::new(Throttle::new(Duration::from_secs(1))));
+
+/// `Some(n)` when a throttled line is due (`n` occurrences since the last one).
+fn throttled(t: &Mutex<Throttle>) -> Option<u64> {
+    t.lock().unwrap_or_else(|e| e.into_inner()).hit()
+}
+
+/// The suffix naming the lines a throttle left out.
+fn since(n: u64) -> String {
+    if n > 1 {
+        format!(
+            " ({} more left out of the log since the last such line)",
+            n - 1
+        )
+    } else {
+        String::new()
     }
 }
 

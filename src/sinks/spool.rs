@@ -25,44 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Deserialize;
 
-/// `[spool]` in the config file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SpoolConfig {
-    /// Spool results published at QoS 1 or 2 (QoS 0 results are never spooled).
-    pub enabled: bool,
-    /// Upper bound of the spool on disk; the oldest records are dropped beyond it.
-    pub max_bytes: u64,
-    /// Records older than this are dropped unsent.
-    pub max_age_s: u64,
-    /// fsync the spool before an input is acknowledged (power-cut safe); false leaves it to
-    /// the OS.
-    pub fsync: bool,
-    /// Group commit: at most this many results share one fsync.
-    pub commit_max_records: usize,
-    /// Group commit: at most about this many bytes of results share one fsync (the batch ends
-    /// after the result that crosses it).
-    pub commit_max_bytes: u64,
-    /// Group commit: a batch takes in results already waiting for at most this long after its
-    /// first one; it never waits for results that have not arrived.
-    pub commit_max_delay_ms: u64,
-}
-
-impl Default for SpoolConfig {
-    fn default() -> Self {
-        SpoolConfig {
-            enabled: true,
-            max_bytes: 64 * 1024 * 1024,
-            max_age_s: 7 * 24 * 3600,
-            fsync: true,
-            commit_max_records: 64,
-            commit_max_bytes: 1024 * 1024,
-            commit_max_delay_ms: 5,
-        }
-    }
-}
+pub use crate::config::SpoolConfig;
 
 /// The bounds of one group commit (`spool.commit_*`), and the running count of the batch being
 /// built. A batch ends when it reaches a bound or when no more results are waiting.

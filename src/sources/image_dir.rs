@@ -68,7 +68,7 @@ pub async fn run(cfg: ImageDirConfig, out: mpsc::Sender<Request>, cancel: Cancel
                 response_topic: None,
                 correlation: None,
                 received: tokio::time::Instant::now(),
-                ticket: crate::mqtt::ack::Ticket::none(),
+                ticket: crate::types::Ticket::none(),
             };
             tokio::select! {
                 _ = cancel.cancelled() => return,

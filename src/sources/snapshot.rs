@@ -48,7 +48,7 @@ pub async fn run(
                     response_topic: None,
                     correlation: None,
                     received: tokio::time::Instant::now(),
-                    ticket: crate::mqtt::ack::Ticket::none(),
+                    ticket: crate::types::Ticket::none(),
                 });
             }
             Ok(Err(e)) => tracing::warn!(url = %cfg.url, "snapshot failed: {e}"),

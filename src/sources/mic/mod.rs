@@ -14,6 +14,42 @@ pub use disabled::spawn;
 
 pub mod vad;
 
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::SourceContext;
+use crate::config::MicConfig;
+use crate::pipeline::queue::DropOldest;
+use crate::pipeline::Request;
+use crate::types::Modality;
+
+/// What the microphone thread needs.
+pub struct Mic {
+    pub config: MicConfig,
+    pub queue: Arc<DropOldest<Request>>,
+    pub vad: Option<Arc<vad::Vad>>,
+    pub cancel: CancellationToken,
+}
+
+/// Start capturing into the context's live audio queue (there is none unless
+/// `sources.mic.enabled`); returns once the stream runs.
+pub fn start(
+    config: MicConfig,
+    vad: Option<Arc<vad::Vad>>,
+    ctx: &SourceContext,
+) -> anyhow::Result<()> {
+    match ctx.queues.live.get(&Modality::Audio).cloned() {
+        Some(queue) => spawn(Mic {
+            config,
+            queue,
+            vad,
+            cancel: ctx.cancel.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Interleaved frames of any channel count → mono by averaging.
 pub fn mix_to_mono(interleaved: &[f32], channels: usize) -> Vec<f32> {
     if channels <= 1 {

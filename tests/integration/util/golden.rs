@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use edgefuse::encoders::EncoderSet;
+use edgefuse::encoders::{Encoders, Role};
 use serde::Deserialize;
 
 use super::{fixture, fp32_config, models_dir};
@@ -50,9 +50,11 @@ pub fn find<'a>(items: &'a [Item], input: &str) -> &'a Item {
 }
 
 /// Every encoder on its fp32 original, loaded once for the whole test binary.
-pub fn encoders() -> &'static EncoderSet {
-    static E: OnceLock<EncoderSet> = OnceLock::new();
+pub fn encoders() -> &'static Encoders {
+    static E: OnceLock<Encoders> = OnceLock::new();
     E.get_or_init(|| {
-        EncoderSet::load(&fp32_config(), &models_dir(), &[]).unwrap_or_else(|e| panic!("{e}"))
+        let roles = [Role::Text, Role::Vision, Role::Audio];
+        Encoders::load_roles(&fp32_config(), &models_dir(), &roles)
+            .unwrap_or_else(|e| panic!("{e}"))
     })
 }

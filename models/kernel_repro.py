@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Minimal reproductions of the tract kernels that hold edgefuse back (docs/performance.md,
+"Upstream reports"), as one would attach them to a tract issue: three one-op-family ONNX graphs
+with random weights and the real layer shapes, timed in onnxruntime (1 thread) here and in
+tract by `cargo run --example kernel_repro -- DIR` (models/kernel_repro.rs), interleaved by
+the wrapper `models/kernel_repro`.
+
+  conv3x3.onnx     aiSFX's second convolution: Conv 64->64, 3x3, pad 1, on [1,64,100,96],
+                   then Relu (354 M MACs; tract lowers it to Im2col + a GEMM)
+  layernorm.onnx   a decomposed LayerNorm as exported by PyTorch (ReduceMean, Sub, Pow,
+                   ReduceMean, Add, Sqrt, Div, Mul, Add) on DINOv2's [1,257,384]
+  softmax.onnx     Softmax over the last axis of DINOv2's attention scores [1,6,257,257]
+
+Usage: kernel_repro.py OUT_DIR [--reps N]   (writes the graphs, prints ORT medians as JSON)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def conv3x3() -> tuple[onnx.ModelProto, dict]:
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((64, 64, 3, 3)) * 0.05).astype(np.float32)
+    b = np.zeros(64, np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3],
+                          pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["y"])],
+        "conv3x3",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 100, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 100, 96])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]), {
+        "x": [1, 64, 100, 96]}
+
+
+def layernorm() -> tuple[onnx.ModelProto, dict]:
+    rng = np.random.default_rng(1)
+    gamma = rng.standard_normal(384).astype(np.float32)
+    beta = rng.standard_normal(384).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1], keepdims=1),
+        helper.make_node("Sub", ["x", "mu"], ["d"]),
+        helper.make_node("Pow", ["d", "two"], ["d2"]),
+        helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1], keepdims=1),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["sd"]),
+        helper.make_node("Div", ["d", "sd"], ["n"]),
+        helper.make_node("Mul", ["n", "gamma"], ["s"]),
+        helper.make_node("Add", ["s", "beta"], ["y"]),
+    ]
+    # ReduceMean takes `axes` as an attribute up to opset 17.
+    g = helper.make_graph(
+        nodes, "layernorm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 257, 384])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 257, 384])],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+         numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+         numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(beta, "beta")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]), {
+        "x": [1, 257, 384]}
+
+
+def softmax() -> tuple[onnx.ModelProto, dict]:
+    g = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 257, 257])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 257, 257])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]), {
+        "x": [1, 6, 257, 257]}
+
+
+GRAPHS = {"conv3x3": conv3x3, "layernorm": layernorm, "softmax": softmax}
+
+
+def ort_median_ms(path: Path, shapes: dict, reps: int) -> float:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(2)
+    feed = {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+    sess.run(None, feed)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--only", nargs="*", default=list(GRAPHS))
+    ap.add_argument("--write-only", action="store_true")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name in args.only:
+        if name not in GRAPHS:
+            print(f"kernel_repro: unknown graph {name} (have {', '.join(GRAPHS)})",
+                  file=sys.stderr)
+            return 2
+        model, shapes = GRAPHS[name]()
+        onnx.checker.check_model(model)
+        path = args.out / f"{name}.onnx"
+        onnx.save(model, path)
+        if not args.write_only:
+            out[name] = {"ort_1t_ms": ort_median_ms(path, shapes, args.reps),
+                         "shape": shapes["x"]}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
