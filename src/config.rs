@@ -973,6 +973,9 @@ impl Config {
         let s = &self.spool;
         p.range("spool.max_bytes", s.max_bytes, 64 * 1024, 1 << 40);
         p.range("spool.max_age_s", s.max_age_s, 1, 10 * 365 * 86_400);
+        p.range("spool.commit_max_records", s.commit_max_records, 1, 4096);
+        p.range("spool.commit_max_bytes", s.commit_max_bytes, 1, 64 << 20);
+        p.range("spool.commit_max_delay_ms", s.commit_max_delay_ms, 0, 1000);
         let ha = &self.homeassistant.discovery_prefix;
         if ha.trim_matches('/').is_empty() || ha.contains(['+', '#']) {
             p.add(
@@ -1388,6 +1391,25 @@ modalities = ["text"]
             err.to_string().contains("encoders.classifier.topk"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn spool_group_commit_bounds_are_range_checked() {
+        let c = Config::builtin();
+        assert_eq!(c.spool.commit_max_records, 64);
+        let err = Config::from_toml(
+            "[spool]\ncommit_max_records = 0\ncommit_max_bytes = 0\ncommit_max_delay_ms = 5000\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        for key in [
+            "spool.commit_max_records",
+            "spool.commit_max_bytes",
+            "spool.commit_max_delay_ms",
+        ] {
+            assert!(msg.contains(key), "{key} in {msg}");
+        }
     }
 
     #[test]

@@ -97,8 +97,17 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     /// Records older than this are dropped unsent.
     pub max_age_s: u64,
-    /// fsync the spool before publishing (power-cut safe); false leaves it to the OS.
+    /// fsync the spool before an input is acknowledged (power-cut safe); false leaves it to
+    /// the OS.
     pub fsync: bool,
+    /// Group commit: at most this many results share one fsync.
+    pub commit_max_records: usize,
+    /// Group commit: at most about this many bytes of results share one fsync (the batch ends
+    /// after the result that crosses it).
+    pub commit_max_bytes: u64,
+    /// Group commit: a batch takes in results already waiting for at most this long after its
+    /// first one; it never waits for results that have not arrived.
+    pub commit_max_delay_ms: u64,
 }
 
 impl Default for SpoolConfig {
@@ -108,6 +117,9 @@ impl Default for SpoolConfig {
             max_bytes: 64 * 1024 * 1024,
             max_age_s: 7 * 24 * 3600,
             fsync: true,
+            commit_max_records: 64,
+            commit_max_bytes: 1024 * 1024,
+            commit_max_delay_ms: 5,
         }
     }
 }

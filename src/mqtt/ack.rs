@@ -158,6 +158,13 @@ impl AckTracker {
         self.len() == 0
     }
 
+    /// Inputs whose ticket was completed and not yet popped (tests).
+    #[cfg(test)]
+    pub(crate) fn completed(&self) -> usize {
+        let s = self.lock();
+        s.entries.iter().filter(|e| e.slot == Slot::Done).count()
+    }
+
     /// Resolves after a ticket completed (or shutdown began).
     pub async fn changed(&self) {
         self.shared.wake.notified().await

@@ -494,6 +494,22 @@ impl MqttHandle {
         }
     }
 
+    /// Group commit: hand back the one fsync covering every result appended so far, to run off
+    /// the async threads without the spool's lock, and with `send` let the event loop send
+    /// those results now, before the fsync. The inputs behind them are acknowledged only after
+    /// it has run (`sinks::publisher`).
+    pub fn flush(&self, send: bool) -> Option<spool::SyncJob> {
+        let o = self.spool.as_ref()?;
+        let job = lock(&o.spool).take_sync().unwrap_or_else(|e| {
+            tracing::error!("{e}");
+            None
+        });
+        if send {
+            o.wake.notify_one();
+        }
+        job
+    }
+
     pub fn spool_stats(&self) -> Option<SpoolStats> {
         self.spool.as_ref().map(|o| lock(&o.spool).stats())
     }

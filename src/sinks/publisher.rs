@@ -23,7 +23,7 @@ use crate::shared_space::fuse::FusedSemantic;
 use crate::shared_space::query::{Hit, Query, QueryResult};
 use crate::shared_space::words::WordScore;
 use crate::shared_space::{SemanticField, SemanticItem, SemanticState};
-use crate::sinks::spool::Record;
+use crate::sinks::spool::{GroupCommit, Record, SyncJob};
 use crate::stats::Throttle;
 use crate::types::{Modality, ModelInfo};
 
@@ -44,6 +44,8 @@ pub struct Publisher {
     pub labels_published: bool,
     /// ImageNet classes reported per image on `labels` (`encoders.classifier.top_k`).
     pub top_classes: usize,
+    /// Group commit: how many inputs' results share one fsync (`spool.commit_*`).
+    pub commit: GroupCommit,
 }
 
 #[derive(Serialize)]
@@ -177,6 +179,27 @@ fn json_props() -> PublishProperties {
     }
 }
 
+/// Make a batch's results durable: its fsyncs (one, unless the batch crossed into a new
+/// segment) on a blocking thread, so that the event loop keeps sending meanwhile.
+async fn durable(syncs: Vec<SyncJob>) {
+    if syncs.is_empty() {
+        return;
+    }
+    let synced = tokio::task::spawn_blocking(move || {
+        syncs
+            .into_iter()
+            .try_for_each(SyncJob::run)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the spool's fsync task failed: {e}")));
+    if let Err(e) = synced {
+        // As before group commit: logged, and the inputs are acknowledged anyway (their results
+        // are in the spool; only their durability across a power cut is in doubt).
+        tracing::error!("{e}");
+    }
+}
+
 impl Publisher {
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>) {
         #[cfg(feature = "test-hooks")]
@@ -188,13 +211,45 @@ impl Publisher {
             std::future::pending::<()>().await;
             return;
         }
-        while let Some(mut event) = events.recv().await {
-            let ticket = event.take_ticket();
-            self.handle(event).await;
-            // One fsync per input (its embedding, fused record, labels), then send.
-            self.mqtt.commit();
-            // Durable (or published, without a spool): the input may be acknowledged.
-            ticket.complete();
+        let mut tickets = Vec::new();
+        let mut syncs: Vec<SyncJob> = Vec::new();
+        while let Some(first) = events.recv().await {
+            // Group commit: the results of this input and of every input already waiting (up
+            // to `spool.commit_*`) are appended, one fsync makes them all durable, and only then
+            // are their inputs acknowledged. While every input of the batch is an MQTT input
+            // owed an ack, each result is sent as soon as it is appended, before the fsync: a
+            // power cut then loses no input (unacknowledged, the broker sends it again; at least
+            // once). A result of a live source or of a QoS 0 input has no such second chance, so
+            // from the first one on the batch is sent only after its fsync.
+            let started = std::time::Instant::now();
+            self.commit.start();
+            let mut send_early = true;
+            let mut next = Some(first);
+            while let Some(mut event) = next.take() {
+                let ticket = event.take_ticket();
+                send_early &= ticket.owes_ack();
+                tickets.push(ticket);
+                self.handle(event).await;
+                if let Some(job) = self.mqtt.flush(send_early) {
+                    // A later fsync of the same segment covers the earlier appends too.
+                    match syncs.last_mut() {
+                        Some(last) if last.path() == job.path() => *last = job,
+                        _ => syncs.push(job),
+                    }
+                }
+                if !self.commit.full(started.elapsed()) {
+                    next = events.try_recv().ok();
+                }
+            }
+            durable(std::mem::take(&mut syncs)).await;
+            if !send_early {
+                // Durable now: send. (Nothing was appended since, so there is nothing to sync.)
+                durable(self.mqtt.flush(true).into_iter().collect()).await;
+            }
+            // Durable (or published, without a spool): the inputs may be acknowledged.
+            for ticket in tickets.drain(..) {
+                ticket.complete();
+            }
         }
         tracing::debug!("publisher finished");
     }
@@ -678,6 +733,7 @@ impl Publisher {
             correlation: props.correlation_data.clone(),
             user_properties: props.user_properties.clone(),
         };
+        self.commit.add(rec.payload.len() + rec.topic.len());
         let Err(rec) = self.mqtt.spool(rec) else {
             return;
         };
@@ -820,5 +876,275 @@ mod tests {
         let with = serde_json::to_value(rec(&c)).unwrap();
         assert_eq!(with["classes"][0]["name"], "espresso");
         assert_eq!(with["classes"][1]["probability"], 0.05f32 as f64);
+    }
+
+    mod group_commit {
+        use std::collections::HashMap;
+        use std::fs::File;
+        use std::path::{Path, PathBuf};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use rumqttc::v5::mqttbytes::QoS;
+        use tokio_util::sync::CancellationToken;
+
+        use super::super::*;
+        use crate::config::FusionConfig;
+        use crate::fusion::labels::LabelStore;
+        use crate::mqtt::ack::AckTracker;
+        use crate::mqtt::client::{connect, ConnectSettings};
+        use crate::mqtt::topics::Topics;
+        use crate::sinks::spool::{Fsync, Spool, SpoolConfig};
+
+        /// What a power cut at the start of one fsync would leave: the inputs acknowledged by
+        /// then, and a copy of the spool with every segment cut to its last synced length.
+        struct Crash {
+            acked: usize,
+            spool: tempfile::TempDir,
+        }
+
+        /// The fsync seam: counts fsyncs, and before each one takes a [`Crash`] snapshot.
+        struct Recorder {
+            acks: AckTracker,
+            dir: PathBuf,
+            calls: AtomicUsize,
+            synced: Mutex<HashMap<PathBuf, u64>>,
+            crashes: Mutex<Vec<Crash>>,
+        }
+
+        impl Recorder {
+            fn snapshot(&self) -> std::io::Result<Crash> {
+                let copy = tempfile::tempdir()?;
+                let synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+                for e in std::fs::read_dir(&self.dir)? {
+                    let path = e?.path();
+                    let mut bytes = std::fs::read(&path)?;
+                    if path.extension().is_some_and(|x| x == "seg") {
+                        let durable = synced.get(&path).copied().unwrap_or(0) as usize;
+                        bytes.truncate(durable);
+                    }
+                    let name = path.file_name().expect("a file in the spool");
+                    std::fs::write(copy.path().join(name), bytes)?;
+                }
+                Ok(Crash {
+                    acked: self.acks.completed(),
+                    spool: copy,
+                })
+            }
+        }
+
+        impl Fsync for Recorder {
+            fn sync_data(&self, file: &File, path: &Path) -> std::io::Result<()> {
+                let crash = self.snapshot()?;
+                self.crashes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(crash);
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                file.sync_data()?;
+                let len = file.metadata()?.len();
+                self.synced
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(path.to_owned(), len);
+                Ok(())
+            }
+        }
+
+        struct Run {
+            recorder: Arc<Recorder>,
+            acks: AckTracker,
+            _spool_dir: tempfile::TempDir,
+        }
+
+        /// Queue `n` inputs (each answered by one `error` result), then run the publisher over
+        /// them with a spool whose fsyncs go through a [`Recorder`]. No broker: results stay
+        /// spooled, which is all the group commit needs.
+        async fn run(n: usize, commit: SpoolConfig) -> Run {
+            run_inputs(&vec![true; n], commit).await
+        }
+
+        /// As [`run`], one input per entry: `true` for an MQTT input owed an ack, `false` for
+        /// one that is not (a live source, QoS 0).
+        async fn run_inputs(owes_ack: &[bool], commit: SpoolConfig) -> Run {
+            let n = owes_ack.len();
+            let spool_dir = tempfile::tempdir().unwrap();
+            let mut spool = Spool::open(spool_dir.path(), commit.clone()).unwrap();
+            let acks = AckTracker::default();
+            let recorder = Arc::new(Recorder {
+                acks: acks.clone(),
+                dir: spool_dir.path().to_owned(),
+                calls: AtomicUsize::new(0),
+                synced: Mutex::new(HashMap::new()),
+                crashes: Mutex::new(Vec::new()),
+            });
+            spool.set_fsync(recorder.clone());
+            // A port nobody listens on: the client keeps retrying, harmlessly.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let stop = CancellationToken::new();
+            let (mqtt, _inputs, task) = connect(
+                ConnectSettings {
+                    host: "127.0.0.1".into(),
+                    port,
+                    client_id: "group-commit-test".into(),
+                    keepalive: Duration::from_secs(30),
+                    clean_start: true,
+                    credentials: None,
+                    qos: 1,
+                    max_payload_bytes: 1 << 20,
+                    incoming_capacity: 4,
+                    properties: true,
+                    tls: None,
+                    spool: Some(spool),
+                    discovery: None,
+                },
+                Topics::new("edgefuse", "t"),
+                stop.clone(),
+            );
+            let fusion = Fusion::new(
+                &FusionConfig::default(),
+                &BTreeMap::new(),
+                LabelStore::open(None).unwrap(),
+                Vec::new(),
+            )
+            .unwrap();
+            let publisher = Publisher {
+                mqtt,
+                fusion,
+                models: BTreeMap::new(),
+                format: PayloadFormat::Json,
+                publish_raw_inputs: false,
+                fused_count: 0,
+                semantic: None,
+                top_k: 5,
+                labels_published: false,
+                top_classes: 5,
+                commit: GroupCommit::new(&commit),
+            };
+            let (tx, rx) = mpsc::channel(n.max(1));
+            for (i, owed) in owes_ack.iter().enumerate() {
+                let ticket = if *owed {
+                    acks.receive(i as u16 + 1, QoS::AtLeastOnce)
+                } else {
+                    crate::mqtt::ack::Ticket::none()
+                };
+                tx.try_send(Event::Rejected {
+                    id: format!("in-{i}"),
+                    topic: "edgefuse/t/in/text".into(),
+                    reason: "refused for the test".into(),
+                    ticket,
+                })
+                .unwrap();
+            }
+            drop(tx);
+            publisher.run(rx).await;
+            stop.cancel();
+            let _ = task.await;
+            Run {
+                recorder,
+                acks,
+                _spool_dir: spool_dir,
+            }
+        }
+
+        fn config(records: usize, bytes: u64, delay: Duration) -> SpoolConfig {
+            SpoolConfig {
+                commit_max_records: records,
+                commit_max_bytes: bytes,
+                commit_max_delay_ms: delay.as_millis() as u64,
+                ..SpoolConfig::default()
+            }
+        }
+
+        /// No time bound in practice: these tests count, they never time.
+        const LONG: Duration = Duration::from_secs(3600);
+
+        fn fsyncs(r: &Run) -> usize {
+            r.recorder.calls.load(Ordering::SeqCst)
+        }
+
+        /// Inputs acknowledged when each fsync started.
+        fn acked_at_each_fsync(r: &Run) -> Vec<usize> {
+            let crashes = r.recorder.crashes.lock().unwrap();
+            crashes.iter().map(|c| c.acked).collect()
+        }
+
+        /// Input ids whose result a spool copy holds.
+        fn ids_in(dir: &Path) -> Vec<String> {
+            let s = Spool::open(dir, SpoolConfig::default()).unwrap();
+            let mut ids = Vec::new();
+            let mut at = None;
+            while let Some(seq) = s.next_after(at) {
+                let rec = s.read(seq).unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&rec.payload).unwrap();
+                ids.push(v["id"].as_str().unwrap().to_owned());
+                at = Some(seq);
+            }
+            ids
+        }
+
+        #[tokio::test]
+        async fn results_waiting_together_are_made_durable_by_one_fsync() {
+            let r = run(10, config(64, 1 << 20, LONG)).await;
+            assert_eq!(fsyncs(&r), 1, "ten results, one fsync");
+            assert_eq!(acked_at_each_fsync(&r), [0], "none acknowledged before it");
+            assert_eq!(r.acks.completed(), 10, "all acknowledged after it");
+        }
+
+        #[tokio::test]
+        async fn a_batch_ends_at_its_record_bound_and_each_input_waits_for_its_own_fsync() {
+            let r = run(10, config(4, 1 << 20, LONG)).await;
+            assert_eq!(fsyncs(&r), 3, "batches of 4, 4 and 2");
+            assert_eq!(
+                acked_at_each_fsync(&r),
+                [0, 4, 8],
+                "a batch's inputs are acknowledged after its fsync, not before"
+            );
+            assert_eq!(r.acks.completed(), 10);
+        }
+
+        #[tokio::test]
+        async fn the_byte_and_delay_bounds_end_a_batch_too() {
+            // Every result is over one byte: a batch per input.
+            let r = run(5, config(64, 1, LONG)).await;
+            assert_eq!(fsyncs(&r), 5);
+            assert_eq!(acked_at_each_fsync(&r), [0, 1, 2, 3, 4]);
+            // No delay allowed: nothing joins the first input.
+            let r = run(5, config(64, 1 << 20, Duration::ZERO)).await;
+            assert_eq!(fsyncs(&r), 5);
+            assert_eq!(r.acks.completed(), 5);
+        }
+
+        #[tokio::test]
+        async fn a_batch_with_inputs_owed_no_ack_still_takes_one_fsync() {
+            let r = run_inputs(&[true, false, true, false], config(64, 1 << 20, LONG)).await;
+            assert_eq!(fsyncs(&r), 1);
+            assert_eq!(acked_at_each_fsync(&r), [0]);
+            assert_eq!(r.acks.completed(), 2, "the two MQTT inputs");
+            let crashes = r.recorder.crashes.lock().unwrap();
+            assert!(ids_in(crashes[0].spool.path()).is_empty());
+        }
+
+        #[tokio::test]
+        async fn a_crash_at_any_fsync_loses_no_acknowledged_input() {
+            let r = run(7, config(3, 1 << 20, LONG)).await;
+            let crashes = r.recorder.crashes.lock().unwrap();
+            assert_eq!(crashes.len(), 3, "batches of 3, 3 and 1");
+            for (k, crash) in crashes.iter().enumerate() {
+                let kept = ids_in(crash.spool.path());
+                let acked: Vec<String> = (0..crash.acked).map(|i| format!("in-{i}")).collect();
+                assert_eq!(crash.acked, 3 * k);
+                for id in &acked {
+                    assert!(kept.contains(id), "crash {k}: acknowledged {id} was lost");
+                }
+                // What the cut loses is exactly the batch being synced, not yet acknowledged.
+                assert_eq!(kept, acked, "crash {k}");
+            }
+        }
     }
 }

@@ -32,6 +32,11 @@ impl Ticket {
         Ticket(Some(held))
     }
 
+    /// Whether an acknowledgement waits on this ticket (a QoS ≥ 1 input over MQTT).
+    pub fn owes_ack(&self) -> bool {
+        self.0.is_some()
+    }
+
     pub fn complete(mut self) {
         if let Some(h) = self.0.take() {
             h.settle(true);
