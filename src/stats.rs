@@ -148,7 +148,9 @@ fn index(m: Modality) -> usize {
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct Percentiles {
+    #[serde(serialize_with = "crate::types::round3")]
     pub p50: f64,
+    #[serde(serialize_with = "crate::types::round3")]
     pub p95: f64,
 }
 

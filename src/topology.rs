@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::Config;
 use crate::encoders::{Modality, ModelInfo, TextEncoder};
@@ -48,7 +49,7 @@ pub struct Pipeline {
     sources: Vec<JoinHandle<()>>,
     intake_cancel: CancellationToken,
     intake: JoinHandle<IntakeEnd>,
-    stats_task: Option<JoinHandle<()>>,
+    stats_task: Option<AbortOnDropHandle<()>>,
 }
 
 impl Pipeline {
@@ -75,6 +76,65 @@ impl Pipeline {
             .iter()
             .filter_map(|m| encoders.model(*m).map(|l| (*m, l.spec.dim)))
             .collect();
+
+        // Queues first, and the stats sink on them at once: stats come right after connecting,
+        // not after the (slow, on a fresh state dir) class-name embeddings below.
+        let (events_tx, events_rx) = mpsc::channel::<Event>(config.queues.results);
+        let mut queues = Queues::default();
+        let s = &config.sources;
+        if s.mic.enabled {
+            queues
+                .live
+                .insert(Modality::Audio, Arc::new(DropOldest::new(s.mic.queue)));
+        }
+        if s.snapshot.enabled {
+            queues.live.insert(
+                Modality::Vision,
+                Arc::new(DropOldest::new(s.snapshot.queue)),
+            );
+        }
+        let runs: Vec<(EncoderRef, usize, usize)> = [
+            encoders.shared().map(|e| {
+                (
+                    EncoderRef::Text(e),
+                    config.encoders.text.max_batch,
+                    config.queues.text,
+                )
+            }),
+            encoders.shared().map(|e| {
+                (
+                    EncoderRef::Vision(e),
+                    config.encoders.vision.max_batch,
+                    config.queues.vision,
+                )
+            }),
+            encoders.shared().map(|e| {
+                (
+                    EncoderRef::Audio(e),
+                    config.encoders.audio.max_batch,
+                    config.queues.audio,
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut worker_inputs = Vec::new();
+        for (encoder, max_batch, capacity) in runs {
+            let (tx, rx) = mpsc::channel(capacity);
+            queues.requests.insert(encoder.modality(), tx);
+            worker_inputs.push((encoder, max_batch, rx));
+        }
+        let queues = Arc::new(queues);
+        let stats_task = (config.stats.interval_s > 0).then(|| {
+            AbortOnDropHandle::new(tokio::spawn(crate::sinks::stats::publish_stats(
+                link.mqtt.clone(),
+                link.stats.clone(),
+                Arc::clone(&queues),
+                Duration::from_secs(config.stats.interval_s),
+                link.mqtt_stop.clone(),
+            )))
+        });
 
         // Fusion state: zero-shot label embeddings and the persisted few-shot labels.
         let zero_shot = {
@@ -110,55 +170,13 @@ impl Pipeline {
             semantic_hooks.insert(Modality::Audio, hook);
         }
 
-        // Queues, workers, publisher.
-        let (events_tx, events_rx) = mpsc::channel::<Event>(config.queues.results);
-        let mut queues = Queues::default();
-        let s = &config.sources;
-        if s.mic.enabled {
-            queues
-                .live
-                .insert(Modality::Audio, Arc::new(DropOldest::new(s.mic.queue)));
-        }
-        if s.snapshot.enabled {
-            queues.live.insert(
-                Modality::Vision,
-                Arc::new(DropOldest::new(s.snapshot.queue)),
-            );
-        }
+        // Workers, publisher.
         let mut workers = Vec::new();
-        let runs: Vec<(EncoderRef, usize, usize)> = [
-            encoders.shared().map(|e| {
-                (
-                    EncoderRef::Text(e),
-                    config.encoders.text.max_batch,
-                    config.queues.text,
-                )
-            }),
-            encoders.shared().map(|e| {
-                (
-                    EncoderRef::Vision(e),
-                    config.encoders.vision.max_batch,
-                    config.queues.vision,
-                )
-            }),
-            encoders.shared().map(|e| {
-                (
-                    EncoderRef::Audio(e),
-                    config.encoders.audio.max_batch,
-                    config.queues.audio,
-                )
-            }),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        for (encoder, max_batch, capacity) in runs {
+        for (encoder, max_batch, requests) in worker_inputs {
             let m = encoder.modality();
-            let (tx, rx) = mpsc::channel(capacity);
-            queues.requests.insert(m, tx);
             let worker = Worker {
                 encoder,
-                requests: rx,
+                requests,
                 live: queues.live.get(&m).cloned(),
                 events: events_tx.clone(),
                 max_batch,
@@ -182,8 +200,7 @@ impl Pipeline {
         };
         let publisher = tokio::spawn(publisher.run(events_rx));
 
-        // Sources (the MQTT intake last: it stops last), then the stats sink.
-        let queues = Arc::new(queues);
+        // Sources (the MQTT intake last: it stops last).
         let sources_cancel = CancellationToken::new();
         let ctx = SourceContext {
             queues: Arc::clone(&queues),
@@ -203,15 +220,6 @@ impl Pipeline {
             &ctx.with_cancel(intake_cancel.clone()),
         );
         drop(ctx);
-        let stats_task = (config.stats.interval_s > 0).then(|| {
-            tokio::spawn(crate::sinks::stats::publish_stats(
-                link.mqtt.clone(),
-                link.stats.clone(),
-                Arc::clone(&queues),
-                Duration::from_secs(config.stats.interval_s),
-                link.mqtt_stop.clone(),
-            ))
-        });
         Ok(Pipeline {
             config,
             encoders,

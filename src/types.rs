@@ -50,9 +50,27 @@ pub struct ModelInfo {
 /// equally among the batch's items.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Timings {
+    #[serde(serialize_with = "round3")]
     pub preprocess_ms: f64,
+    #[serde(serialize_with = "round3")]
     pub inference_ms: f64,
+    #[serde(serialize_with = "round3")]
     pub postprocess_ms: f64,
+}
+
+/// A duration rounded to 3 decimals: whole microseconds for milliseconds, whole milliseconds
+/// for seconds. Finer digits are timer noise (`0.011`, not `0.011016999999999999`).
+pub fn round_3dp(x: f64) -> f64 {
+    if x.is_finite() {
+        (x * 1e3).round() / 1e3
+    } else {
+        x
+    }
+}
+
+/// Serde `serialize_with` for durations in published payloads: see [`round_3dp`].
+pub fn round3<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(round_3dp(*x))
 }
 
 /// One embedding: a unit vector, plus per-block vectors for audio.
@@ -101,5 +119,18 @@ mod tests {
         assert_eq!(z, vec![0.0, 0.0]);
         assert!((cosine(&[1.0, 0.0], &[1.0, 1.0]) - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
         assert_eq!(cosine(&[0.0], &[1.0]), 0.0);
+    }
+
+    #[test]
+    fn published_timings_carry_three_decimals() {
+        let t = Timings {
+            preprocess_ms: 0.011016999999999999,
+            inference_ms: 12.345678,
+            postprocess_ms: f64::NAN,
+        };
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"{"preprocess_ms":0.011,"inference_ms":12.346,"postprocess_ms":null}"#
+        );
     }
 }

@@ -206,7 +206,9 @@ fn dbfs(x: &[f32]) -> f32 {
 /// One transcribed stretch of the input.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Segment {
+    #[serde(serialize_with = "crate::types::round3")]
     pub start_s: f64,
+    #[serde(serialize_with = "crate::types::round3")]
     pub end_s: f64,
     pub text: String,
     pub tokens: usize,
@@ -217,10 +219,15 @@ pub struct Segment {
 /// Where the time went, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct SpeechTimings {
+    #[serde(serialize_with = "crate::types::round3")]
     pub resample_ms: f64,
+    #[serde(serialize_with = "crate::types::round3")]
     pub segment_ms: f64,
+    #[serde(serialize_with = "crate::types::round3")]
     pub encoder_ms: f64,
+    #[serde(serialize_with = "crate::types::round3")]
     pub decoder_ms: f64,
+    #[serde(serialize_with = "crate::types::round3")]
     pub total_ms: f64,
 }
 
@@ -232,6 +239,7 @@ pub struct Transcript {
     pub segments: Vec<Segment>,
     /// `name@sha256-prefix` of the encoder (the decoders are pinned with it in the manifest).
     pub model: String,
+    #[serde(serialize_with = "crate::types::round3")]
     pub duration_s: f64,
     /// `vad` or `energy`.
     pub segmenter: String,

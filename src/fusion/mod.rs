@@ -55,6 +55,7 @@ impl Projection {
 #[derive(Debug, Clone, Serialize)]
 pub struct Part {
     pub id: String,
+    #[serde(serialize_with = "crate::types::round3")]
     pub age_ms: f64,
 }
 

@@ -25,18 +25,9 @@ pub struct StageTimings {
     pub total: f64,
 }
 
+use crate::types::round3 as micros;
 /// Milliseconds rounded to 3 decimals (whole microseconds); finer digits are timer noise.
-pub fn round_ms(ms: f64) -> f64 {
-    if ms.is_finite() {
-        (ms * 1e3).round() / 1e3
-    } else {
-        ms
-    }
-}
-
-fn micros<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(round_ms(*ms))
-}
+pub use crate::types::round_3dp as round_ms;
 
 /// `embedding/<modality>`.
 #[derive(Debug, Clone, Serialize)]

@@ -29,7 +29,9 @@ pub const MIC_SOURCE: &str = "mic";
 /// One transcribed stretch as published (`text` withheld for the microphone by default).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HeardSegment {
+    #[serde(serialize_with = "crate::types::round3")]
     pub start_s: f64,
+    #[serde(serialize_with = "crate::types::round3")]
     pub end_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -45,6 +47,7 @@ pub struct Heard {
     pub text_withheld: bool,
     pub segments: Vec<HeardSegment>,
     pub model: String,
+    #[serde(serialize_with = "crate::types::round3")]
     pub duration_s: f64,
     pub segmenter: String,
     pub timings_ms: SpeechTimings,

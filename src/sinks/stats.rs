@@ -18,6 +18,7 @@ use crate::types::Modality;
 struct StatsRecord {
     schema: u32,
     ts: String,
+    #[serde(serialize_with = "crate::types::round3")]
     uptime_s: f64,
     rss_bytes: u64,
     modalities: BTreeMap<Modality, crate::stats::ModalitySnapshot>,

@@ -41,6 +41,27 @@ fn unit_norm(v: &serde_json::Value) -> f64 {
         .sqrt()
 }
 
+/// Every duration in `v` (keys ending `_ms` or `_s`, and everything under one) has at most three
+/// decimals: whole microseconds or milliseconds, not timer noise like `0.011016999999999999`.
+fn assert_durations_rounded(v: &serde_json::Value, what: &str) {
+    fn walk(v: &serde_json::Value, in_duration: bool, path: &str, what: &str) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    let d = in_duration || k.ends_with("_ms") || k.ends_with("_s");
+                    walk(x, d, &format!("{path}.{k}"), what);
+                }
+            }
+            serde_json::Value::Number(n) if in_duration => {
+                let x = n.as_f64().unwrap();
+                assert_eq!(x, (x * 1e3).round() / 1e3, "{what}{path} = {n} not rounded");
+            }
+            _ => {}
+        }
+    }
+    walk(v, false, "", what);
+}
+
 #[test]
 fn every_topic_round_trips_through_mosquitto() {
     let (mut h, mut sub) = started("", "#", "edgefuse/test/available");
@@ -95,6 +116,9 @@ fn every_topic_round_trips_through_mosquitto() {
         "text and image fused within the window"
     );
     assert_eq!(f["dim"], 384 + 384 + 512);
+    assert!(f["items"]["text"]["age_ms"].as_f64().unwrap() > 0.0);
+    assert_durations_rounded(&f, "fused");
+    assert_durations_rounded(&e.json(), "embedding/vision");
 
     // Audio.
     h.publish(
@@ -150,6 +174,7 @@ fn every_topic_round_trips_through_mosquitto() {
         })
         .json();
     assert!(s["rss_bytes"].as_u64().unwrap() > 0);
+    assert_durations_rounded(&s, "stats");
     assert!(
         s["modalities"]["vision"]["latency_ms"]["inference"]["p50"]
             .as_f64()
