@@ -25,31 +25,25 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import json
 import os
 import platform
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tomllib
-import uuid
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "golden"))
 import make_reference as ref  # noqa: E402
+from mqtt_driver import Driver, free_port, med, start_edgefuse, stop  # noqa: E402
 
 BEGIN = "<!-- side-by-side:begin -->"
 END = "<!-- side-by-side:end -->"
@@ -57,18 +51,11 @@ TEXT = "A man is playing a guitar on the stage."
 IMAGE = REPO / "tests/fixtures/images/chelsea.jpg"
 WAV = REPO / "tests/fixtures/audio/speech_fox.wav"
 MODALITIES = ["text", "vision", "audio"]
-IN_TOPIC = {"text": "text", "vision": "image", "audio": "audio"}
 CLK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg: str) -> None:
     print(f"[side-by-side] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -86,100 +73,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
-def med(xs: list[float]) -> float:
-    return float(statistics.median(xs)) if xs else float("nan")
-
-
 def p95(xs: list[float]) -> float:
     return float(np.percentile(xs, 95)) if xs else float("nan")
-
-
-class Driver:
-    """One MQTT client publishing inputs and timing the matching embeddings."""
-
-    def __init__(self, port: int) -> None:
-        self.waiting: dict[str, tuple[threading.Event, list]] = {}
-        self.lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-driver",
-                             protocol=mqtt.MQTTv5)
-        self.c.on_message = self.on_message
-        self.c.connect("127.0.0.1", port)
-        # As in python_peer.py: without TCP_NODELAY the driver's own publishes wait for ACKs.
-        self.c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.c.loop_start()
-        for prefix in ("edgefuse", "peer", "echo"):
-            for what in ("embedding/+", "error"):
-                self.c.subscribe(f"{prefix}/bench/{what}", qos=1)
-        time.sleep(0.5)
-
-    def on_message(self, _c, _u, msg) -> None:
-        t = time.perf_counter()
-        try:
-            obj = json.loads(msg.payload)
-        except ValueError:
-            return
-        with self.lock:
-            w = self.waiting.pop(str(obj.get("id")), None)
-        if w:
-            w[1].append((t, msg.topic, obj))
-            w[0].set()
-
-    def send(self, prefix: str, modality: str, payload: bytes) -> tuple[str, threading.Event, list]:
-        item_id = uuid.uuid4().hex[:12]
-        ev, box = threading.Event(), []
-        with self.lock:
-            self.waiting[item_id] = (ev, box)
-        props = Properties(PacketTypes.PUBLISH)
-        if modality == "text":
-            payload = json.dumps({"id": item_id, "text": payload.decode()}).encode()
-        else:
-            props.CorrelationData = item_id.encode()
-        self.c.publish(f"{prefix}/bench/in/{IN_TOPIC[modality]}", payload, qos=1, properties=props)
-        return item_id, ev, box
-
-    def one(self, prefix: str, modality: str, payload: bytes, timeout: float = 120) -> float:
-        t0 = time.perf_counter()
-        item_id, ev, box = self.send(prefix, modality, payload)
-        if not ev.wait(timeout):
-            raise RuntimeError(f"{prefix}: no answer for {modality} item {item_id}")
-        t1, topic, obj = box[0]
-        if not topic.endswith(f"embedding/{modality}"):
-            raise RuntimeError(f"{prefix}: {modality} item {item_id} failed: {obj}")
-        return (t1 - t0) * 1e3
-
-    def burst(self, prefix: str, modality: str, payload: bytes, n: int) -> float:
-        t0 = time.perf_counter()
-        pending = [self.send(prefix, modality, payload) for _ in range(n)]
-        last = t0
-        for item_id, ev, box in pending:
-            if not ev.wait(300):
-                raise RuntimeError(f"{prefix}: no answer for {modality} item {item_id}")
-            last = max(last, box[0][0])
-        return n / (last - t0)
-
-
-def start_edgefuse(exe: Path, config: Path, models: Path, tmp: Path) -> tuple[subprocess.Popen, float]:
-    """Start `edgefuse run`; return it and the seconds from spawn to READY=1."""
-    sock_path = tmp / f"notify-{uuid.uuid4().hex[:6]}.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(120)
-    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), EDGEFUSE_MODELS=str(models),
-               EDGEFUSE_LOG="warn")
-    t0 = time.perf_counter()
-    p = subprocess.Popen([str(exe), "--config", str(config), "run"], env=env, cwd=REPO,
-                         stdout=subprocess.DEVNULL)
-    try:
-        while True:
-            msg = sock.recv(4096).decode(errors="replace")
-            if "READY=1" in msg.split("\n"):
-                return p, time.perf_counter() - t0
-    except socket.timeout:
-        p.kill()
-        raise RuntimeError("edgefuse did not send READY=1 within 120 s")
-    finally:
-        sock.close()
-        sock_path.unlink(missing_ok=True)
 
 
 def start_peer(python: str, port: int, models: Path, threads: int | None,
@@ -197,16 +92,6 @@ def start_peer(python: str, port: int, models: Path, threads: int | None,
         p.kill()
         raise RuntimeError(f"python peer did not start: {line!r}")
     return p, time.perf_counter() - t0
-
-
-def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def ort_inputs(modality: str, specs: dict) -> dict[str, np.ndarray]:
@@ -338,7 +223,7 @@ def main() -> None:
                     stop(ef)
                 if peer:
                     stop(peer)
-                ef, t = start_edgefuse(args.edgefuse, tmp / "edgefuse.toml", ref_models, tmp)
+                ef, t = start_edgefuse(args.edgefuse, tmp / "edgefuse.toml", ref_models, tmp, timeout=120)
                 procs = [ef]  # stopped in `finally` if anything below fails
                 ready_ef.append(t)
                 peer, t = start_peer(sys.executable, port, ref_models, args.peer_threads)
@@ -349,7 +234,7 @@ def main() -> None:
             echo, _ = start_peer(sys.executable, port, ref_models, None, echo=True)
             procs.append(echo)
             res["ready_s"] = {"edgefuse": ready_ef, "peer": ready_peer}
-            drv = Driver(port)
+            drv = Driver(port, ["edgefuse", "peer", "echo"], "bench-driver")
             for m in modalities:
                 for prefix in ("edgefuse", "peer", "echo"):
                     drv.one(prefix, m, payloads[m])  # warm-up

@@ -26,130 +26,22 @@ import datetime as dt
 import json
 import os
 import platform
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from mqtt_driver import IN_TOPIC, Driver, free_port, med, start_edgefuse, stop
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "A man is playing a guitar on the stage."
 IMAGE = REPO / "tests/fixtures/images/chelsea.jpg"
 WAV = REPO / "tests/fixtures/audio/speech_fox.wav"
-IN_TOPIC = {"text": "text", "vision": "image", "audio": "audio"}
 
 
 def log(msg: str) -> None:
     print(f"[spool-overhead] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def med(xs: list[float]) -> float:
-    return float(statistics.median(xs)) if xs else float("nan")
-
-
-class Driver:
-    def __init__(self, port: int, prefixes: list[str]) -> None:
-        self.waiting: dict[str, tuple[threading.Event, list]] = {}
-        self.lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="spool-overhead-driver",
-                             protocol=mqtt.MQTTv5)
-        self.c.on_message = self.on_message
-        self.c.connect("127.0.0.1", port)
-        self.c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.c.loop_start()
-        for p in prefixes:
-            for what in ("embedding/+", "error"):
-                self.c.subscribe(f"{p}/bench/{what}", qos=1)
-        time.sleep(0.5)
-
-    def on_message(self, _c, _u, msg) -> None:
-        t = time.perf_counter()
-        try:
-            obj = json.loads(msg.payload)
-        except ValueError:
-            return
-        with self.lock:
-            w = self.waiting.pop(str(obj.get("id")), None)
-        if w:
-            w[1].append((t, msg.topic, obj))
-            w[0].set()
-
-    def send(self, prefix: str, modality: str, payload: bytes):
-        item_id = uuid.uuid4().hex[:12]
-        ev, box = threading.Event(), []
-        with self.lock:
-            self.waiting[item_id] = (ev, box)
-        props = Properties(PacketTypes.PUBLISH)
-        if modality == "text":
-            payload = json.dumps({"id": item_id, "text": payload.decode()}).encode()
-        else:
-            props.CorrelationData = item_id.encode()
-        self.c.publish(f"{prefix}/bench/in/{IN_TOPIC[modality]}", payload, qos=1, properties=props)
-        return item_id, ev, box
-
-    def one(self, prefix: str, modality: str, payload: bytes) -> float:
-        t0 = time.perf_counter()
-        item_id, ev, box = self.send(prefix, modality, payload)
-        if not ev.wait(300):
-            raise RuntimeError(f"{prefix}: no answer for {modality} item {item_id}")
-        t1, topic, obj = box[0]
-        if not topic.endswith(f"embedding/{modality}"):
-            raise RuntimeError(f"{prefix}: {modality} item {item_id} failed: {obj}")
-        return (t1 - t0) * 1e3
-
-    def burst(self, prefix: str, modality: str, payload: bytes, n: int) -> float:
-        t0 = time.perf_counter()
-        pending = [self.send(prefix, modality, payload) for _ in range(n)]
-        last = t0
-        for item_id, ev, box in pending:
-            if not ev.wait(600):
-                raise RuntimeError(f"{prefix}: no answer for {modality} item {item_id}")
-            last = max(last, box[0][0])
-        return n / (last - t0)
-
-
-def start(exe: Path, config: Path, models: Path, tmp: Path) -> subprocess.Popen:
-    sock_path = tmp / f"notify-{uuid.uuid4().hex[:6]}.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(600)
-    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), EDGEFUSE_MODELS=str(models), EDGEFUSE_LOG="warn")
-    p = subprocess.Popen([str(exe), "--config", str(config), "run"], env=env, cwd=REPO,
-                         stdout=subprocess.DEVNULL)
-    try:
-        while "READY=1" not in sock.recv(4096).decode(errors="replace").split("\n"):
-            pass
-        return p
-    except socket.timeout:
-        p.kill()
-        raise RuntimeError(f"{exe} did not send READY=1 within 600 s")
-    finally:
-        sock.close()
-        sock_path.unlink(missing_ok=True)
-
-
-def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def tract_ms(exe: Path, config: Path, models: Path, modality: str, n: int) -> float:
@@ -199,9 +91,9 @@ def main() -> None:
                     f"[spool]\nenabled = {'true' if spool else 'false'}\n"
                     + "".join(f'[encoders.{m}]\nmodel = "{m}"\n' for m in ("text", "vision", "audio")))
                 configs[name] = cfg
-                procs[name] = start(exe, cfg, models, tmp)
+                procs[name], _ = start_edgefuse(exe, cfg, models, tmp)
                 log(f"{name} ready")
-            drv = Driver(port, list(daemons))
+            drv = Driver(port, list(daemons), "spool-overhead-driver")
             for m in modalities:
                 for name in daemons:
                     drv.one(name, m, payloads[m])  # warm-up

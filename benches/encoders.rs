@@ -127,18 +127,7 @@ fn bench_plan(
     plan: &Arc<TypedRunnableModel>,
     inputs: &TVec<TValue>,
 ) {
-    g.bench_function(id, |b| {
-        b.iter_batched(
-            || {
-                inputs
-                    .iter()
-                    .map(|v| v.clone().into_tensor().into_tvalue())
-                    .collect()
-            },
-            |inputs: TVec<TValue>| plan.run(inputs).expect("tract run"),
-            BatchSize::PerIteration,
-        )
-    });
+    bench_plan_on(g, id, plan, inputs, None)
 }
 
 /// The same plan under tract's multithreaded executor with `threads` threads (rayon pool built
@@ -150,7 +139,16 @@ fn bench_plan_threads(
     inputs: &TVec<TValue>,
     threads: usize,
 ) {
-    let executor = Executor::multithread(threads);
+    bench_plan_on(g, id, plan, inputs, Some(Executor::multithread(threads)))
+}
+
+fn bench_plan_on(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: &str,
+    plan: &Arc<TypedRunnableModel>,
+    inputs: &TVec<TValue>,
+    executor: Option<Executor>,
+) {
     g.bench_function(id, |b| {
         b.iter_batched(
             || {
@@ -159,12 +157,32 @@ fn bench_plan_threads(
                     .map(|v| v.clone().into_tensor().into_tvalue())
                     .collect()
             },
-            |inputs: TVec<TValue>| {
-                multithread_tract_scope(executor.clone(), || plan.run(inputs).expect("tract run"))
+            |inputs: TVec<TValue>| match &executor {
+                Some(e) => {
+                    multithread_tract_scope(e.clone(), || plan.run(inputs).expect("tract run"))
+                }
+                None => plan.run(inputs).expect("tract run"),
             },
             BatchSize::PerIteration,
         )
     });
+}
+
+/// `plan` on `one` item repeated to each batch size in `batches`; `shape(batch)` is the input
+/// tensor's shape.
+fn bench_batches(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    plan: &Arc<TypedRunnableModel>,
+    one: &[f32],
+    batches: &[usize],
+    shape: impl Fn(usize) -> Vec<usize>,
+) {
+    for &batch in batches {
+        let data = one.repeat(batch);
+        let input = Tensor::from_shape(&shape(batch), &data).expect("input tensor");
+        g.throughput(Throughput::Elements(batch as u64));
+        bench_plan(g, &format!("b{batch}"), plan, &tvec![input.into_tvalue()]);
+    }
 }
 
 fn bench_text(c: &mut Criterion, enc: &TextEncoder, manifest: &Manifest) {
@@ -263,17 +281,9 @@ fn bench_vision(c: &mut Criterion, enc: &VisionEncoder, config: &Config) {
     g.finish();
 
     let mut g = slow_group(c, "vision/infer");
-    for batch in [1usize, 4] {
-        let data = one.repeat(batch);
-        let input = Tensor::from_shape(&[batch, 3, crop, crop], &data).expect("image tensor");
-        g.throughput(Throughput::Elements(batch as u64));
-        bench_plan(
-            &mut g,
-            &format!("b{batch}"),
-            &enc.model.plan,
-            &tvec![input.into_tvalue()],
-        );
-    }
+    bench_batches(&mut g, &enc.model.plan, &one, &[1, 4], |b| {
+        vec![b, 3, crop, crop]
+    });
     let input = Tensor::from_shape(&[1, 3, crop, crop], &one).expect("image tensor");
     g.throughput(Throughput::Elements(1));
     bench_plan_threads(
@@ -365,18 +375,9 @@ fn bench_audio(c: &mut Criterion, enc: &AudioEncoder, config: &Config) {
     let blocks = fe.wav_to_blocks(&wav22, max_seconds).expect("blocks");
     let block = &blocks.data[..per_block];
     let mut g = slow_group(c, "audio/infer");
-    for batch in [1usize, 8] {
-        let data = block.repeat(batch);
-        let input =
-            Tensor::from_shape(&[batch, p.block_frames, p.n_mels], &data).expect("mel tensor");
-        g.throughput(Throughput::Elements(batch as u64));
-        bench_plan(
-            &mut g,
-            &format!("b{batch}"),
-            &enc.model.plan,
-            &tvec![input.into_tvalue()],
-        );
-    }
+    bench_batches(&mut g, &enc.model.plan, block, &[1, 8], |b| {
+        vec![b, p.block_frames, p.n_mels]
+    });
     g.finish();
 
     let mut g = slow_group(c, "audio/embed");

@@ -16,7 +16,6 @@ import io
 import os
 import pickle
 import re
-import shutil
 import sys
 import tempfile
 import tomllib
@@ -297,6 +296,19 @@ _DTYPES = {
 }
 
 
+def _torch_class(module: str, name: str, rebuild):
+    """What a torch checkpoint may name when unpickled: the tensor rebuild, OrderedDict and the
+    storage dtypes (returned by name); None for anything else."""
+    if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+        return rebuild
+    if (module, name) == ("collections", "OrderedDict"):
+        import collections
+        return collections.OrderedDict
+    if module == "torch" and name in _DTYPES:
+        return name
+    return None
+
+
 def _np_scalar(dtype, data):
     return np.frombuffer(data, dtype=dtype)[0]
 
@@ -316,13 +328,9 @@ def load_torch_zip(blob: bytes):
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module, name):
-            if module == "torch._utils" and name == "_rebuild_tensor_v2":
-                return rebuild
-            if module == "collections" and name == "OrderedDict":
-                import collections
-                return collections.OrderedDict
-            if module == "torch" and name in _DTYPES:
-                return name
+            allowed = _torch_class(module, name, rebuild)
+            if allowed is not None:
+                return allowed
             # The checkpoint's dataset dict holds numpy scalars.
             if (module, name) == ("numpy.core.multiarray", "scalar"):
                 return _np_scalar
@@ -407,14 +415,10 @@ def load_torch_legacy(blob: bytes) -> dict:
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module, name):
-            if module == "torch._utils" and name == "_rebuild_tensor_v2":
-                return rebuild
-            if module == "collections" and name == "OrderedDict":
-                import collections
-                return collections.OrderedDict
-            if module == "torch" and name in _DTYPES:
-                return name
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+            allowed = _torch_class(module, name, rebuild)
+            if allowed is None:
+                raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+            return allowed
 
         def persistent_load(self, pid):
             kind, storage_type, key, _location, numel, _view = pid

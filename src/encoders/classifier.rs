@@ -10,12 +10,13 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::registry::{Encoder, Role, Schedule};
+use super::vision::ImageBatches;
 use super::ModelCache;
 use super::{ms, LoadedModel, Timings};
 use crate::config::{ClassifierConfig, EncodersConfig};
 use crate::error::{InputError, ModelError};
 use crate::manifest::{read_verified, Manifest};
-use crate::preprocess::image::{preprocess, ImagePreprocess};
+use crate::preprocess::image::ImagePreprocess;
 
 /// The class-name files of `[models.<classifier>.preprocess]` (beside the image constants).
 #[derive(Debug, Clone, Deserialize)]
@@ -176,49 +177,20 @@ impl ClassifierEncoder {
 
     /// Classify encoded images (JPEG, PNG, WebP); a bad image fails only itself.
     pub fn classify(&self, images: &[&[u8]]) -> Vec<Result<Classification, InputError>> {
-        let crop = self.params.crop as usize;
-        let per_image = 3 * crop * crop;
-        let mut results: Vec<Option<Result<Classification, InputError>>> =
-            (0..images.len()).map(|_| None).collect();
-        let mut pending: Vec<(usize, Vec<f32>, f64)> = Vec::new();
-        for (i, bytes) in images.iter().enumerate() {
-            let t0 = Instant::now();
-            let mut buf = Vec::with_capacity(per_image);
-            match preprocess(bytes, &self.params, self.max_pixels, &mut buf) {
-                Ok(()) => pending.push((i, buf, ms(t0))),
-                Err(e) => results[i] = Some(Err(e)),
-            }
-        }
-        for chunk in pending.chunks(self.max_batch) {
-            let n = chunk.len();
-            let mut data = Vec::with_capacity(n * per_image);
-            chunk
-                .iter()
-                .for_each(|(_, buf, _)| data.extend_from_slice(buf));
-            match self.run(&data, n, crop) {
-                Ok((rows, infer_ms, post_ms)) => {
-                    for ((i, _, pre_ms), probabilities) in chunk.iter().zip(rows) {
-                        let top = self.top_classes(&probabilities, self.top_k);
-                        results[*i] = Some(Ok(Classification {
-                            probabilities,
-                            top,
-                            timings: Timings {
-                                preprocess_ms: *pre_ms,
-                                inference_ms: infer_ms / n as f64,
-                                postprocess_ms: post_ms / n as f64,
-                            },
-                        }));
-                    }
-                }
-                Err(e) => chunk.iter().for_each(|(i, _, _)| {
-                    results[*i] = Some(Err(InputError::Inference(e.to_string())))
-                }),
-            }
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or(Err(InputError::Empty)))
-            .collect()
+        let batches = ImageBatches {
+            params: &self.params,
+            max_pixels: self.max_pixels,
+            max_batch: self.max_batch,
+        };
+        batches.run(
+            images,
+            |data, n, crop| self.run(data, n, crop),
+            |probabilities, timings| Classification {
+                top: self.top_classes(&probabilities, self.top_k),
+                probabilities,
+                timings,
+            },
+        )
     }
 
     /// The `k` most probable classes, best first (ties by class index).

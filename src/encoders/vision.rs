@@ -67,47 +67,20 @@ impl VisionEncoder {
 
     /// Embed encoded images (JPEG, PNG, WebP, …); a bad image fails only itself.
     pub fn embed(&self, images: &[&[u8]]) -> Vec<ItemResult> {
-        let crop = self.params.crop as usize;
-        let per_image = 3 * crop * crop;
-        let mut results: Vec<Option<ItemResult>> = (0..images.len()).map(|_| None).collect();
-        let mut pending: Vec<(usize, Vec<f32>, f64)> = Vec::new();
-        for (i, bytes) in images.iter().enumerate() {
-            let t0 = Instant::now();
-            let mut buf = Vec::with_capacity(per_image);
-            match preprocess(bytes, &self.params, self.max_pixels, &mut buf) {
-                Ok(()) => pending.push((i, buf, ms(t0))),
-                Err(e) => results[i] = Some(Err(e)),
-            }
-        }
-        for chunk in pending.chunks(self.max_batch) {
-            let n = chunk.len();
-            let mut data = Vec::with_capacity(n * per_image);
-            chunk
-                .iter()
-                .for_each(|(_, buf, _)| data.extend_from_slice(buf));
-            match self.run(&data, n, crop) {
-                Ok((vectors, infer_ms, post_ms)) => {
-                    for ((i, _, pre_ms), vector) in chunk.iter().zip(vectors) {
-                        results[*i] = Some(Ok(Embedding {
-                            vector,
-                            blocks: None,
-                            timings: Timings {
-                                preprocess_ms: *pre_ms,
-                                inference_ms: infer_ms / n as f64,
-                                postprocess_ms: post_ms / n as f64,
-                            },
-                        }));
-                    }
-                }
-                Err(e) => chunk.iter().for_each(|(i, _, _)| {
-                    results[*i] = Some(Err(InputError::Inference(e.to_string())))
-                }),
-            }
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or(Err(InputError::Empty)))
-            .collect()
+        let batches = ImageBatches {
+            params: &self.params,
+            max_pixels: self.max_pixels,
+            max_batch: self.max_batch,
+        };
+        batches.run(
+            images,
+            |data, n, crop| self.run(data, n, crop),
+            |vector, timings| Embedding {
+                vector,
+                blocks: None,
+                timings,
+            },
+        )
     }
 
     /// The model inputs of one encoded image, exactly as `embed` builds them (for profiling
@@ -140,5 +113,67 @@ impl VisionEncoder {
             })
             .collect();
         Ok((vectors, infer_ms, ms(t2)))
+    }
+}
+
+/// How a batch of encoded images becomes model runs: each image is preprocessed alone (a bad one
+/// fails only itself), the good ones run `max_batch` at a time. Shared by the vision encoder and
+/// the image classifier, which differ only in what a row of output means.
+pub(super) struct ImageBatches<'a> {
+    pub params: &'a ImagePreprocess,
+    pub max_pixels: u64,
+    pub max_batch: usize,
+}
+
+/// One batch's output rows, its inference and postprocess time in ms.
+type BatchOutput = Result<(Vec<Vec<f32>>, f64, f64), InputError>;
+
+impl ImageBatches<'_> {
+    /// `run(data, n, crop)` runs `n` preprocessed images; `item(row, timings)` makes one result.
+    pub fn run<T>(
+        &self,
+        images: &[&[u8]],
+        run: impl Fn(&[f32], usize, usize) -> BatchOutput,
+        mut item: impl FnMut(Vec<f32>, Timings) -> T,
+    ) -> Vec<Result<T, InputError>> {
+        let crop = self.params.crop as usize;
+        let per_image = 3 * crop * crop;
+        let mut results: Vec<Option<Result<T, InputError>>> =
+            (0..images.len()).map(|_| None).collect();
+        let mut pending: Vec<(usize, Vec<f32>, f64)> = Vec::new();
+        for (i, bytes) in images.iter().enumerate() {
+            let t0 = Instant::now();
+            let mut buf = Vec::with_capacity(per_image);
+            match preprocess(bytes, self.params, self.max_pixels, &mut buf) {
+                Ok(()) => pending.push((i, buf, ms(t0))),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        for chunk in pending.chunks(self.max_batch.max(1)) {
+            let n = chunk.len();
+            let mut data = Vec::with_capacity(n * per_image);
+            chunk
+                .iter()
+                .for_each(|(_, buf, _)| data.extend_from_slice(buf));
+            match run(&data, n, crop) {
+                Ok((rows, infer_ms, post_ms)) => {
+                    for ((i, _, pre_ms), row) in chunk.iter().zip(rows) {
+                        let timings = Timings {
+                            preprocess_ms: *pre_ms,
+                            inference_ms: infer_ms / n as f64,
+                            postprocess_ms: post_ms / n as f64,
+                        };
+                        results[*i] = Some(Ok(item(row, timings)));
+                    }
+                }
+                Err(e) => chunk.iter().for_each(|(i, _, _)| {
+                    results[*i] = Some(Err(InputError::Inference(e.to_string())))
+                }),
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(InputError::Empty)))
+            .collect()
     }
 }

@@ -508,6 +508,15 @@ fn read_optional(p: &Path) -> Result<Option<Vec<u8>>, LabelStoreError> {
 mod tests {
     use super::*;
 
+    /// An empty store in a temporary directory: (dir guard, snapshot path, log path, store).
+    fn fresh_store() -> (tempfile::TempDir, PathBuf, PathBuf, LabelStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.json");
+        let log = dir.path().join("labels.json.log");
+        let store = LabelStore::open(Some(&path)).unwrap();
+        (dir, path, log, store)
+    }
+
     fn unit(v: &[f32]) -> Vec<f32> {
         let mut v = v.to_vec();
         l2_normalize(&mut v);
@@ -567,10 +576,7 @@ mod tests {
 
     #[test]
     fn an_enroll_appends_one_line_and_compaction_keeps_the_log_small() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("labels.json");
-        let log = dir.path().join("labels.json.log");
-        let mut s = LabelStore::open(Some(&path)).unwrap();
+        let (_dir, path, log, mut s) = fresh_store();
         s.enroll("a", Modality::Text, "a1", unit(&[1.0, 0.0]))
             .unwrap();
         // No snapshot rewrite per enroll: only the log exists after the first.
@@ -604,10 +610,7 @@ mod tests {
 
     #[test]
     fn a_crash_between_snapshot_and_log_truncation_replays_nothing_twice() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("labels.json");
-        let log = dir.path().join("labels.json.log");
-        let mut s = LabelStore::open(Some(&path)).unwrap();
+        let (_dir, path, log, mut s) = fresh_store();
         for i in 0..5 {
             s.enroll("a", Modality::Text, &format!("a{i}"), unit(&[1.0, 0.0]))
                 .unwrap();
@@ -622,10 +625,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_log_line_is_ignored_and_cleaned_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("labels.json");
-        let log = dir.path().join("labels.json.log");
-        let mut s = LabelStore::open(Some(&path)).unwrap();
+        let (_dir, path, log, mut s) = fresh_store();
         s.enroll("a", Modality::Text, "a1", unit(&[1.0, 0.0]))
             .unwrap();
         s.enroll("b", Modality::Text, "b1", unit(&[0.0, 1.0]))

@@ -58,6 +58,23 @@ pub fn start(listen: SocketAddr, max_payload_bytes: usize) -> Result<EmbeddedBro
             source,
         })?
     };
+    // One public MQTT 3.1.1 listener for clients, one loopback MQTT 5 listener for the daemon.
+    let listener = |section: &str, listen: &SocketAddr| {
+        format!(
+            r#"
+[{section}]
+name = "{name}"
+listen = "{listen}"
+next_connection_delay_ms = 1
+  [{section}.connections]
+  connection_timeout_ms = 60000
+  max_payload_size = {max_payload_bytes}
+  max_inflight_count = 500
+  dynamic_filters = true
+"#,
+            name = section.split('.').next_back().unwrap_or(section),
+        )
+    };
     let config_text = format!(
         r#"
 id = 0
@@ -67,27 +84,9 @@ max_connections = 1000
 max_outgoing_packet_count = 1000
 max_segment_size = 104857600
 max_segment_count = 10
-
-[v4.public]
-name = "public"
-listen = "{listen}"
-next_connection_delay_ms = 1
-  [v4.public.connections]
-  connection_timeout_ms = 60000
-  max_payload_size = {max_payload_bytes}
-  max_inflight_count = 500
-  dynamic_filters = true
-
-[v5.internal]
-name = "internal"
-listen = "{internal}"
-next_connection_delay_ms = 1
-  [v5.internal.connections]
-  connection_timeout_ms = 60000
-  max_payload_size = {max_payload_bytes}
-  max_inflight_count = 500
-  dynamic_filters = true
-"#
+{}{}"#,
+        listener("v4.public", &listen),
+        listener("v5.internal", &internal),
     );
     let config: rumqttd::Config =
         toml::from_str(&config_text).map_err(|e| BrokerError::Config(e.to_string()))?;

@@ -141,6 +141,28 @@ pub struct ConnectSettings {
     pub discovery: Option<Discovery>,
 }
 
+impl ConnectSettings {
+    /// A plain-TCP QoS 1 session to `host:port` with MQTT 5 properties, no credentials, spool or
+    /// discovery; set the rest with struct update syntax.
+    pub fn plain(host: &str, port: u16, client_id: &str) -> ConnectSettings {
+        ConnectSettings {
+            host: host.to_owned(),
+            port,
+            client_id: client_id.to_owned(),
+            keepalive: Duration::from_secs(30),
+            clean_start: true,
+            credentials: None,
+            qos: 1,
+            max_payload_bytes: 1 << 20,
+            incoming_capacity: 16,
+            properties: true,
+            tls: None,
+            spool: None,
+            discovery: None,
+        }
+    }
+}
+
 pub fn qos(level: u8) -> QoS {
     match level {
         0 => QoS::AtMostOnce,

@@ -989,19 +989,9 @@ mod tests {
             let stop = CancellationToken::new();
             let (mqtt, _inputs, task) = connect(
                 ConnectSettings {
-                    host: "127.0.0.1".into(),
-                    port,
-                    client_id: "group-commit-test".into(),
-                    keepalive: Duration::from_secs(30),
-                    clean_start: true,
-                    credentials: None,
-                    qos: 1,
-                    max_payload_bytes: 1 << 20,
                     incoming_capacity: 4,
-                    properties: true,
-                    tls: None,
                     spool: Some(spool),
-                    discovery: None,
+                    ..ConnectSettings::plain("127.0.0.1", port, "group-commit-test")
                 },
                 Topics::new("edgefuse", "t"),
                 stop.clone(),

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ImageDirConfig;
-use crate::pipeline::{Body, Purpose, Request};
-use crate::sources::new_id;
+use crate::pipeline::{Body, Request};
+use crate::sources::live_request;
 use crate::types::Modality;
 
 /// The formats the vision encoder decodes (see `preprocess::image`); other files are ignored.
@@ -57,19 +57,13 @@ pub async fn run(cfg: ImageDirConfig, out: mpsc::Sender<Request>, cancel: Cancel
                     continue;
                 }
             };
-            let request = Request {
-                id: new_id("image_dir"),
-                modality: Modality::Vision,
-                purpose: Purpose::Embed,
-                body: Body::Encoded(Bytes::from(bytes)),
-                source: format!("image_dir:{}", path.display()),
-                group: cfg.group.clone(),
-                topic: String::new(),
-                response_topic: None,
-                correlation: None,
-                received: tokio::time::Instant::now(),
-                ticket: crate::types::Ticket::none(),
-            };
+            let request = live_request(
+                "image_dir",
+                Modality::Vision,
+                Body::Encoded(Bytes::from(bytes)),
+                format!("image_dir:{}", path.display()),
+                &cfg.group,
+            );
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 sent = out.send(request) => if sent.is_err() { return },

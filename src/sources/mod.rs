@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SourcesConfig;
-use crate::pipeline::{Event, Queues};
+use crate::pipeline::{Body, Event, Purpose, Queues, Request};
 use crate::types::Modality;
 
 /// What every source is built from (vector's habit): where its items go and when to stop.
@@ -84,6 +84,30 @@ pub fn spawn_live(
         mic::start(cfg.mic.clone(), vad, ctx)?;
     }
     Ok(tasks)
+}
+
+/// A request from a live source (microphone, image directory, snapshot): an id of its own
+/// (`<id_prefix>-…`), no MQTT topic, reply or ack.
+pub fn live_request(
+    id_prefix: &str,
+    modality: Modality,
+    body: Body,
+    source: String,
+    group: &str,
+) -> Request {
+    Request {
+        id: new_id(id_prefix),
+        modality,
+        purpose: Purpose::Embed,
+        body,
+        source,
+        group: group.to_owned(),
+        topic: String::new(),
+        response_topic: None,
+        correlation: None,
+        received: tokio::time::Instant::now(),
+        ticket: crate::types::Ticket::none(),
+    }
 }
 
 /// Request ids for items that do not bring one: `<source>-<unix ms>-<sequence>`.

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SnapshotConfig;
 use crate::pipeline::queue::DropOldest;
-use crate::pipeline::{Body, Purpose, Request};
-use crate::sources::new_id;
+use crate::pipeline::{Body, Request};
+use crate::sources::live_request;
 use crate::types::Modality;
 
 pub async fn run(
@@ -37,19 +37,13 @@ pub async fn run(
         let fetched = tokio::task::spawn_blocking(move || fetch(&agent, &url, max_bytes)).await;
         match fetched {
             Ok(Ok(bytes)) => {
-                queue.push(Request {
-                    id: new_id("snapshot"),
-                    modality: Modality::Vision,
-                    purpose: Purpose::Embed,
-                    body: Body::Encoded(Bytes::from(bytes)),
-                    source: "snapshot".into(),
-                    group: cfg.group.clone(),
-                    topic: String::new(),
-                    response_topic: None,
-                    correlation: None,
-                    received: tokio::time::Instant::now(),
-                    ticket: crate::types::Ticket::none(),
-                });
+                queue.push(live_request(
+                    "snapshot",
+                    Modality::Vision,
+                    Body::Encoded(Bytes::from(bytes)),
+                    "snapshot".into(),
+                    &cfg.group,
+                ));
             }
             Ok(Err(e)) => tracing::warn!(url = %cfg.url, "snapshot failed: {e}"),
             Err(e) => tracing::warn!("snapshot task failed: {e}"),

@@ -61,19 +61,10 @@ async fn while_the_broker_is_down_the_client_backs_off_then_replays_the_spool_in
     let stop = CancellationToken::new();
     let (mqtt, _incoming, task) = connect(
         ConnectSettings {
-            host: "127.0.0.1".into(),
-            port,
-            client_id: "backoff-test".into(),
             keepalive: Duration::from_secs(5),
-            clean_start: true,
-            credentials: None,
-            qos: 1,
-            max_payload_bytes: 1 << 20,
             incoming_capacity: 4,
-            properties: true,
             spool: Some(spool),
-            discovery: None,
-            tls: None,
+            ..ConnectSettings::plain("127.0.0.1", port, "backoff-test")
         },
         Topics::new("edgefuse", "bo"),
         stop.clone(),

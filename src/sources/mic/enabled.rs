@@ -9,8 +9,8 @@ use cpal::SampleFormat;
 
 use super::Mic;
 use super::{mix_to_mono, passes_energy_gate, ToF32, Windower};
-use crate::pipeline::{Body, Purpose, Request};
-use crate::sources::new_id;
+use crate::pipeline::Body;
+use crate::sources::live_request;
 use crate::types::Modality;
 
 /// Open the configured input device and start capturing; returns once the stream runs.
@@ -116,22 +116,16 @@ fn capture(ctx: Mic, ready: &std_mpsc::Sender<anyhow::Result<()>>) -> anyhow::Re
                     Err(e) => tracing::warn!("VAD failed, passing the window through: {e}"),
                 }
             }
-            ctx.queue.push(Request {
-                id: new_id("mic"),
-                modality: Modality::Audio,
-                purpose: Purpose::Embed,
-                body: Body::Samples {
+            ctx.queue.push(live_request(
+                "mic",
+                Modality::Audio,
+                Body::Samples {
                     samples: Arc::new(window),
                     rate,
                 },
-                source: "mic".into(),
-                group: c.group.clone(),
-                topic: String::new(),
-                response_topic: None,
-                correlation: None,
-                received: tokio::time::Instant::now(),
-                ticket: crate::types::Ticket::none(),
-            });
+                "mic".into(),
+                &c.group,
+            ));
         }
     }
     drop(stream);
