@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub mod components;
+mod parse;
 pub use components::{BrokerAddr, HomeAssistantConfig, SpoolConfig, WatchdogConfig};
 
 use crate::types::Modality;
@@ -806,7 +807,7 @@ impl Config {
     pub fn from_toml(text: &str, source_name: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError {
             source_name: source_name.to_owned(),
-            problems: vec![toml_problem(&e, text)],
+            problems: parse::problems(text, &e),
         })?;
         let problems = config.problems();
         if problems.is_empty() {
