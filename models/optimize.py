@@ -16,6 +16,12 @@ produced here from the model KEY (itself possibly a variant). Methods:
                   ridge least squares against the unpruned teacher (layer-wise distillation)
   prune-cnn       aiSFX: drop the inner channels of each conv block (conv1 outputs) ranked by
                   importance on calibration sounds, refit conv2 by least squares
+  vit-resize      DINOv2 at a lower input `size` (fewer patch tokens): the position table
+                  resampled bicubic to the new grid once (as the graph does at run time),
+                  baked as a constant, input shape fixed; preprocess crop set to match
+  vit-token-prune DINOv2: after an early block keep the class token and the `keep` patch tokens
+                  it attends to most (TopK + GatherElements in the graph); optionally the last
+                  block for the class token only (`cls_last`, exact). No weight changes
 
 Only standard ONNX ops are written (tract 0.23 does not run Microsoft contrib ops). The output
 must hash to the manifest's sha256 (deterministic: fixed seeds, float64 fits, weights rounded to
@@ -618,6 +624,231 @@ def prune_cnn(src: bytes, opts: dict, cfg: dict) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------
+# ViT at a lower input size: the position table resampled once, the input shape fixed
+# ---------------------------------------------------------------------------------------------
+def _cubic_taps(n_in: int, n_out: int, a: float = -0.75):
+    """Bicubic taps of a 1-D resize n_in -> n_out, as ONNX Resize (cubic, half_pixel,
+    cubic_coeff_a -0.75, exclude_outside 0) and torch's bicubic (align_corners=False) compute
+    them: source x = (i + 0.5) * n_in / n_out - 0.5, 4 taps around floor(x), indices clamped
+    to the edge. Returns (indices [n_out, 4], weights [n_out, 4]) in float64."""
+    x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    x0 = np.floor(x)
+    t = x - x0
+
+    def near(d):  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d):  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    w = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+    idx = np.clip(x0[:, None].astype(np.int64) + np.arange(-1, 3)[None, :], 0, n_in - 1)
+    return idx, w
+
+
+def bicubic_grid(table, n_out: int):
+    """Resize a [G, G, D] grid to [n_out, n_out, D] (separable: columns, then rows). Each output
+    is a fixed-order sum of 4 elementwise float64 products per axis, no BLAS: the same bytes on
+    every machine."""
+    g = table.shape[0]
+    idx, w = _cubic_taps(g, n_out)
+    src = np.asarray(table, np.float64)
+    cols = sum(src[:, idx[:, k], :] * w[None, :, k, None] for k in range(4))  # [G, n, D]
+    return sum(cols[idx[:, k], :, :] * w[:, k, None, None] for k in range(4))  # [n, n, D]
+
+
+def _producers(m) -> dict:
+    return {o: n for n in m.graph.node for o in n.output}
+
+
+def _prune_dead(m) -> None:
+    """Drop nodes and initializers that no graph output depends on."""
+    prod = _producers(m)
+    need, stack = set(), [o.name for o in m.graph.output]
+    while stack:
+        name = stack.pop()
+        if name in need:
+            continue
+        need.add(name)
+        n = prod.get(name)
+        if n is not None:
+            stack.extend(i for i in n.input if i)
+    live = [n for n in m.graph.node if any(o in need for o in n.output)]
+    del m.graph.node[:]
+    m.graph.node.extend(live)
+    _drop_replaced(m, {t.name for t in m.graph.initializer if t.name not in need})
+
+
+def vit_resize(src: bytes, opts: dict, cfg: dict) -> bytes:
+    """DINOv2 at `size`×`size` input: the graph's run-time position interpolation (the HF
+    export's Resize of the 37×37 table to H/14×W/14, bicubic) is replaced by its result at this
+    size, baked as a constant, and the input shape is fixed. Fewer patch tokens, same weights."""
+    size = int(opts["size"])
+    m = onnx.load_from_string(src)
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    W = inits(m)
+    patch = int(numpy_helper.to_array(W[conv.input[1]]).shape[-1])
+    if size % patch:
+        raise ConvertError(f"vit-resize: size {size} is not a multiple of the patch ({patch})")
+    grid = size // patch
+    resizes = [n for n in m.graph.node if n.op_type == "Resize"]
+    if len(resizes) != 1:
+        raise ConvertError(f"vit-resize: expected one Resize (the position table), "
+                           f"found {len(resizes)}")
+    resize = resizes[0]
+    mode = {a.name: helper.get_attribute_value(a) for a in resize.attribute}
+    if (mode.get("mode"), mode.get("coordinate_transformation_mode")) != (b"cubic", b"half_pixel") \
+            or abs(mode.get("cubic_coeff_a", -0.75) + 0.75) > 1e-6:
+        raise ConvertError(f"vit-resize: the position Resize is not bicubic half_pixel "
+                           f"a=-0.75: {mode}")
+    # Walk back from the Resize to the table initializer, forward to the Concat that puts the
+    # class position in front and the Add that adds positions to the tokens.
+    prod = _producers(m)
+    name = resize.input[0]
+    while name not in W:
+        name = prod[name].input[0]
+    table = numpy_helper.to_array(W[name])  # [1, G*G, D]
+    g0 = int(round(np.sqrt(table.shape[1])))
+    if g0 * g0 != table.shape[1]:
+        raise ConvertError(f"vit-resize: position table {name} {table.shape} is not a square grid")
+    users = _weight_consumers(m)
+    name = resize.output[0]
+    while True:
+        (node, _), *_ = users[name]
+        if node.op_type == "Concat":
+            break
+        name = node.output[0]
+    concat = node
+    cls_pos = numpy_helper.to_array(W[concat.input[0]])  # [1, 1, D]
+    ((add, add_ix),) = users[concat.output[0]]
+    if add.op_type != "Add":
+        raise ConvertError(f"vit-resize: position Concat feeds {add.op_type}, expected Add")
+    dim = table.shape[-1]
+    grid_pos = bicubic_grid(table.reshape(g0, g0, dim), grid).reshape(1, grid * grid, dim)
+    pos = np.concatenate([cls_pos.astype(np.float64), grid_pos], axis=1).astype(np.float32)
+    _check_positions(src, concat.output[0], size, pos)
+    pos_name = f"backbone.embeddings.position_embeddings.{size}"
+    set_init(m, pos_name, pos)
+    add.input[add_ix] = pos_name
+    _prune_dead(m)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value = size
+    dims[3].dim_value = size
+    log(f"  position table {g0}x{g0} -> {grid}x{grid} (bicubic), {grid * grid} patch tokens, "
+        f"input {size}x{size}")
+    m.graph.name += f"-{size}"
+    return finish(m)
+
+
+def _check_positions(src: bytes, out: str, size: int, pos) -> None:
+    """The baked table must be what the original graph computes at this size (onnxruntime)."""
+    import onnxruntime as ort
+
+    m = onnx.load_from_string(src)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value = size
+    dims[3].dim_value = size
+    m.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = np.zeros((1, 3, size, size), np.float32)
+    (got,) = sess.run([out], {m.graph.input[0].name: x})
+    err = float(np.max(np.abs(got - pos)))
+    if got.shape != pos.shape or err > 1e-4:
+        raise ConvertError(f"vit-resize: baked positions differ from the graph's own "
+                           f"interpolation at {size} (shape {got.shape}, max |diff| {err:.2e})")
+    log(f"  baked positions match onnxruntime's Resize at {size}: max |diff| {err:.1e}")
+
+
+def _insert_after(m, producer_of: str, nodes: list) -> None:
+    """Insert `nodes` right after the node that produces `producer_of` (topological order)."""
+    allnodes = list(m.graph.node)
+    at = next(i for i, n in enumerate(allnodes) if producer_of in n.output)
+    del m.graph.node[:]
+    m.graph.node.extend(allnodes[:at + 1] + nodes + allnodes[at + 1:])
+
+
+def vit_token_prune(src: bytes, opts: dict, cfg: dict) -> bytes:
+    """DINOv2 with fewer tokens after an early block: after block `after_block` only the class
+    token and the `keep` patch tokens the class token attends to most in that block (mean over
+    heads) go on; the others are dropped (attention and MLP are per token, so later blocks just
+    see a shorter sequence; positions were added at the input). With `cls_last`, the last block
+    computes its query, attention output and MLP for the class token only (exact: the output is
+    the class token). Graph surgery only: no weight changes."""
+    after, keep = int(opts["after_block"]), int(opts["keep"])
+    m = onnx.load_from_string(src)
+    names = {o for n in m.graph.node for o in n.output}
+    layers = 0
+    while f"/backbone/encoder/layer.{layers}/Add_1_output_0" in names:
+        layers += 1
+    if not 0 <= after < layers - 1:
+        raise ConvertError(f"vit-token-prune: after_block {after} outside 0..{layers - 2}")
+    W = inits(m)
+    dim = int(numpy_helper.to_array(W[f"backbone.encoder.layer.{after}.norm1.weight"]).shape[0])
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    patch = int(numpy_helper.to_array(W[conv.input[1]]).shape[-1])
+    hw = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim[2:]]
+    tokens = (hw[0] // patch) * (hw[1] // patch)
+    if not 0 < keep < tokens:
+        raise ConvertError(f"vit-token-prune: keep {keep} of {tokens} patch tokens")
+    x = f"/backbone/encoder/layer.{after}/Add_1_output_0"
+    probs = f"/backbone/encoder/layer.{after}/attention/attention/Softmax_output_0"
+    if probs not in names:
+        raise ConvertError(f"vit-token-prune: no attention probabilities {probs}")
+    users = [n for n in m.graph.node if x in n.input]
+    p = "token_prune/"
+    for name, value in (("0", [0]), ("1", [1]), ("end", [np.iinfo(np.int64).max]), ("ax1", [1]),
+                        ("ax2", [2]), ("ax3", [3]), ("keep", [keep]), ("dim", [1, 1, dim])):
+        set_init(m, p + name, np.array(value, np.int64))
+    mk = helper.make_node
+    nodes = [
+        # Class-token row of the attention, patch columns, mean over heads: [B, 1, tokens].
+        mk("Slice", [probs, p + "0", p + "1", p + "ax2"], [p + "cls_row"], name=p + "cls_row"),
+        mk("Slice", [p + "cls_row", p + "1", p + "end", p + "ax3"], [p + "cls_att"],
+           name=p + "cls_att"),
+        mk("ReduceMean", [p + "cls_att"], [p + "score"], name=p + "score", axes=[1], keepdims=0),
+        mk("TopK", [p + "score", p + "keep"], [p + "top", p + "index"], name=p + "topk", axis=-1,
+           largest=1, sorted=1),
+        mk("Transpose", [p + "index"], [p + "index_t"], name=p + "index_t", perm=[0, 2, 1]),
+        mk("Expand", [p + "index_t", p + "dim"], [p + "index_e"], name=p + "index_e"),
+        mk("Slice", [x, p + "0", p + "1", p + "ax1"], [p + "cls"], name=p + "cls"),
+        mk("Slice", [x, p + "1", p + "end", p + "ax1"], [p + "patches"], name=p + "patches"),
+        mk("GatherElements", [p + "patches", p + "index_e"], [p + "kept"], name=p + "kept",
+           axis=1),
+        mk("Concat", [p + "cls", p + "kept"], [p + "x"], name=p + "x", axis=1),
+    ]
+    for u in users:
+        for i, name in enumerate(u.input):
+            if name == x:
+                u.input[i] = p + "x"
+    _insert_after(m, x, nodes)
+    if opts.get("cls_last", False):
+        last = layers - 1
+        q = next(n for n in m.graph.node
+                 if n.name == f"/backbone/encoder/layer.{last}/attention/attention/query/MatMul")
+        res = next(n for n in m.graph.node if n.name == f"/backbone/encoder/layer.{last}/Add")
+        c = "cls_last/"
+        set_init(m, c + "0", np.array([0], np.int64))
+        set_init(m, c + "1", np.array([1], np.int64))
+        q_in, res_in = q.input[0], res.input[1]
+        q.input[0], res.input[1] = c + "query_in", c + "residual_in"
+        allnodes = list(m.graph.node)
+        at = allnodes.index(q)
+        del m.graph.node[:]
+        m.graph.node.extend(allnodes[:at] + [
+            mk("Slice", [q_in, c + "0", c + "1", c + "1"], [c + "query_in"], name=c + "query_in"),
+            mk("Slice", [res_in, c + "0", c + "1", c + "1"], [c + "residual_in"],
+               name=c + "residual_in"),
+        ] + allnodes[at:])
+    log(f"  after block {after}: {keep} of {tokens} patch tokens go on (class-token attention)"
+        + (f"; block {layers - 1} for the class token only" if opts.get("cls_last") else ""))
+    m.graph.name += f"-tokens{keep}"
+    return finish(m)
+
+
+# ---------------------------------------------------------------------------------------------
 # Static QDQ for convolutions
 # ---------------------------------------------------------------------------------------------
 def _grid_up(v: float) -> float:
@@ -683,6 +914,8 @@ METHODS = {
     "int8-static": to_int8_static,
     "prune-bert": prune_bert,
     "prune-cnn": prune_cnn,
+    "vit-resize": vit_resize,
+    "vit-token-prune": vit_token_prune,
 }
 
 

@@ -626,7 +626,7 @@ fn text_model() -> String {
     "text-w8".into()
 }
 fn vision_model() -> String {
-    "vision-w8".into()
+    "vision-tokens200-w8".into()
 }
 fn audio_model() -> String {
     "audio-pruned75".into()

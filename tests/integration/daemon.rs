@@ -424,7 +424,7 @@ fn a_fresh_start_says_what_it_runs_and_shows_online_only() {
         ),
         format!("MQTT broker: embedded, for clients on 127.0.0.1:{port}"),
         "text model: text-w8 (all-MiniLM-L6-v2".to_owned(),
-        "vision model: vision-w8 (".to_owned(),
+        "vision model: vision-tokens200-w8 (".to_owned(),
         "audio model: audio-pruned75 (".to_owned(),
         "ready: publish to edgefuse/test/in/text, edgefuse/test/in/image, edgefuse/test/in/audio"
             .to_owned(),
