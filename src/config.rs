@@ -49,10 +49,10 @@ pub struct Config {
     #[serde(default)]
     pub homeassistant: HomeAssistantConfig,
     #[serde(default)]
-    pub shared_space: crate::shared_space::SpaceConfig,
+    pub shared_space: components::SpaceConfig,
     /// The shared text space (ConSE): how images get a vector in the text encoder's space.
     #[serde(default)]
-    pub semantic: crate::semantic::SemanticConfig,
+    pub semantic: components::SemanticConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -1108,7 +1108,7 @@ impl Config {
                 );
             }
         }
-        for (i, m) in crate::shared_space::words::check(&f.zero_shot.words) {
+        for (i, m) in components::check_words(&f.zero_shot.words) {
             let path = i.map_or("fusion.zero_shot.words".into(), |i| {
                 format!("fusion.zero_shot.words[{i}]")
             });
