@@ -49,15 +49,9 @@ pub struct IndexEntry {
     pub vector: Vec<f32>,
 }
 
-/// What a search keeps.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// Empty: every modality.
-    pub modalities: Vec<Modality>,
-    pub source: Option<String>,
-    pub since_ms: Option<u64>,
-    pub until_ms: Option<u64>,
-}
+/// What a search keeps: part of a [`Query`](super::query::Query), defined with it in
+/// [`crate::pipeline::semantic`].
+pub use crate::pipeline::semantic::Filter;
 
 impl Filter {
     fn keeps(&self, e: &IndexEntry) -> bool {

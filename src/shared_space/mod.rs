@@ -82,45 +82,9 @@ impl TextSpace for RawTextSpace {
     }
 }
 
-/// What an item's semantic vector is made of: for ConSE, one component per class, with its
-/// probability as `weight` and the text embedding of its name as `vector`. Used to explain
-/// zero-shot scores ("which classes carried the score"). Empty for text.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Component {
-    pub name: String,
-    pub weight: f32,
-    pub vector: Vec<f32>,
-}
-
-/// An item's vector in the shared space (unit length) and its components.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SemanticItem {
-    pub vector: Vec<f32>,
-    pub parts: Vec<Component>,
-}
-
-/// The pipeline hook that places one modality's items in the shared space. Workers call it
-/// on the blocking pool right after the encoder ran, with the batch and its results; it
-/// returns one entry per request (`None`: no semantic vector for that item).
-///
-/// Text uses [`TextIsSemantic`]. An image hook (ConSE over the ImageNet classifier) implements
-/// the same trait and is handed to the vision worker.
-pub trait SemanticHook: Send + Sync {
-    fn semantic(&self, batch: &[Request], results: &[ItemResult]) -> Vec<Option<SemanticItem>>;
-
-    /// [`SemanticHook::semantic`] with what was heard in each item (the speech hook's
-    /// transcripts, published on `transcript`); no transcripts by default.
-    fn semantic_heard(
-        &self,
-        batch: &[Request],
-        results: &[ItemResult],
-    ) -> Vec<(Option<SemanticItem>, Option<speech::Heard>)> {
-        self.semantic(batch, results)
-            .into_iter()
-            .map(|s| (s, None))
-            .collect()
-    }
-}
+/// The value types the pipeline carries and the hook trait its workers call are defined in
+/// [`crate::pipeline::semantic`], below this module; the hooks here implement it from above.
+pub use crate::pipeline::semantic::{Component, SemanticHook, SemanticItem};
 
 /// Text already lives in the text space: an embedded text's semantic vector is its embedding,
 /// mapped by the space ([`TextSpace::text_vector`]).
