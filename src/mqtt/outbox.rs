@@ -40,7 +40,7 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
 
 use super::discovery::Discovery;
-use crate::sinks::spool::{self, Record, Spool, SpoolError};
+use super::spool::{self, Record, Spool, SpoolError};
 
 /// At most this many of our QoS ≥ 1 publishes are in flight (handed to rumqttc, not yet
 /// acknowledged); spooled results start only while there is room.
