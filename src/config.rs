@@ -1,3 +1,4 @@
+// Over 600 lines: every section, its defaults and the one all-problems validation (1/5 tests).
 //! Configuration: TOML mirrored by serde structs (`deny_unknown_fields`), then validated as a
 //! whole so that every problem is reported at once, each with its TOML path and bad value.
 

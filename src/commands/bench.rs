@@ -1,3 +1,4 @@
+// Over 600 lines: one subcommand's measurements and its report, one struct per report section.
 //! `edgefuse bench`: per modality, load time, per-stage latency (p50/p95) and throughput at
 //! several batch sizes and tract thread counts, and the process RSS, on real sample inputs.
 //!

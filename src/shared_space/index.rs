@@ -1,3 +1,4 @@
+// Over 600 lines because of its tests (~180 of ~630): the search index and its file format.
 //! The on-device search index: the most recent `max_items` items (id, time, source, group,
 //! modality, semantic vector; the text of text items only when configured), in a ring in
 //! memory and an append-only file in the state directory, searched by cosine similarity.

@@ -1,3 +1,4 @@
+// Over 600 lines: one task orders fusion, labels, shared space and group commit (1/3 tests).
 //! The publisher: turns pipeline events into MQTT messages (embedding/<modality>, fused,
 //! labels, enrolled, forgotten, error) and owns the fusion state, so fusion sees embeddings in
 //! the order they were produced.
