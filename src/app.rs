@@ -103,7 +103,7 @@ pub async fn run(
     let spool = (config.spool.enabled && config.mqtt.qos > 0)
         .then(|| {
             let dir = config.state_dir.join("spool");
-            crate::sinks::spool::Spool::open(&dir, config.spool.clone())
+            crate::mqtt::spool::Spool::open(&dir, config.spool.clone())
         })
         .transpose()?;
     if let Some(s) = &spool {

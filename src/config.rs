@@ -1,3 +1,4 @@
+// Over 600 lines: every section, its defaults and the one all-problems validation (1/5 tests).
 //! Configuration: TOML mirrored by serde structs (`deny_unknown_fields`), then validated as a
 //! whole so that every problem is reported at once, each with its TOML path and bad value.
 
@@ -50,10 +51,10 @@ pub struct Config {
     #[serde(default)]
     pub homeassistant: HomeAssistantConfig,
     #[serde(default)]
-    pub shared_space: crate::shared_space::SpaceConfig,
+    pub shared_space: components::SpaceConfig,
     /// The shared text space (ConSE): how images get a vector in the text encoder's space.
     #[serde(default)]
-    pub semantic: crate::semantic::SemanticConfig,
+    pub semantic: components::SemanticConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -1109,7 +1110,7 @@ impl Config {
                 );
             }
         }
-        for (i, m) in crate::shared_space::words::check(&f.zero_shot.words) {
+        for (i, m) in components::check_words(&f.zero_shot.words) {
             let path = i.map_or("fusion.zero_shot.words".into(), |i| {
                 format!("fusion.zero_shot.words[{i}]")
             });

@@ -196,7 +196,7 @@ impl Pipeline {
             top_k: config.fusion.top_k,
             labels_published: false,
             top_classes: config.encoders.classifier.top_k,
-            commit: crate::sinks::spool::GroupCommit::new(&config.spool),
+            commit: crate::mqtt::spool::GroupCommit::new(&config.spool),
         };
         let publisher = tokio::spawn(publisher.run(events_rx));
 

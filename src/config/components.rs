@@ -1,8 +1,9 @@
 //! The component parts of the config that their components re-export (`systemd`,
-//! `mqtt::discovery`, `mqtt`, `sinks::spool`): defined here, at the bottom of the data flow, so
-//! that `config` imports nothing above it.
+//! `mqtt::discovery`, `mqtt`, `mqtt::spool`, `semantic`, `shared_space`): defined here, at the
+//! bottom of the data flow, so that `config` imports nothing above it. Their checks live here
+//! too (`SemanticConfig::problems`, `SpaceConfig::problems`, [`check_words`]).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[watchdog]` in the config.
 #[derive(Debug, Clone, Deserialize)]
@@ -121,5 +122,274 @@ impl Default for SpoolConfig {
             commit_max_bytes: 1024 * 1024,
             commit_max_delay_ms: 5,
         }
+    }
+}
+
+/// Longest label text accepted for zero-shot scoring (UTF-8 bytes).
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// Which texts stand for a class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelText {
+    /// The clean class name only (plain ConSE).
+    Name,
+    /// The clean name and every synonym, embeddings averaged.
+    Synonyms,
+    /// Name, synonyms, and "name: description", embeddings averaged.
+    Descriptions,
+}
+
+impl LabelText {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LabelText::Name => "name",
+            LabelText::Synonyms => "synonyms",
+            LabelText::Descriptions => "descriptions",
+        }
+    }
+}
+
+/// `[semantic]` in the config.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SemanticConfig {
+    /// Give every image a vector in the text space (needs the classifier and the text encoder).
+    pub enabled: bool,
+    /// Classes (highest probability first) whose name embeddings make up an image's vector.
+    pub top_t: usize,
+    /// Their probabilities are raised to 1/temperature and renormalised (1 = as classified).
+    pub temperature: f32,
+    /// Texts embedded per class: "name", "synonyms" or "descriptions".
+    pub label_text: LabelText,
+    /// Prompt wrapped around every class text and every zero-shot label; `{}` is the text.
+    pub template: String,
+    /// Hubness correction: this multiple of the mean class-name embedding is subtracted from
+    /// every vector (0 = plain ConSE, 1 = full centring).
+    pub centre: f32,
+    /// Classes named as the reason for a zero-shot score.
+    pub reasons: usize,
+}
+
+impl Default for SemanticConfig {
+    fn default() -> Self {
+        SemanticConfig {
+            enabled: true,
+            top_t: 10,
+            temperature: 1.0,
+            label_text: LabelText::Synonyms,
+            template: "{}".into(),
+            centre: 1.0,
+            reasons: 3,
+        }
+    }
+}
+
+impl SemanticConfig {
+    /// Plain ConSE as published: clean names, no prompt, no correction, T = 10.
+    pub fn plain_conse() -> SemanticConfig {
+        SemanticConfig {
+            enabled: true,
+            top_t: 10,
+            temperature: 1.0,
+            label_text: LabelText::Name,
+            template: "{}".into(),
+            centre: 0.0,
+            reasons: 3,
+        }
+    }
+
+    /// Every problem, as `(key under [semantic], message)`.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if !(1..=1000).contains(&self.top_t) {
+            p.push((
+                "top_t",
+                format!("{} is out of range (expected 1 to 1000)", self.top_t),
+            ));
+        }
+        if !(self.temperature >= 0.05 && self.temperature <= 20.0) {
+            p.push((
+                "temperature",
+                format!("{} is out of range (expected 0.05 to 20)", self.temperature),
+            ));
+        }
+        if !(self.centre >= 0.0 && self.centre <= 1.0) {
+            p.push((
+                "centre",
+                format!("{} is out of range (expected 0 to 1)", self.centre),
+            ));
+        }
+        if self.template.matches("{}").count() != 1 || self.template.len() > MAX_LABEL_BYTES {
+            p.push((
+                "template",
+                format!(
+                    "{:?} must contain `{{}}` exactly once (and be at most {MAX_LABEL_BYTES} bytes)",
+                    self.template
+                ),
+            ));
+        }
+        if self.reasons > 20 {
+            p.push((
+                "reasons",
+                format!("{} is out of range (expected 0 to 20)", self.reasons),
+            ));
+        }
+        p
+    }
+
+    /// `text` inside the prompt template.
+    pub fn prompt(&self, text: &str) -> String {
+        self.template.replacen("{}", text, 1)
+    }
+}
+
+/// `[shared_space]` in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpaceConfig {
+    /// Give items a vector in the text encoder's space (needs the text encoder).
+    pub enabled: bool,
+    /// Publish that vector as `semantic` in embedding and fused records.
+    pub publish: bool,
+    /// Novelty of fused records measured in the shared space (when the record has a semantic
+    /// mean) instead of on the concatenated vector.
+    pub novelty: bool,
+    pub index: IndexConfig,
+}
+
+impl Default for SpaceConfig {
+    fn default() -> Self {
+        SpaceConfig {
+            enabled: true,
+            publish: true,
+            novelty: false,
+            index: IndexConfig::default(),
+        }
+    }
+}
+
+/// `[shared_space.index]`: the on-device search index.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    pub enabled: bool,
+    /// Items kept; the oldest is evicted beyond this.
+    pub max_items: usize,
+    /// Keep the text of text items in the index (and return it with query results). Off by
+    /// default: the index then holds ids, times, sources and vectors only.
+    pub store_text: bool,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            enabled: true,
+            max_items: 5000,
+            store_text: false,
+        }
+    }
+}
+
+/// Most items the index may be configured to hold.
+pub const MAX_INDEX_ITEMS: usize = 200_000;
+
+impl SpaceConfig {
+    /// Problems as `(TOML path, message)`, for `Config::problems`.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let n = self.index.max_items;
+        if !(1..=MAX_INDEX_ITEMS).contains(&n) {
+            out.push((
+                "shared_space.index.max_items".into(),
+                format!("{n} is out of range (expected 1 to {MAX_INDEX_ITEMS})"),
+            ));
+        }
+        out
+    }
+}
+
+/// Most zero-shot words in the list (`fusion.zero_shot.words`, `zero_shot/set`).
+pub const MAX_WORDS: usize = 256;
+/// Longest zero-shot word or phrase, in UTF-8 bytes.
+pub const MAX_WORD_BYTES: usize = 128;
+
+/// Problems with a word list, each as `(index, message)`; empty when it is usable.
+pub fn check_words(words: &[String]) -> Vec<(Option<usize>, String)> {
+    let mut out = Vec::new();
+    if words.len() > MAX_WORDS {
+        out.push((
+            None,
+            format!("{} words; at most {MAX_WORDS} are allowed", words.len()),
+        ));
+    }
+    for (i, w) in words.iter().enumerate() {
+        if w.trim().is_empty() {
+            out.push((Some(i), "must not be empty".into()));
+        } else if w.len() > MAX_WORD_BYTES {
+            out.push((
+                Some(i),
+                format!("{} bytes; at most {MAX_WORD_BYTES} are allowed", w.len()),
+            ));
+        } else if w.chars().any(char::is_control) {
+            out.push((Some(i), "must not contain control characters".into()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn space_config_defaults_and_bounds() {
+        let c = SpaceConfig::default();
+        assert!(c.enabled && c.publish && c.index.enabled && !c.index.store_text);
+        assert!(c.problems().is_empty());
+        let mut bad = c.clone();
+        bad.index.max_items = 0;
+        assert_eq!(bad.problems()[0].0, "shared_space.index.max_items");
+        bad.index.max_items = MAX_INDEX_ITEMS + 1;
+        assert_eq!(bad.problems().len(), 1);
+    }
+
+    #[test]
+    fn semantic_config_validation_names_each_bad_key() {
+        let bad = SemanticConfig {
+            top_t: 0,
+            temperature: 0.0,
+            centre: 2.0,
+            template: "no placeholder".into(),
+            reasons: 50,
+            ..SemanticConfig::default()
+        };
+        let keys: Vec<&str> = bad.problems().iter().map(|p| p.0).collect();
+        assert_eq!(
+            keys,
+            ["top_t", "temperature", "centre", "template", "reasons"]
+        );
+        assert!(SemanticConfig::default().problems().is_empty());
+        assert_eq!(
+            SemanticConfig {
+                template: "a photo of a {}".into(),
+                ..SemanticConfig::default()
+            }
+            .prompt("cat"),
+            "a photo of a cat"
+        );
+    }
+
+    #[test]
+    fn check_names_the_bad_word() {
+        let p = check_words(&s(&["ok", " ", &"y".repeat(200)]));
+        assert_eq!(
+            p.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            [Some(1), Some(2)]
+        );
     }
 }

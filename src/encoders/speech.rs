@@ -1,3 +1,4 @@
+// Over 600 lines: one model, one module: Moonshine's segmenter, tokenizer and KV-cache decoder.
 //! Speech to text with Moonshine base (English) in tract: audio → 16 kHz (the shared resampler)
 //! → segments cut at silences (Silero VAD or an energy gate) → per segment the encoder once,
 //! then greedy decoding with the key/value cache, at most `seconds × max_tokens_per_second`

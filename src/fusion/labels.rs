@@ -1,3 +1,4 @@
+// Over 600 lines because of its tests (~210 of ~720): label store, append log, compaction.
 //! Few-shot labels: examples taught over MQTT (`enroll/<label>`), kept per modality, persisted
 //! in the state directory, scored by cosine to each label's prototype (mean of its examples).
 //!

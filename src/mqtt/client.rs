@@ -6,7 +6,7 @@
 //! jitter while the broker is unreachable, and hands incoming publishes to a bounded channel
 //! (when the channel is full the loop waits: back-pressure reaches the broker over TCP).
 //!
-//! Store-and-forward: results are appended to the spool (`sinks::spool`) by the publisher and
+//! Store-and-forward: results are appended to the spool (`mqtt::spool`) by the publisher and
 //! sent from the spool by this loop only, which maps each packet id rumqttc assigns back to its
 //! spool record and removes the record on PubAck (PubComp at QoS 2). rumqttc cannot say which
 //! publish a connection error lost (rumqtt#349), so the spool, not rumqttc, decides what was
@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 use super::ack::{AckTracker, Ticket, RECEIVE_MAXIMUM};
 use super::discovery::Discovery;
 use super::outbox::{Ack, Action, Counts, Inbound, Kind, Outbox, Pending, Settings};
+use super::spool::{self, Record, Spool, SpoolStats};
 use super::Topics;
-use crate::sinks::spool::{self, Record, Spool, SpoolStats};
 
 /// A message that arrived on one of our subscriptions.
 #[derive(Debug)]

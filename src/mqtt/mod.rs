@@ -1,5 +1,6 @@
-//! MQTT: the broker address, the topic layout, payload encodings, the embedded broker and the
-//! client connection shared by MQTT intake and publishing.
+//! MQTT: the broker address, the topic layout, payload encodings, the embedded broker, the
+//! client connection shared by MQTT intake and publishing, and the store-and-forward spool it
+//! drives (`spool`: the publisher appends, the client replays and acks).
 
 pub mod ack;
 pub mod broker;
@@ -8,6 +9,7 @@ pub mod discovery;
 pub mod outbox;
 pub mod payload;
 pub mod security;
+pub mod spool;
 pub mod topics;
 
 pub use crate::config::BrokerAddr;

@@ -2,6 +2,7 @@
 //! run inference off the async runtime, and the events they hand to the publisher.
 
 pub mod queue;
+pub mod semantic;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -23,7 +24,7 @@ pub enum Purpose {
     /// Add the embedding as an example of a label.
     Enroll(String),
     /// Search the semantic index with the embedded query text (`query` topic).
-    Query(Box<crate::shared_space::query::Query>),
+    Query(Box<semantic::Query>),
     /// Replace the zero-shot words (`zero_shot/set`); never reaches an encoder queue: intake
     /// turns it into [`Event::SetWords`].
     SetWords(Vec<String>),
@@ -76,9 +77,9 @@ pub struct Outcome {
     pub queue_ms: f64,
     pub total_ms: f64,
     /// The item's vector in the shared text space, from the worker's semantic hook.
-    pub semantic: Option<crate::shared_space::SemanticItem>,
+    pub semantic: Option<semantic::SemanticItem>,
     /// What was said in an audio item (the speech hook's transcript), for `transcript`.
-    pub heard: Option<crate::shared_space::speech::Heard>,
+    pub heard: Option<semantic::Heard>,
 }
 
 /// What the publisher is told.

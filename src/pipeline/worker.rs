@@ -9,11 +9,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::queue::DropOldest;
+use super::semantic::{Heard, SemanticHook, SemanticItem};
 use super::{Body, Event, Outcome, Request};
 use crate::encoders::{AudioEncoder, ItemResult, Modality, TextEncoder, VisionEncoder};
 use crate::error::InputError;
-use crate::shared_space::speech::Heard;
-use crate::shared_space::{SemanticHook, SemanticItem};
 use crate::stats::Stats;
 
 /// The loaded encoder of one modality (one instance per model, shared by reference).

@@ -20,13 +20,14 @@
 
 pub mod cache;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::encoders::classifier::{top_indices, ClassDescription};
 use crate::encoders::l2_normalize;
 
-/// Longest label text accepted for zero-shot scoring (UTF-8 bytes).
-pub const MAX_LABEL_BYTES: usize = 256;
+/// `[semantic]` and its label texts are config, defined with the other component configs.
+pub use crate::config::components::{LabelText, SemanticConfig, MAX_LABEL_BYTES};
+
 /// Most labels scored at once.
 pub const MAX_LABELS: usize = 1000;
 
@@ -47,122 +48,6 @@ pub enum SemanticError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-}
-
-/// Which texts stand for a class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LabelText {
-    /// The clean class name only (plain ConSE).
-    Name,
-    /// The clean name and every synonym, embeddings averaged.
-    Synonyms,
-    /// Name, synonyms, and "name: description", embeddings averaged.
-    Descriptions,
-}
-
-impl LabelText {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LabelText::Name => "name",
-            LabelText::Synonyms => "synonyms",
-            LabelText::Descriptions => "descriptions",
-        }
-    }
-}
-
-/// `[semantic]` in the config.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SemanticConfig {
-    /// Give every image a vector in the text space (needs the classifier and the text encoder).
-    pub enabled: bool,
-    /// Classes (highest probability first) whose name embeddings make up an image's vector.
-    pub top_t: usize,
-    /// Their probabilities are raised to 1/temperature and renormalised (1 = as classified).
-    pub temperature: f32,
-    /// Texts embedded per class: "name", "synonyms" or "descriptions".
-    pub label_text: LabelText,
-    /// Prompt wrapped around every class text and every zero-shot label; `{}` is the text.
-    pub template: String,
-    /// Hubness correction: this multiple of the mean class-name embedding is subtracted from
-    /// every vector (0 = plain ConSE, 1 = full centring).
-    pub centre: f32,
-    /// Classes named as the reason for a zero-shot score.
-    pub reasons: usize,
-}
-
-impl Default for SemanticConfig {
-    fn default() -> Self {
-        SemanticConfig {
-            enabled: true,
-            top_t: 10,
-            temperature: 1.0,
-            label_text: LabelText::Synonyms,
-            template: "{}".into(),
-            centre: 1.0,
-            reasons: 3,
-        }
-    }
-}
-
-impl SemanticConfig {
-    /// Plain ConSE as published: clean names, no prompt, no correction, T = 10.
-    pub fn plain_conse() -> SemanticConfig {
-        SemanticConfig {
-            enabled: true,
-            top_t: 10,
-            temperature: 1.0,
-            label_text: LabelText::Name,
-            template: "{}".into(),
-            centre: 0.0,
-            reasons: 3,
-        }
-    }
-
-    /// Every problem, as `(key under [semantic], message)`.
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut p = Vec::new();
-        if !(1..=1000).contains(&self.top_t) {
-            p.push((
-                "top_t",
-                format!("{} is out of range (expected 1 to 1000)", self.top_t),
-            ));
-        }
-        if !(self.temperature >= 0.05 && self.temperature <= 20.0) {
-            p.push((
-                "temperature",
-                format!("{} is out of range (expected 0.05 to 20)", self.temperature),
-            ));
-        }
-        if !(self.centre >= 0.0 && self.centre <= 1.0) {
-            p.push((
-                "centre",
-                format!("{} is out of range (expected 0 to 1)", self.centre),
-            ));
-        }
-        if self.template.matches("{}").count() != 1 || self.template.len() > MAX_LABEL_BYTES {
-            p.push((
-                "template",
-                format!(
-                    "{:?} must contain `{{}}` exactly once (and be at most {MAX_LABEL_BYTES} bytes)",
-                    self.template
-                ),
-            ));
-        }
-        if self.reasons > 20 {
-            p.push((
-                "reasons",
-                format!("{} is out of range (expected 0 to 20)", self.reasons),
-            ));
-        }
-        p
-    }
-
-    /// `text` inside the prompt template.
-    pub fn prompt(&self, text: &str) -> String {
-        self.template.replacen("{}", text, 1)
-    }
 }
 
 /// The texts that stand for each class, before the template: what gets embedded.
@@ -591,32 +476,6 @@ mod tests {
         assert_eq!(
             class_texts(&labels, &desc, LabelText::Descriptions)[0],
             ["tiger cat", "striped cat", "tiger cat: A cat with stripes."]
-        );
-    }
-
-    #[test]
-    fn config_validation_names_each_bad_key() {
-        let bad = SemanticConfig {
-            top_t: 0,
-            temperature: 0.0,
-            centre: 2.0,
-            template: "no placeholder".into(),
-            reasons: 50,
-            ..SemanticConfig::default()
-        };
-        let keys: Vec<&str> = bad.problems().iter().map(|p| p.0).collect();
-        assert_eq!(
-            keys,
-            ["top_t", "temperature", "centre", "template", "reasons"]
-        );
-        assert!(SemanticConfig::default().problems().is_empty());
-        assert_eq!(
-            SemanticConfig {
-                template: "a photo of a {}".into(),
-                ..SemanticConfig::default()
-            }
-            .prompt("cat"),
-            "a photo of a cat"
         );
     }
 }

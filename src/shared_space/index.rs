@@ -1,3 +1,4 @@
+// Over 600 lines because of its tests (~180 of ~630): the search index and its file format.
 //! The on-device search index: the most recent `max_items` items (id, time, source, group,
 //! modality, semantic vector; the text of text items only when configured), in a ring in
 //! memory and an append-only file in the state directory, searched by cosine similarity.
@@ -49,15 +50,9 @@ pub struct IndexEntry {
     pub vector: Vec<f32>,
 }
 
-/// What a search keeps.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// Empty: every modality.
-    pub modalities: Vec<Modality>,
-    pub source: Option<String>,
-    pub since_ms: Option<u64>,
-    pub until_ms: Option<u64>,
-}
+/// What a search keeps: part of a [`Query`](super::query::Query), defined with it in
+/// [`crate::pipeline::semantic`].
+pub use crate::pipeline::semantic::Filter;
 
 impl Filter {
     fn keeps(&self, e: &IndexEntry) -> bool {

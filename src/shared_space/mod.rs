@@ -25,75 +25,13 @@ pub mod words;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::encoders::{ItemResult, Modality, ModelInfo, TextEncoder};
 use crate::pipeline::{Purpose, Request};
 
-/// `[shared_space]` in the config file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SpaceConfig {
-    /// Give items a vector in the text encoder's space (needs the text encoder).
-    pub enabled: bool,
-    /// Publish that vector as `semantic` in embedding and fused records.
-    pub publish: bool,
-    /// Novelty of fused records measured in the shared space (when the record has a semantic
-    /// mean) instead of on the concatenated vector.
-    pub novelty: bool,
-    pub index: IndexConfig,
-}
-
-impl Default for SpaceConfig {
-    fn default() -> Self {
-        SpaceConfig {
-            enabled: true,
-            publish: true,
-            novelty: false,
-            index: IndexConfig::default(),
-        }
-    }
-}
-
-/// `[shared_space.index]`: the on-device search index.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IndexConfig {
-    pub enabled: bool,
-    /// Items kept; the oldest is evicted beyond this.
-    pub max_items: usize,
-    /// Keep the text of text items in the index (and return it with query results). Off by
-    /// default: the index then holds ids, times, sources and vectors only.
-    pub store_text: bool,
-}
-
-impl Default for IndexConfig {
-    fn default() -> Self {
-        IndexConfig {
-            enabled: true,
-            max_items: 5000,
-            store_text: false,
-        }
-    }
-}
-
-/// Most items the index may be configured to hold.
-pub const MAX_INDEX_ITEMS: usize = 200_000;
-
-impl SpaceConfig {
-    /// Problems as `(TOML path, message)`, for `Config::problems`.
-    pub fn problems(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        let n = self.index.max_items;
-        if !(1..=MAX_INDEX_ITEMS).contains(&n) {
-            out.push((
-                "shared_space.index.max_items".into(),
-                format!("{n} is out of range (expected 1 to {MAX_INDEX_ITEMS})"),
-            ));
-        }
-        out
-    }
-}
+/// `[shared_space]` is config, defined with the other component configs.
+pub use crate::config::components::{IndexConfig, SpaceConfig, MAX_INDEX_ITEMS};
 
 /// The name of the shared space: the text model and the prefix of its sha256. Vectors from
 /// different spaces are never compared (the index starts afresh when it changes).
@@ -144,45 +82,9 @@ impl TextSpace for RawTextSpace {
     }
 }
 
-/// What an item's semantic vector is made of: for ConSE, one component per class, with its
-/// probability as `weight` and the text embedding of its name as `vector`. Used to explain
-/// zero-shot scores ("which classes carried the score"). Empty for text.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Component {
-    pub name: String,
-    pub weight: f32,
-    pub vector: Vec<f32>,
-}
-
-/// An item's vector in the shared space (unit length) and its components.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SemanticItem {
-    pub vector: Vec<f32>,
-    pub parts: Vec<Component>,
-}
-
-/// The pipeline hook that places one modality's items in the shared space. Workers call it
-/// on the blocking pool right after the encoder ran, with the batch and its results; it
-/// returns one entry per request (`None`: no semantic vector for that item).
-///
-/// Text uses [`TextIsSemantic`]. An image hook (ConSE over the ImageNet classifier) implements
-/// the same trait and is handed to the vision worker.
-pub trait SemanticHook: Send + Sync {
-    fn semantic(&self, batch: &[Request], results: &[ItemResult]) -> Vec<Option<SemanticItem>>;
-
-    /// [`SemanticHook::semantic`] with what was heard in each item (the speech hook's
-    /// transcripts, published on `transcript`); no transcripts by default.
-    fn semantic_heard(
-        &self,
-        batch: &[Request],
-        results: &[ItemResult],
-    ) -> Vec<(Option<SemanticItem>, Option<speech::Heard>)> {
-        self.semantic(batch, results)
-            .into_iter()
-            .map(|s| (s, None))
-            .collect()
-    }
-}
+/// The value types the pipeline carries and the hook trait its workers call are defined in
+/// [`crate::pipeline::semantic`], below this module; the hooks here implement it from above.
+pub use crate::pipeline::semantic::{Component, SemanticHook, SemanticItem};
 
 /// Text already lives in the text space: an embedded text's semantic vector is its embedding,
 /// mapped by the space ([`TextSpace::text_vector`]).
@@ -281,18 +183,6 @@ impl SemanticState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn config_defaults_and_bounds() {
-        let c = SpaceConfig::default();
-        assert!(c.enabled && c.publish && c.index.enabled && !c.index.store_text);
-        assert!(c.problems().is_empty());
-        let mut bad = c.clone();
-        bad.index.max_items = 0;
-        assert_eq!(bad.problems()[0].0, "shared_space.index.max_items");
-        bad.index.max_items = MAX_INDEX_ITEMS + 1;
-        assert_eq!(bad.problems().len(), 1);
-    }
 
     #[test]
     fn config_keys_are_validated_with_their_toml_paths() {

@@ -36,14 +36,8 @@ pub enum QueryError {
     },
 }
 
-/// A parsed query.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Query {
-    pub id: Option<String>,
-    pub text: String,
-    pub k: usize,
-    pub filter: Filter,
-}
+/// A parsed query: a value the pipeline carries (`Purpose::Query`), defined there.
+pub use crate::pipeline::semantic::Query;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

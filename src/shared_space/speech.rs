@@ -16,65 +16,16 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use super::{SemanticHook, SemanticItem, TextSpace};
-use crate::encoders::speech::{SpeechTimings, Transcript};
+use crate::encoders::speech::Transcript;
 use crate::encoders::{ItemResult, Modality, TextEncoder, Transcriber};
 use crate::pipeline::{Body, Purpose, Request};
 
 /// The `source` of microphone items.
 pub const MIC_SOURCE: &str = "mic";
 
-/// One transcribed stretch as published (`text` withheld for the microphone by default).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HeardSegment {
-    #[serde(serialize_with = "crate::types::round3")]
-    pub start_s: f64,
-    #[serde(serialize_with = "crate::types::round3")]
-    pub end_s: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-}
-
-/// What was said in one audio item, ready to publish on `transcript`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Heard {
-    /// The words; `None` when withheld (microphone without `publish_mic_text`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    /// True when the words were withheld for privacy.
-    pub text_withheld: bool,
-    pub segments: Vec<HeardSegment>,
-    pub model: String,
-    #[serde(serialize_with = "crate::types::round3")]
-    pub duration_s: f64,
-    pub segmenter: String,
-    pub timings_ms: SpeechTimings,
-}
-
-impl Heard {
-    /// `t` as published: its words kept only when `keep_text`.
-    pub fn of(t: Transcript, keep_text: bool) -> Heard {
-        Heard {
-            text: keep_text.then(|| t.text.clone()),
-            text_withheld: !keep_text,
-            segments: t
-                .segments
-                .into_iter()
-                .map(|s| HeardSegment {
-                    start_s: s.start_s,
-                    end_s: s.end_s,
-                    text: keep_text.then_some(s.text),
-                })
-                .collect(),
-            model: t.model,
-            duration_s: t.duration_s,
-            segmenter: t.segmenter,
-            timings_ms: t.timings,
-        }
-    }
-}
+/// What was heard, as the audio worker hands it on ([`crate::pipeline::semantic`]).
+pub use crate::pipeline::semantic::{Heard, HeardSegment};
 
 /// The text encoder and the space a transcript's text is mapped into.
 pub struct SpeechSpace {
@@ -211,7 +162,7 @@ mod tests {
             duration_s: 2.0,
             segmenter: "vad".into(),
             decoder_steps: 7,
-            timings: SpeechTimings::default(),
+            timings: crate::encoders::speech::SpeechTimings::default(),
         }
     }
 

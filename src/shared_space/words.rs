@@ -11,10 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::{SemanticItem, TextSpace};
 use crate::encoders::{cosine, TextEncoder};
 
-/// Most words in the list.
-pub const MAX_WORDS: usize = 256;
-/// Longest word or phrase, in UTF-8 bytes.
-pub const MAX_WORD_BYTES: usize = 128;
+/// The word list is checked with the config (`fusion.zero_shot.words`), below this module.
+pub use crate::config::components::{check_words as check, MAX_WORDS, MAX_WORD_BYTES};
 /// Components named in a score's reason when the space does not say (`semantic.reasons`).
 pub const DEFAULT_REASONS: usize = 3;
 
@@ -29,30 +27,6 @@ pub enum WordsError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// Problems with a word list, each as `(index, message)`; empty when it is usable.
-pub fn check(words: &[String]) -> Vec<(Option<usize>, String)> {
-    let mut out = Vec::new();
-    if words.len() > MAX_WORDS {
-        out.push((
-            None,
-            format!("{} words; at most {MAX_WORDS} are allowed", words.len()),
-        ));
-    }
-    for (i, w) in words.iter().enumerate() {
-        if w.trim().is_empty() {
-            out.push((Some(i), "must not be empty".into()));
-        } else if w.len() > MAX_WORD_BYTES {
-            out.push((
-                Some(i),
-                format!("{} bytes; at most {MAX_WORD_BYTES} are allowed", w.len()),
-            ));
-        } else if w.chars().any(char::is_control) {
-            out.push((Some(i), "must not contain control characters".into()));
-        }
-    }
-    out
 }
 
 /// Trim, drop repeats (keeping the first), and refuse a list [`check`] does not pass.
@@ -315,10 +289,6 @@ mod tests {
     use super::super::Component;
     use super::*;
 
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
-    }
-
     #[test]
     fn payloads_parse_and_are_bounded() {
         assert_eq!(
@@ -358,15 +328,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("exceeds"));
-    }
-
-    #[test]
-    fn check_names_the_bad_word() {
-        let p = check(&s(&["ok", " ", &"y".repeat(200)]));
-        assert_eq!(
-            p.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-            [Some(1), Some(2)]
-        );
     }
 
     #[test]

@@ -1,3 +1,4 @@
+// Over 600 lines: one task orders fusion, labels, shared space and group commit (1/3 tests).
 //! The publisher: turns pipeline events into MQTT messages (embedding/<modality>, fused,
 //! labels, enrolled, forgotten, error) and owns the fusion state, so fusion sees embeddings in
 //! the order they were produced.
@@ -17,13 +18,13 @@ use crate::mqtt::payload::{
     f16_le, now_rfc3339, user_properties, EmbeddingRecord, ErrorRecord, StageTimings,
     CONTENT_TYPE_F16, CONTENT_TYPE_JSON, SCHEMA,
 };
+use crate::mqtt::spool::{GroupCommit, Record, SyncJob};
 use crate::mqtt::MqttHandle;
 use crate::pipeline::{Body, Event, Outcome, Purpose};
 use crate::shared_space::fuse::FusedSemantic;
 use crate::shared_space::query::{Hit, Query, QueryResult};
 use crate::shared_space::words::WordScore;
 use crate::shared_space::{SemanticField, SemanticItem, SemanticState};
-use crate::sinks::spool::{GroupCommit, Record, SyncJob};
 use crate::stats::Throttle;
 use crate::types::{Modality, ModelInfo};
 
@@ -894,8 +895,8 @@ mod tests {
         use crate::fusion::labels::LabelStore;
         use crate::mqtt::ack::AckTracker;
         use crate::mqtt::client::{connect, ConnectSettings};
+        use crate::mqtt::spool::{Fsync, Spool, SpoolConfig};
         use crate::mqtt::topics::Topics;
-        use crate::sinks::spool::{Fsync, Spool, SpoolConfig};
 
         /// What a power cut at the start of one fsync would leave: the inputs acknowledged by
         /// then, and a copy of the spool with every segment cut to its last synced length.

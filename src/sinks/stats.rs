@@ -24,7 +24,7 @@ struct StatsRecord {
     modalities: BTreeMap<Modality, crate::stats::ModalitySnapshot>,
     mqtt: crate::mqtt::client::CountersSnapshot,
     #[serde(skip_serializing_if = "Option::is_none")]
-    spool: Option<crate::sinks::spool::SpoolStats>,
+    spool: Option<crate::mqtt::spool::SpoolStats>,
     fusion: crate::stats::FusionSnapshot,
 }
 

@@ -306,16 +306,8 @@ fn f16_payloads_carry_metadata_in_user_properties() {
 
 #[test]
 fn embedded_broker_serves_plain_mosquitto_clients() {
-    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let config = crate::util::write_config(
-        dir.path(),
-        "test",
-        &format!(
-            "{STATS_EVERY_SECOND}[mqtt]\nbroker = \"embedded\"\n\
-             embedded_listen = \"127.0.0.1:{port}\"\n"
-        ),
-    );
+    let (port, config) = crate::util::write_embedded_config(dir.path(), STATS_EVERY_SECOND);
     let daemon = Daemon::start(&config);
     crate::util::wait_port(port, T);
     // The daemon subscribes before it says `online`; a QoS 0 input sent before that is lost by
@@ -359,16 +351,8 @@ fn embedded_broker_serves_plain_mosquitto_clients() {
 #[test]
 fn a_fresh_start_says_what_it_runs_and_shows_online_only() {
     use std::io::BufRead;
-    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let config = crate::util::write_config(
-        dir.path(),
-        "test",
-        &format!(
-            "{STATS_EVERY_SECOND}[mqtt]\nbroker = \"embedded\"\n\
-             embedded_listen = \"127.0.0.1:{port}\"\n"
-        ),
-    );
+    let (port, config) = crate::util::write_embedded_config(dir.path(), STATS_EVERY_SECOND);
     // No --log and no EDGEFUSE_LOG: the default filter.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edgefuse"))
         .arg("--config")
@@ -456,16 +440,10 @@ fn early_subscribers_on_the_embedded_broker_never_see_offline() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(4);
     for start in 0..starts {
-        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::util::write_config(
+        let (port, config) = crate::util::write_embedded_config(
             dir.path(),
-            "test",
-            &format!(
-                "{}{STATS_EVERY_SECOND}[mqtt]\nbroker = \"embedded\"\n\
-                 embedded_listen = \"127.0.0.1:{port}\"\n",
-                crate::util::TEXT_ONLY
-            ),
+            &format!("{}{STATS_EVERY_SECOND}", crate::util::TEXT_ONLY),
         );
         let log_path = dir.path().join("daemon.log");
         let log_file = std::fs::File::create(&log_path).unwrap();
@@ -710,9 +688,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[allow(clippy::await_holding_lock)]
 async fn distinct_groups_labels_and_ids_keep_memory_and_disk_bounded() {
     use bytes::Bytes;
-    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
     use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    use rumqttc::v5::{AsyncClient, MqttOptions};
 
     const ROUND: usize = 250;
     let count: usize = std::env::var("EDGEFUSE_TEST_FLOOD")
@@ -745,23 +723,8 @@ async fn distinct_groups_labels_and_ids_keep_memory_and_disk_bounded() {
     )
     .unwrap();
 
-    let (listener, mut events) =
-        AsyncClient::new(MqttOptions::new("flood-listener", "127.0.0.1", port), 64);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Bytes)>();
-    tokio::spawn(async move {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                    if tx.send((topic, p.payload)).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-            }
-        }
-    });
+    let (listener, mut rx) =
+        crate::util::mqtt::listener(MqttOptions::new("flood-listener", "127.0.0.1", port));
     for t in [
         "edgefuse/test/available",
         "edgefuse/test/stats",

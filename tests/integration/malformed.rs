@@ -18,9 +18,9 @@ use edgefuse::fuzz_entry;
 use edgefuse::mqtt::{Incoming, Topics};
 use edgefuse::pipeline::Body;
 use edgefuse::sources::mqtt::{parse_incoming, Parsed};
-use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, MqttOptions};
 
 const INPUTS: usize = 10_000;
 const MAX_PAYLOAD: usize = 64 * 1024;
@@ -192,25 +192,7 @@ async fn ten_thousand_malformed_inputs_are_each_answered_on_error() {
     // One client listens, one sends.
     let mut opts = MqttOptions::new("malformed-listener", "127.0.0.1", h.port());
     opts.set_max_packet_size(Some(1 << 20));
-    let (listener, mut events) = AsyncClient::new(opts, 64);
-    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel::<(String, Bytes)>();
-    tokio::spawn(async move {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                    if tx.send((topic, p.payload)).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("listener: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    });
+    let (listener, mut answers) = crate::util::mqtt::listener(opts);
     for suffix in [
         "available",
         "error",

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edgefuse::mqtt::client::{connect, ConnectSettings};
+use edgefuse::mqtt::spool::{Record, Spool, SpoolConfig};
 use edgefuse::mqtt::Topics;
-use edgefuse::sinks::spool::{Record, Spool, SpoolConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::util::{exclusive, free_port, publish, Broker, Harness, Msg, Sub, T, TEXT_ONLY};

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::util::{cosine, fixture, models_dir, repo};
+use crate::util::{cosine, fixture, models_dir, plain_words as words, repo};
 use edgefuse::config::SpeechConfig;
 use edgefuse::encoders::speech::Transcript;
 use edgefuse::encoders::Transcriber;
@@ -60,16 +60,6 @@ fn transcriber() -> &'static Transcriber {
 fn samples_16k(rel: &str) -> Vec<f32> {
     let audio = wav::decode(&fixture(rel), 600.0).expect("fixture decodes");
     resample(&audio.samples, audio.sample_rate, 16_000).expect("resamples")
-}
-
-fn words(t: &str) -> String {
-    t.to_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric() || c.is_whitespace())
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[test]

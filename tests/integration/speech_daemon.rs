@@ -6,20 +6,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::util::{self, fixture_path, publish, Broker, Daemon, Sub};
+use crate::util::{self, fixture_path, plain_words as words, publish, Broker, Daemon, Sub};
 
 /// Two speech decodings in a debug build, plus the model loads.
 const T: Duration = Duration::from_secs(120);
-
-fn words(t: &str) -> String {
-    t.to_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric() || c.is_whitespace())
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 fn audio(port: u16, id: &str, rel: &str) {
     publish(

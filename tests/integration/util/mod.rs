@@ -77,6 +77,17 @@ pub fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
 
+/// A transcript's words for comparison: lower case, no punctuation, single spaces.
+pub fn plain_words(t: &str) -> String {
+    t.to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || c.is_whitespace())
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Vision and audio off: the cheapest daemon (text inputs alone).
 pub const TEXT_ONLY: &str =
     "[encoders.vision]\nenabled = false\n[encoders.audio]\nenabled = false\n";
@@ -95,6 +106,18 @@ pub fn write_config(dir: &Path, device: &str, rest: &str) -> PathBuf {
     )
     .unwrap();
     p
+}
+
+/// A config for the daemon's own embedded broker on a free loopback port (`rest` comes before
+/// the `[mqtt]` table); its port and the config file.
+pub fn write_embedded_config(dir: &Path, rest: &str) -> (u16, PathBuf) {
+    let port = free_port();
+    let config = write_config(
+        dir,
+        "test",
+        &format!("{rest}[mqtt]\nbroker = \"embedded\"\nembedded_listen = \"127.0.0.1:{port}\"\n"),
+    );
+    (port, config)
 }
 
 /// Wait until `ready` gives a value, checking every `every`; panic naming `what` after

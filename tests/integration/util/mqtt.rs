@@ -252,3 +252,36 @@ pub fn publish(port: u16, topic: &str, args: &[&str]) {
         .expect("mosquitto_pub is installed");
     assert!(status.success(), "mosquitto_pub {topic} {args:?}");
 }
+
+/// An MQTT 5 client on `opts` whose every incoming publish arrives on the returned channel as
+/// `(topic, payload)`; its event loop runs on the current tokio runtime and retries after an
+/// error (logged) every 200 ms.
+pub fn listener(
+    opts: rumqttc::v5::MqttOptions,
+) -> (
+    rumqttc::v5::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<(String, bytes::Bytes)>,
+) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event};
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    if tx.send((topic, p.payload)).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("listener: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    (client, rx)
+}

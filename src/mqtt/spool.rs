@@ -1,3 +1,4 @@
+// Over 600 lines: one disk format with its recovery, bounds and group commit (1/3 tests).
 //! Store-and-forward spool: results are appended here before they are published and removed
 //! when the broker acknowledges them, so a broker outage or a daemon restart loses nothing.
 //!
