@@ -19,6 +19,7 @@ mod image_words;
 mod layers;
 mod malformed;
 mod multilingual;
+mod payloads;
 mod reliability;
 mod security;
 mod semantic;
