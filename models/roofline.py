@@ -383,7 +383,10 @@ def main() -> int:
             cases = CASES["text"]
         else:
             cases = CASES.get(spec.get("modality", ""), [])
+        crop = spec.get("preprocess", {}).get("crop")
         for label, sizes in cases:
+            if crop and label == "224x224":  # the image size this variant is fed
+                label = f"{crop}x{crop}"
             try:
                 c = count(path, sizes, q4=spec.get("weights_in_memory") == "q4_0")
             except (RooflineError, onnx.onnx_cpp2py_export.shape_inference.InferenceError) as e:
