@@ -221,7 +221,7 @@ impl Worker {
                 Next::RequestsClosed => requests_open = false,
                 Next::LiveClosed => live_open = false,
                 Next::Input(first) => {
-                    let run = self.start(first);
+                    let run = self.start(first, limit - running.len());
                     if running.is_empty() {
                         self.stats.busy_since(modality, Some(run.started));
                     }
@@ -249,11 +249,14 @@ impl Worker {
         tracing::debug!(%modality, "worker finished");
     }
 
-    /// Take whatever else is queued (up to `max_batch`) and start the batch on the blocking
-    /// pool.
-    fn start(&mut self, first: Request) -> Running {
+    /// Take more of what is queued and start the batch on the blocking pool. With `free` runs
+    /// still to start (this one included), a burst is shared out among them, so it keeps as
+    /// many runs busy as it can fill: `ceil(queued / free)` items, at most `max_batch`.
+    fn start(&mut self, first: Request, free: usize) -> Running {
+        let queued = 1 + self.requests.len() + self.live.as_ref().map_or(0, |q| q.len());
+        let size = queued.div_ceil(free.max(1)).clamp(1, self.max_batch.max(1));
         let mut batch = vec![first];
-        while batch.len() < self.max_batch {
+        while batch.len() < size {
             if let Ok(r) = self.requests.try_recv() {
                 batch.push(r);
             } else if let Some(r) = self.live.as_ref().and_then(|q| q.try_pop()) {
@@ -362,10 +365,11 @@ mod tests {
         true
     }
 
-    /// Queue `ids` (one per batch), run a worker over them to the end with `runs_in_flight`,
+    /// Queue `ids`, run a worker over them to the end with `runs_in_flight`,
     /// and return the ids of its outcomes in the order they left it, and its stats.
     async fn run(
         ids: &[&str],
+        max_batch: usize,
         runs_in_flight: usize,
         encoder: impl Fn(&[Request]) -> Vec<ItemResult> + Send + Sync + 'static,
     ) -> (Vec<String>, Arc<Stats>) {
@@ -381,7 +385,7 @@ mod tests {
             requests,
             live: None,
             events,
-            max_batch: 1,
+            max_batch,
             runs_in_flight,
             stats: stats.clone(),
             semantic: None,
@@ -422,7 +426,7 @@ mod tests {
     async fn up_to_runs_in_flight_batches_run_at_once_and_every_item_is_answered_in_order() {
         let ids = ["a", "b", "c", "d", "e", "f", "g"];
         let (most, encoder) = counting(3);
-        let (answered, stats) = run(&ids, 3, encoder).await;
+        let (answered, stats) = run(&ids, 1, 3, encoder).await;
         assert_eq!(answered, ids);
         assert_eq!(
             most.load(Ordering::SeqCst),
@@ -447,7 +451,7 @@ mod tests {
             now.fetch_sub(1, Ordering::SeqCst);
             batch.iter().map(|_| embedding()).collect()
         };
-        let (answered, stats) = run(&ids, 1, encoder).await;
+        let (answered, stats) = run(&ids, 1, 1, encoder).await;
         assert_eq!(answered, ids);
         assert_eq!(most.load(Ordering::SeqCst), 1);
         assert_eq!(stats.items(Modality::Text), 4);
@@ -467,9 +471,35 @@ mod tests {
             }
             batch.iter().map(|_| embedding()).collect()
         };
-        let (answered, stats) = run(&["slow", "fast", "last"], 2, encoder).await;
+        let (answered, stats) = run(&["slow", "fast", "last"], 1, 2, encoder).await;
         assert!(slow_saw_fast.load(Ordering::SeqCst), "fast finished first");
         assert_eq!(answered, ["slow", "fast", "last"]);
         assert_eq!(stats.items(Modality::Text), 3);
+    }
+
+    #[tokio::test]
+    async fn a_queued_burst_is_shared_out_among_the_free_runs() {
+        // 8 queued, max_batch 16, 3 runs: 3 + 3 + 2 rather than one batch of 8.
+        let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (most, counting) = counting(3);
+        let record = sizes.clone();
+        let encoder = move |batch: &[Request]| {
+            record.lock().unwrap().push(batch.len());
+            counting(batch)
+        };
+        let (answered, _) = run(&ids, 16, 3, encoder).await;
+        assert_eq!(answered, ids);
+        assert_eq!(*sizes.lock().unwrap(), [3, 3, 2]);
+        assert_eq!(most.load(Ordering::SeqCst), 3);
+        // With one run, the same burst is one batch.
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = sizes.clone();
+        let encoder = move |batch: &[Request]| {
+            record.lock().unwrap().push(batch.len());
+            batch.iter().map(|_| embedding()).collect()
+        };
+        run(&ids, 16, 1, encoder).await;
+        assert_eq!(*sizes.lock().unwrap(), [8]);
     }
 }
