@@ -22,7 +22,10 @@ use crate::encoders::{
     AudioEncoder, Encoders, ItemResult, Modality, ModelInfo, TextEncoder, TextRole, Timings,
     VisionEncoder,
 };
+use crate::pipeline::worker::{EncoderRef, Worker};
+use crate::pipeline::{Body, Event, Purpose, Request};
 use crate::stats::rss_bytes;
+use crate::types::Ticket;
 
 const SAMPLE_IMAGE: &[u8] = include_bytes!("../../tests/fixtures/images/chelsea.jpg");
 const SAMPLE_WAV: &[u8] = include_bytes!("../../tests/fixtures/audio/speech_fox.wav");
@@ -88,6 +91,9 @@ pub struct Settings {
     pub warmup: usize,
     pub batches: Vec<usize>,
     pub threads: Vec<usize>,
+    /// Items per burst (0: no burst rows).
+    pub burst: usize,
+    pub in_flight: Vec<usize>,
 }
 
 #[derive(Serialize)]
@@ -117,6 +123,9 @@ pub struct ModalityReport {
     pub kernels: Vec<String>,
     /// One row per (batch, threads) combination, in the order measured.
     pub runs: Vec<Run>,
+    /// One row per (threads, runs in flight): a burst through the daemon's worker.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bursts: Vec<BurstRun>,
     /// With `--profile`: time per tract op type at batch 1, 1 thread, largest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<OpTime>>,
@@ -155,6 +164,24 @@ pub struct Run {
     pub items_per_s: f64,
 }
 
+/// `--burst N` items queued at once on the daemon's worker for this modality (its
+/// `max_batch`, `runs_in_flight` batches at a time), timed to the last answer.
+#[derive(Serialize)]
+pub struct BurstRun {
+    pub threads: usize,
+    pub runs_in_flight: usize,
+    pub items: usize,
+    /// The modality's `max_batch` from the config, as the daemon uses it.
+    pub max_batch: usize,
+    pub rounds: usize,
+    /// From queueing the burst to its last answer.
+    pub wall_ms: Pct,
+    /// Per item, from queued to answered.
+    pub item_ms: Pct,
+    /// `items` × 1000 / median wall time.
+    pub items_per_s: f64,
+}
+
 fn pct(values: &[f64]) -> Pct {
     if values.is_empty() {
         return Pct {
@@ -183,9 +210,16 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if args.iterations == 0 {
         bail!("--iterations must be at least 1");
     }
-    if args.batch.contains(&0) || args.threads.contains(&0) {
-        bail!("--batch and --threads take positive numbers");
+    if args.batch.contains(&0) || args.threads.contains(&0) || args.in_flight.contains(&0) {
+        bail!("--batch, --threads and --in-flight take positive numbers");
     }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut in_flight = if args.in_flight.is_empty() {
+        vec![1, cpus]
+    } else {
+        args.in_flight.clone()
+    };
+    in_flight.dedup();
     let mut batches = args.batch.clone();
     batches.dedup();
     let mut threads = if args.threads.is_empty() {
@@ -208,6 +242,12 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
 
     let mut config = load_config(cli)?;
     let models_dir = config.models_dir(cli.models.as_deref());
+    // The bursts batch as the daemon would, with the configured sizes.
+    let daemon_batch = [
+        config.encoders.text.max_batch,
+        config.encoders.vision.max_batch,
+        config.encoders.audio.max_batch,
+    ];
     // Measure exactly the requested batch sizes: the encoders split larger batches.
     let max_batch = batches.iter().copied().max().unwrap_or(1);
     let e = &mut config.encoders;
@@ -347,6 +387,42 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        let mut bursts = Vec::new();
+        if args.burst > 0 {
+            let encoder = match m {
+                Modality::Text => set.shared::<TextEncoder>().map(EncoderRef::Text),
+                Modality::Vision => set.shared::<VisionEncoder>().map(EncoderRef::Vision),
+                Modality::Audio => set.shared::<AudioEncoder>().map(EncoderRef::Audio),
+            }
+            .context("encoder loaded above")?;
+            let body = match &samples[m as usize] {
+                Sample::Text(t) => Body::Text(t.clone()),
+                Sample::Bytes(b) => Body::Encoded(bytes::Bytes::from(b.clone())),
+            };
+            for (nthreads, ex) in &executors {
+                for &runs in &in_flight {
+                    let burst = Burst {
+                        encoder: &encoder,
+                        body: &body,
+                        items: args.burst,
+                        max_batch: daemon_batch[m as usize],
+                        runs_in_flight: runs,
+                    };
+                    let r = burst
+                        .measure(args.warmup, args.iterations, ex)
+                        .with_context(|| {
+                            format!("{m}: burst, {nthreads} thread(s), {runs} in flight")
+                        })?;
+                    bursts.push(BurstRun {
+                        threads: *nthreads,
+                        ..r
+                    });
+                    if !args.json {
+                        eprint!(".");
+                    }
+                }
+            }
+        }
         let profile = if args.profile {
             let inputs = model_inputs(&set, m, &samples)
                 .with_context(|| format!("{m}: building the profiling inputs"))?;
@@ -363,6 +439,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             rss_load_bytes: rss_load,
             kernels: model.kernels.clone(),
             runs,
+            bursts,
             profile,
         });
     }
@@ -430,6 +507,8 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             warmup: args.warmup,
             batches,
             threads,
+            burst: args.burst,
+            in_flight,
         },
         rss_bytes: Rss {
             start: rss_start,
@@ -513,6 +592,108 @@ fn measure(
             0.0
         },
     })
+}
+
+/// A burst of one sample, queued at once on a worker as the daemon runs it.
+struct Burst<'a> {
+    encoder: &'a EncoderRef,
+    body: &'a Body,
+    items: usize,
+    max_batch: usize,
+    runs_in_flight: usize,
+}
+
+impl Burst<'_> {
+    /// `warmup + rounds` bursts with `executor` as tract's default (the worker's runs happen on
+    /// the blocking pool's threads, as in the daemon), then back to one thread.
+    fn measure(
+        &self,
+        warmup: usize,
+        rounds: usize,
+        executor: &Executor,
+    ) -> anyhow::Result<BurstRun> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .context("starting a runtime for the burst")?;
+        tract_linalg::multithread::set_default_executor(executor.clone());
+        let timed = (0..warmup + rounds)
+            .map(|_| rt.block_on(self.once()))
+            .collect::<anyhow::Result<Vec<_>>>();
+        tract_linalg::multithread::set_default_executor(Executor::SingleThread);
+        let timed = timed?;
+        let wall: Vec<f64> = timed[warmup..].iter().map(|(w, _)| *w).collect();
+        let items: Vec<f64> = timed[warmup..]
+            .iter()
+            .flat_map(|(_, i)| i.iter().copied())
+            .collect();
+        let wall_ms = pct(&wall);
+        Ok(BurstRun {
+            threads: 1,
+            runs_in_flight: self.runs_in_flight,
+            items: self.items,
+            max_batch: self.max_batch,
+            rounds,
+            wall_ms,
+            item_ms: pct(&items),
+            items_per_s: if wall_ms.p50 > 0.0 {
+                self.items as f64 * 1e3 / wall_ms.p50
+            } else {
+                0.0
+            },
+        })
+    }
+
+    /// One burst: its wall time and each item's time, in ms.
+    async fn once(&self) -> anyhow::Result<(f64, Vec<f64>)> {
+        let (tx, requests) = tokio::sync::mpsc::channel(self.items);
+        let (events, mut out) = tokio::sync::mpsc::channel(self.items);
+        let t0 = Instant::now();
+        for i in 0..self.items {
+            tx.try_send(Request {
+                id: format!("burst-{i}"),
+                modality: self.encoder.modality(),
+                purpose: Purpose::Embed,
+                body: self.body.clone(),
+                source: "bench".into(),
+                group: "bench".into(),
+                topic: "bench".into(),
+                response_topic: None,
+                correlation: None,
+                received: tokio::time::Instant::now(),
+                ticket: Ticket::none(),
+            })
+            .map_err(|_| anyhow::anyhow!("the burst queue is full"))?;
+        }
+        drop(tx);
+        let worker = Worker {
+            encoder: self.encoder.clone(),
+            requests,
+            live: None,
+            events,
+            max_batch: self.max_batch,
+            runs_in_flight: self.runs_in_flight,
+            stats: std::sync::Arc::new(crate::stats::Stats::default()),
+            semantic: None,
+        };
+        let worker = tokio::spawn(worker.run());
+        let mut item_ms = Vec::with_capacity(self.items);
+        while let Some(event) = out.recv().await {
+            if let Event::Embedded(o) = event {
+                o.result.map_err(|e| anyhow::anyhow!("{e}"))?;
+                item_ms.push(o.total_ms);
+            }
+        }
+        let wall = t0.elapsed().as_secs_f64() * 1e3;
+        worker.await.context("the worker failed")?;
+        anyhow::ensure!(
+            item_ms.len() == self.items,
+            "{} answers for {} items",
+            item_ms.len(),
+            self.items
+        );
+        Ok((wall, item_ms))
+    }
 }
 
 /// Vision alone, then the classifier, then the ConSE projection, on one image per call, in
@@ -742,6 +923,29 @@ fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
                 p(run.call_ms),
                 run.items_per_s
             )?;
+        }
+        if let Some(first) = mr.bursts.first() {
+            writeln!(
+                out,
+                "  burst of {} queued at once through the daemon's worker (max_batch {}):",
+                first.items, first.max_batch
+            )?;
+            writeln!(
+                out,
+                "  {:>7} {:>9} {:>19} {:>19} {:>9}",
+                "threads", "in flight", "burst", "per item", "items/s"
+            )?;
+            for b in &mr.bursts {
+                writeln!(
+                    out,
+                    "  {:>7} {:>9} {:>19} {:>19} {:>9.2}",
+                    b.threads,
+                    b.runs_in_flight,
+                    p(b.wall_ms),
+                    p(b.item_ms),
+                    b.items_per_s
+                )?;
+            }
         }
         if let Some(profile) = &mr.profile {
             writeln!(
