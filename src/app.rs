@@ -44,12 +44,19 @@ pub async fn run(
 
     // 1. Models, off the runtime: loading and optimising takes seconds.
     service.status("loading models");
-    if config.encoders.threads > 1 {
-        // Every model run that does not pick its own executor uses this one pool.
+    let threads = config.encoders.threads.get();
+    if threads > 1 {
+        // Every model run that does not pick its own executor uses this one pool, whichever
+        // worker's blocking thread it runs on.
         tract_linalg::multithread::set_default_executor(
-            tract_linalg::multithread::Executor::multithread(config.encoders.threads),
+            tract_linalg::multithread::Executor::multithread(threads),
         );
     }
+    tracing::info!(
+        "tract: {} thread(s) per model run (encoders.threads), {} batch(es) in flight per modality (encoders.runs_in_flight)",
+        config.encoders.threads,
+        config.encoders.runs_in_flight
+    );
     let models_dir = source.models_dir(&config);
     let encoders = {
         let cfg = config.clone();

@@ -149,6 +149,14 @@ pub struct BenchArgs {
     /// tract thread counts, comma-separated. Default: 1 and the number of CPUs.
     #[arg(long, short = 't', value_delimiter = ',')]
     pub threads: Vec<usize>,
+    /// Items queued at once for the burst rows, which run through the daemon's own worker
+    /// (its batching and runs in flight); 0 skips them.
+    #[arg(long, default_value_t = 8)]
+    pub burst: usize,
+    /// Runs in flight per modality for the burst rows, comma-separated. Default: 1 and the
+    /// number of CPUs.
+    #[arg(long, short = 'j', value_delimiter = ',')]
+    pub in_flight: Vec<usize>,
     /// Text to embed instead of the built-in sentence.
     #[arg(long)]
     pub text: Option<String>,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 pub mod components;
 mod parse;
-pub use components::{BrokerAddr, HomeAssistantConfig, SpoolConfig, WatchdogConfig};
+pub use components::{BrokerAddr, Cores, HomeAssistantConfig, SpoolConfig, WatchdogConfig};
 
 use crate::types::Modality;
 
@@ -401,9 +401,14 @@ fn default_models_dir() -> PathBuf {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncodersConfig {
-    /// tract threads per model run (its rayon executor); 1 runs on the calling thread.
-    #[serde(default = "one")]
-    pub threads: usize,
+    /// tract threads per model run (one rayon pool shared by every model); 1 runs on the
+    /// calling thread; `"auto"`: the CPUs available. Set at start only.
+    #[serde(default = "auto")]
+    pub threads: Cores,
+    /// Batches each modality's worker runs at once, each with its own tract state over the one
+    /// optimised plan, so a burst keeps every core busy; `"auto"`: the CPUs available.
+    #[serde(default = "auto")]
+    pub runs_in_flight: Cores,
     #[serde(default)]
     pub text: TextConfig,
     #[serde(default)]
@@ -599,14 +604,15 @@ pub struct AudioConfig {
 fn yes() -> bool {
     true
 }
-fn one() -> usize {
-    1
+fn auto() -> Cores {
+    Cores::Auto
 }
 
 impl Default for EncodersConfig {
     fn default() -> Self {
         EncodersConfig {
-            threads: 1,
+            threads: Cores::Auto,
+            runs_in_flight: Cores::Auto,
             text: TextConfig::default(),
             vision: VisionConfig::default(),
             audio: AudioConfig::default(),
@@ -825,7 +831,14 @@ impl Config {
     pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut p = Problems::default();
         let e = &self.encoders;
-        p.range("encoders.threads", e.threads, 1, 64);
+        for (path, v) in [
+            ("encoders.threads", e.threads),
+            ("encoders.runs_in_flight", e.runs_in_flight),
+        ] {
+            if let Cores::Count(n) = v {
+                p.range(path, n, 1, components::MAX_CORES);
+            }
+        }
         if e.text.model.trim().is_empty() {
             p.add("encoders.text.model", "must name a model in the manifest");
         }
@@ -1167,8 +1180,12 @@ fn toml_problem(e: &toml::de::Error, text: &str) -> ConfigProblem {
                 .map(str::trim)
                 .find(|l| l.starts_with('[') && l.ends_with(']'))
                 .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
-            let key = text[start..span.end.min(text.len())].trim();
+            let end = span.end.clamp(start, text.len());
+            let key = text[start..end].trim();
+            // A key is followed by `=` (or `.` in a dotted key); a value such as `-2` is not.
+            let after = text[end..].trim_start_matches([' ', '\t']);
             let key_like = !key.is_empty()
+                && (after.starts_with('=') || after.starts_with('.'))
                 && key
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
@@ -1415,13 +1432,33 @@ modalities = ["text"]
     }
 
     #[test]
-    fn encoder_threads_default_to_one_and_are_range_checked() {
-        assert_eq!(Config::builtin().encoders.threads, 1);
-        let c = Config::from_toml("[encoders]\nthreads = 4\n", "t.toml").unwrap();
-        assert_eq!(c.encoders.threads, 4);
-        let err = Config::from_toml("[encoders]\nthreads = 0\n", "t.toml").unwrap_err();
+    fn threads_and_runs_in_flight_default_to_auto_take_numbers_and_are_range_checked() {
+        let e = Config::builtin().encoders;
+        assert_eq!((e.threads, e.runs_in_flight), (Cores::Auto, Cores::Auto));
+        // `auto` is what the machine offers, never 0.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(Cores::Auto.get(), cpus.min(components::MAX_CORES));
+        let c = Config::from_toml(
+            "[encoders]\nthreads = 4\nruns_in_flight = \"auto\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.encoders.threads, Cores::Count(4));
+        assert_eq!(c.encoders.threads.get(), 4);
+        assert_eq!(c.encoders.runs_in_flight, Cores::Auto);
+        let err = Config::from_toml("[encoders]\nthreads = 0\nruns_in_flight = 65\n", "t.toml")
+            .unwrap_err();
         let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, ["encoders.threads"]);
+        assert_eq!(paths, ["encoders.threads", "encoders.runs_in_flight"]);
+        // A value of the wrong kind names the table and line (as every TOML value error does).
+        for bad in ["threads = \"many\"", "runs_in_flight = -2", "threads = 1.5"] {
+            let err = Config::from_toml(&format!("[encoders]\n{bad}\n"), "t.toml").unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("encoders (line 2)") && text.contains("\"auto\" or a positive"),
+                "{bad}: {text}"
+            );
+        }
     }
 
     #[test]

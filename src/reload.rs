@@ -64,7 +64,8 @@ pub fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
         changed.push("homeassistant");
         new.homeassistant = old.homeassistant.clone();
     }
-    // tract's thread pool is installed once, at start.
+    // tract's thread pool is installed once, at start. (`runs_in_flight` is not here: the
+    // workers are rebuilt on reload, so a new value applies.)
     if old.encoders.threads != new.encoders.threads {
         changed.push("encoders.threads");
         new.encoders.threads = old.encoders.threads;
@@ -99,6 +100,15 @@ mod tests {
         assert_eq!(new.mqtt.broker, "mqtt://127.0.0.1:1883");
         // Everything else is the new file's.
         assert_eq!(new.encoders.text.max_batch, 3);
+    }
+
+    #[test]
+    fn threads_wait_for_a_restart_but_runs_in_flight_apply_on_reload() {
+        let old = config("[encoders]\nthreads = 1\nruns_in_flight = 1\n");
+        let mut new = config("[encoders]\nthreads = \"auto\"\nruns_in_flight = 3\n");
+        assert_eq!(keep_restart_only(&old, &mut new), ["encoders.threads"]);
+        assert_eq!(new.encoders.threads, crate::config::Cores::Count(1));
+        assert_eq!(new.encoders.runs_in_flight, crate::config::Cores::Count(3));
     }
 
     #[test]

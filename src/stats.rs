@@ -201,6 +201,17 @@ impl Stats {
         self.per[index(m)].busy_since_ms.store(0, Ordering::Relaxed);
     }
 
+    /// Workers with several batches in inference call this when their oldest one changes:
+    /// when it started, or `None` when none is running.
+    pub fn busy_since(&self, m: Modality, oldest: Option<Instant>) {
+        let at = oldest.map_or(0, |t| {
+            t.saturating_duration_since(self.started).as_millis() as u64 + 1
+        });
+        self.per[index(m)]
+            .busy_since_ms
+            .store(at, Ordering::Relaxed);
+    }
+
     /// How long the batch now in inference has been running; `None` when idle.
     pub fn busy_for(&self, m: Modality) -> Option<Duration> {
         let since = self.per[index(m)].busy_since_ms.load(Ordering::Relaxed);

@@ -180,6 +180,7 @@ impl Pipeline {
                 live: queues.live.get(&m).cloned(),
                 events: events_tx.clone(),
                 max_batch,
+                runs_in_flight: config.encoders.runs_in_flight.get(),
                 stats: link.stats.clone(),
                 semantic: semantic_hooks.get(&m).cloned(),
             };

@@ -125,6 +125,71 @@ impl Default for SpoolConfig {
     }
 }
 
+/// A count that is either given or taken from the machine: `"auto"` or a number in the config
+/// (`encoders.threads`, `encoders.runs_in_flight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cores {
+    /// The CPUs this process may use: [`std::thread::available_parallelism`], which honours
+    /// the cgroup CPU quota (containers, systemd `CPUQuota=`) and the affinity mask.
+    Auto,
+    Count(usize),
+}
+
+/// The most either key accepts, and what `"auto"` is capped at.
+pub const MAX_CORES: usize = 64;
+
+impl Cores {
+    /// The count to use: the number given, or the CPUs available now (at least 1).
+    pub fn get(self) -> usize {
+        match self {
+            Cores::Auto => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_CORES),
+            Cores::Count(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for Cores {
+    /// `auto (2)` or `2`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cores::Auto => write!(f, "auto ({})", self.get()),
+            Cores::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Cores {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Cores, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Cores;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"auto\" or a positive whole number")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Cores, E> {
+                if s == "auto" {
+                    Ok(Cores::Auto)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(s), &self))
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Cores, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::invalid_value(serde::de::Unexpected::Signed(n), &self)),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Cores, E> {
+                // Range problems (0, too many) are reported by validation, with the path.
+                Ok(Cores::Count(usize::try_from(n).unwrap_or(usize::MAX)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Longest label text accepted for zero-shot scoring (UTF-8 bytes).
 pub const MAX_LABEL_BYTES: usize = 256;
 

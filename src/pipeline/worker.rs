@@ -2,6 +2,7 @@
 //! micro-batches whatever is queued, and runs the encoder on the blocking pool, so a slow
 //! model never stalls the async runtime or another modality's worker.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -15,12 +16,19 @@ use crate::encoders::{AudioEncoder, ItemResult, Modality, TextEncoder, VisionEnc
 use crate::error::InputError;
 use crate::stats::Stats;
 
+/// What a test's fake encoder answers for a batch.
+#[cfg(test)]
+pub type FakeEmbed = dyn Fn(&[Request]) -> Vec<ItemResult> + Send + Sync;
+
 /// The loaded encoder of one modality (one instance per model, shared by reference).
 #[derive(Clone)]
 pub enum EncoderRef {
     Text(Arc<TextEncoder>),
     Vision(Arc<VisionEncoder>),
     Audio(Arc<AudioEncoder>),
+    /// The tests' stand-in: a modality and what to answer for a batch.
+    #[cfg(test)]
+    Fake(Modality, Arc<FakeEmbed>),
 }
 
 impl EncoderRef {
@@ -29,6 +37,8 @@ impl EncoderRef {
             EncoderRef::Text(_) => Modality::Text,
             EncoderRef::Vision(_) => Modality::Vision,
             EncoderRef::Audio(_) => Modality::Audio,
+            #[cfg(test)]
+            EncoderRef::Fake(m, _) => *m,
         }
     }
 
@@ -85,6 +95,8 @@ impl EncoderRef {
                     Body::Text(_) => wrong(),
                 })
                 .collect(),
+            #[cfg(test)]
+            EncoderRef::Fake(_, f) => f(batch),
         }
     }
 }
@@ -137,87 +149,356 @@ pub struct Worker {
     pub live: Option<Arc<DropOldest<Request>>>,
     pub events: mpsc::Sender<Event>,
     pub max_batch: usize,
+    /// Batches run at once (`encoders.runs_in_flight`), each on its own blocking thread with
+    /// its own tract state over the one shared plan; 0 counts as 1.
+    pub runs_in_flight: usize,
     pub stats: Arc<Stats>,
     /// Places this modality's items in the shared text space (run on the blocking pool).
     pub semantic: Option<Arc<dyn SemanticHook>>,
 }
 
+/// What a batch's blocking task hands back.
+type Ran = (
+    Vec<Request>,
+    Vec<ItemResult>,
+    Vec<(Option<SemanticItem>, Option<Heard>)>,
+);
+
+/// A batch on the blocking pool, with what its outcomes need.
+struct Running {
+    task: tokio::task::JoinHandle<Ran>,
+    queue_ms: Vec<f64>,
+    /// For the watchdog: when it started (`Stats::busy_since`).
+    started: Instant,
+}
+
+/// What the worker's loop waits for.
+enum Next {
+    /// The oldest batch in flight returned.
+    Finished(Result<Ran, tokio::task::JoinError>),
+    Input(Request),
+    RequestsClosed,
+    LiveClosed,
+}
+
 impl Worker {
-    /// Run until both inputs are closed and drained.
+    /// Run until both inputs are closed and every batch in flight is answered.
+    ///
+    /// Up to `runs_in_flight` batches run at once; their outcomes leave in the order the
+    /// batches started (a later batch that finishes first waits for the earlier ones), so
+    /// fusion's "latest per modality", the stats and the publisher see the same order as with
+    /// one batch at a time.
     pub async fn run(mut self) {
         let modality = self.encoder.modality();
+        let limit = self.runs_in_flight.max(1);
         let mut requests_open = true;
         let mut live_open = self.live.is_some();
-        while requests_open || live_open {
+        let mut running: VecDeque<Running> = VecDeque::with_capacity(limit);
+        loop {
+            let can_take = (requests_open || live_open) && running.len() < limit;
+            if !can_take && running.is_empty() {
+                break;
+            }
             let live = self.live.clone();
-            let first = tokio::select! {
+            let next = tokio::select! {
                 biased;
-                r = self.requests.recv(), if requests_open => match r {
-                    Some(r) => r,
-                    None => { requests_open = false; continue; }
+                // Answer first: it frees a slot and hands results on soonest.
+                r = async { Some((&mut running.front_mut()?.task).await) }, if !running.is_empty() => match r {
+                    Some(r) => Next::Finished(r),
+                    None => continue,
                 },
-                r = async { live.as_ref()?.pop().await }, if live_open => match r {
-                    Some(r) => r,
-                    None => { live_open = false; continue; }
+                r = self.requests.recv(), if requests_open && can_take => match r {
+                    Some(r) => Next::Input(r),
+                    None => Next::RequestsClosed,
+                },
+                r = async { live.as_ref()?.pop().await }, if live_open && can_take => match r {
+                    Some(r) => Next::Input(r),
+                    None => Next::LiveClosed,
                 },
             };
-            let mut batch = vec![first];
-            while batch.len() < self.max_batch {
-                if let Ok(r) = self.requests.try_recv() {
-                    batch.push(r);
-                } else if let Some(r) = self.live.as_ref().and_then(|q| q.try_pop()) {
-                    batch.push(r);
-                } else {
-                    break;
+            match next {
+                Next::RequestsClosed => requests_open = false,
+                Next::LiveClosed => live_open = false,
+                Next::Input(first) => {
+                    let run = self.start(first, limit - running.len());
+                    if running.is_empty() {
+                        self.stats.busy_since(modality, Some(run.started));
+                    }
+                    running.push_back(run);
+                }
+                Next::Finished(joined) => {
+                    let Some(done) = running.pop_front() else {
+                        continue;
+                    };
+                    self.stats
+                        .busy_since(modality, running.front().map(|r| r.started));
+                    match joined {
+                        Ok((batch, results, semantic)) => {
+                            if !self.hand_on(batch, results, done.queue_ms, semantic).await {
+                                return;
+                            }
+                        }
+                        // A panic inside an encoder is a bug; it must not take the daemon down.
+                        Err(e) => tracing::error!(%modality, "encoder task failed: {e}"),
+                    }
+                    self.stats.heartbeat();
                 }
             }
-            let started = Instant::now();
-            let queue_ms: Vec<f64> = batch
-                .iter()
-                .map(|r| started.duration_since(r.received).as_secs_f64() * 1e3)
-                .collect();
-            let encoder = self.encoder.clone();
-            let hook = self.semantic.clone();
-            self.stats.batch_started(modality);
-            let joined = tokio::task::spawn_blocking(move || {
-                let results = embed_guarded(&encoder, &batch);
-                let semantic = semantic_guarded(hook.as_deref(), &batch, &results);
-                (batch, results, semantic)
-            })
-            .await;
-            self.stats.batch_finished(modality);
-            let (batch, results, semantic) = match joined {
-                Ok(x) => x,
-                Err(e) => {
-                    // A panic inside an encoder is a bug; it must not take the daemon down.
-                    tracing::error!(%modality, "encoder task failed: {e}");
-                    continue;
-                }
-            };
-            for (((request, result), queue_ms), (semantic, heard)) in
-                batch.into_iter().zip(results).zip(queue_ms).zip(semantic)
-            {
-                let total_ms = request.received.elapsed().as_secs_f64() * 1e3;
-                self.stats.record(modality, &result, queue_ms, total_ms);
-                let outcome = Outcome {
-                    request,
-                    result,
-                    queue_ms,
-                    total_ms,
-                    semantic,
-                    heard,
-                };
-                if self
-                    .events
-                    .send(Event::Embedded(Box::new(outcome)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            self.stats.heartbeat();
         }
         tracing::debug!(%modality, "worker finished");
+    }
+
+    /// Take more of what is queued and start the batch on the blocking pool. With `free` runs
+    /// still to start (this one included), a burst is shared out among them, so it keeps as
+    /// many runs busy as it can fill: `ceil(queued / free)` items, at most `max_batch`.
+    fn start(&mut self, first: Request, free: usize) -> Running {
+        let queued = 1 + self.requests.len() + self.live.as_ref().map_or(0, |q| q.len());
+        let size = queued.div_ceil(free.max(1)).clamp(1, self.max_batch.max(1));
+        let mut batch = vec![first];
+        while batch.len() < size {
+            if let Ok(r) = self.requests.try_recv() {
+                batch.push(r);
+            } else if let Some(r) = self.live.as_ref().and_then(|q| q.try_pop()) {
+                batch.push(r);
+            } else {
+                break;
+            }
+        }
+        let now = Instant::now();
+        let queue_ms: Vec<f64> = batch
+            .iter()
+            .map(|r| now.duration_since(r.received).as_secs_f64() * 1e3)
+            .collect();
+        let encoder = self.encoder.clone();
+        let hook = self.semantic.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let results = embed_guarded(&encoder, &batch);
+            let semantic = semantic_guarded(hook.as_deref(), &batch, &results);
+            (batch, results, semantic)
+        });
+        Running {
+            task,
+            queue_ms,
+            started: now,
+        }
+    }
+
+    /// Record and send on one batch's outcomes, in request order; false once the publisher
+    /// is gone.
+    async fn hand_on(
+        &self,
+        batch: Vec<Request>,
+        results: Vec<ItemResult>,
+        queue_ms: Vec<f64>,
+        semantic: Vec<(Option<SemanticItem>, Option<Heard>)>,
+    ) -> bool {
+        let modality = self.encoder.modality();
+        for (((request, result), queue_ms), (semantic, heard)) in
+            batch.into_iter().zip(results).zip(queue_ms).zip(semantic)
+        {
+            let total_ms = request.received.elapsed().as_secs_f64() * 1e3;
+            self.stats.record(modality, &result, queue_ms, total_ms);
+            let outcome = Outcome {
+                request,
+                result,
+                queue_ms,
+                total_ms,
+                semantic,
+                heard,
+            };
+            if self
+                .events
+                .send(Event::Embedded(Box::new(outcome)))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::pipeline::Purpose;
+    use crate::types::{Embedding, Ticket, Timings};
+
+    fn request(id: &str) -> Request {
+        Request {
+            id: id.to_owned(),
+            modality: Modality::Text,
+            purpose: Purpose::Embed,
+            body: Body::Text(id.to_owned()),
+            source: "test".into(),
+            group: "default".into(),
+            topic: "in/text".into(),
+            response_topic: None,
+            correlation: None,
+            received: Instant::now(),
+            ticket: Ticket::none(),
+        }
+    }
+
+    fn embedding() -> ItemResult {
+        Ok(Embedding {
+            vector: vec![1.0],
+            blocks: None,
+            timings: Timings::default(),
+        })
+    }
+
+    /// Wait (on the blocking thread) until `ready`, for at most 10 s; whether it became so.
+    fn wait_until(ready: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ready() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Queue `ids`, run a worker over them to the end with `runs_in_flight`,
+    /// and return the ids of its outcomes in the order they left it, and its stats.
+    async fn run(
+        ids: &[&str],
+        max_batch: usize,
+        runs_in_flight: usize,
+        encoder: impl Fn(&[Request]) -> Vec<ItemResult> + Send + Sync + 'static,
+    ) -> (Vec<String>, Arc<Stats>) {
+        let (tx, requests) = mpsc::channel(64);
+        for id in ids {
+            tx.send(request(id)).await.unwrap();
+        }
+        drop(tx);
+        let (events, mut out) = mpsc::channel(64);
+        let stats = Arc::new(Stats::default());
+        Worker {
+            encoder: EncoderRef::Fake(Modality::Text, Arc::new(encoder)),
+            requests,
+            live: None,
+            events,
+            max_batch,
+            runs_in_flight,
+            stats: stats.clone(),
+            semantic: None,
+        }
+        .run()
+        .await;
+        let mut answered = Vec::new();
+        while let Ok(Event::Embedded(o)) = out.try_recv() {
+            assert!(o.result.is_ok());
+            answered.push(o.request.id);
+        }
+        (answered, stats)
+    }
+
+    /// A fake encoder that counts the batches inside it at once; each waits (bounded) until
+    /// `overlap` batches have been seen together.
+    fn counting(
+        overlap: usize,
+    ) -> (
+        Arc<AtomicUsize>,
+        impl Fn(&[Request]) -> Vec<ItemResult> + Send + Sync + 'static,
+    ) {
+        let most = Arc::new(AtomicUsize::new(0));
+        let now = Arc::new(AtomicUsize::new(0));
+        let seen = most.clone();
+        let f = move |batch: &[Request]| {
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.fetch_max(n, Ordering::SeqCst);
+            wait_until(|| seen.load(Ordering::SeqCst) >= overlap);
+            std::thread::sleep(Duration::from_millis(2));
+            now.fetch_sub(1, Ordering::SeqCst);
+            batch.iter().map(|_| embedding()).collect()
+        };
+        (most, f)
+    }
+
+    #[tokio::test]
+    async fn up_to_runs_in_flight_batches_run_at_once_and_every_item_is_answered_in_order() {
+        let ids = ["a", "b", "c", "d", "e", "f", "g"];
+        let (most, encoder) = counting(3);
+        let (answered, stats) = run(&ids, 1, 3, encoder).await;
+        assert_eq!(answered, ids);
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            3,
+            "never more than runs_in_flight"
+        );
+        assert_eq!(stats.items(Modality::Text), 7);
+        assert!(stats.busy_for(Modality::Text).is_none(), "idle at the end");
+    }
+
+    #[tokio::test]
+    async fn one_run_in_flight_runs_batches_one_after_another() {
+        let ids = ["a", "b", "c", "d"];
+        // Each batch waits up to 10 s for a second one that must never come: allow it 20 ms.
+        let most = Arc::new(AtomicUsize::new(0));
+        let now = Arc::new(AtomicUsize::new(0));
+        let seen = most.clone();
+        let encoder = move |batch: &[Request]| {
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20));
+            now.fetch_sub(1, Ordering::SeqCst);
+            batch.iter().map(|_| embedding()).collect()
+        };
+        let (answered, stats) = run(&ids, 1, 1, encoder).await;
+        assert_eq!(answered, ids);
+        assert_eq!(most.load(Ordering::SeqCst), 1);
+        assert_eq!(stats.items(Modality::Text), 4);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_finishes_first_waits_for_the_earlier_ones_before_leaving() {
+        // "slow" returns only after "fast" has returned: they complete out of order.
+        let fast_done = Arc::new(AtomicBool::new(false));
+        let slow_saw_fast = Arc::new(AtomicBool::new(false));
+        let (done, saw) = (fast_done.clone(), slow_saw_fast.clone());
+        let encoder = move |batch: &[Request]| {
+            if batch[0].id == "slow" {
+                saw.store(wait_until(|| done.load(Ordering::SeqCst)), Ordering::SeqCst);
+            } else if batch[0].id == "fast" {
+                done.store(true, Ordering::SeqCst);
+            }
+            batch.iter().map(|_| embedding()).collect()
+        };
+        let (answered, stats) = run(&["slow", "fast", "last"], 1, 2, encoder).await;
+        assert!(slow_saw_fast.load(Ordering::SeqCst), "fast finished first");
+        assert_eq!(answered, ["slow", "fast", "last"]);
+        assert_eq!(stats.items(Modality::Text), 3);
+    }
+
+    #[tokio::test]
+    async fn a_queued_burst_is_shared_out_among_the_free_runs() {
+        // 8 queued, max_batch 16, 3 runs: 3 + 3 + 2 rather than one batch of 8.
+        let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (most, counting) = counting(3);
+        let record = sizes.clone();
+        let encoder = move |batch: &[Request]| {
+            record.lock().unwrap().push(batch.len());
+            counting(batch)
+        };
+        let (answered, _) = run(&ids, 16, 3, encoder).await;
+        assert_eq!(answered, ids);
+        assert_eq!(*sizes.lock().unwrap(), [3, 3, 2]);
+        assert_eq!(most.load(Ordering::SeqCst), 3);
+        // With one run, the same burst is one batch.
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = sizes.clone();
+        let encoder = move |batch: &[Request]| {
+            record.lock().unwrap().push(batch.len());
+            batch.iter().map(|_| embedding()).collect()
+        };
+        run(&ids, 16, 1, encoder).await;
+        assert_eq!(*sizes.lock().unwrap(), [8]);
     }
 }

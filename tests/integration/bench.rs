@@ -27,6 +27,10 @@ fn bench_json_reports_every_modality_batch_and_thread_count_consistently() {
         "1,2",
         "-t",
         "1,2",
+        "--burst",
+        "2",
+        "-j",
+        "1,2",
         "--profile",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -39,6 +43,8 @@ fn bench_json_reports_every_modality_batch_and_thread_count_consistently() {
     assert_eq!(r["settings"]["iterations"], 2);
     assert_eq!(r["settings"]["batches"], serde_json::json!([1, 2]));
     assert_eq!(r["settings"]["threads"], serde_json::json!([1, 2]));
+    assert_eq!(r["settings"]["burst"], 2);
+    assert_eq!(r["settings"]["in_flight"], serde_json::json!([1, 2]));
 
     let rss = &r["rss_bytes"];
     assert!(u(&rss["start"]) > 0);
@@ -106,6 +112,24 @@ fn bench_json_reports_every_modality_batch_and_thread_count_consistently() {
                 "{name}: items/s {ips} vs call {call} ms"
             );
         }
+        let bursts = m["bursts"].as_array().expect("--burst adds burst rows");
+        let combos: Vec<(u64, u64)> = bursts
+            .iter()
+            .map(|b| (u(&b["threads"]), u(&b["runs_in_flight"])))
+            .collect();
+        assert_eq!(combos, [(1, 1), (1, 2), (2, 1), (2, 2)], "{name}");
+        for b in bursts {
+            assert_eq!((u(&b["items"]), u(&b["rounds"])), (2, 2), "{name}: {b}");
+            let (wall, item) = (&b["wall_ms"], &b["item_ms"]);
+            assert!(f(&item["p50"]) > 0.0, "{name}: {b}");
+            // Every item is answered within its burst.
+            assert!(f(&item["p95"]) <= f(&wall["p95"]) * 1.001, "{name}: {b}");
+            let ips = f(&b["items_per_s"]);
+            assert!(
+                (ips - 2e3 / f(&wall["p50"])).abs() <= 1e-6 * ips,
+                "{name}: {b}"
+            );
+        }
     }
 }
 
@@ -121,6 +145,10 @@ fn bench_prints_a_table_and_takes_its_own_inputs() {
         "1",
         "-t",
         "1",
+        "--burst",
+        "2",
+        "-j",
+        "2",
         "--image",
         "tests/fixtures/images/coffee.jpg",
     ]);
@@ -133,6 +161,10 @@ fn bench_prints_a_table_and_takes_its_own_inputs() {
     );
     assert!(!out.contains("text —") && !out.contains("audio —"), "{out}");
     assert!(out.contains("items/s"), "{out}");
+    assert!(
+        out.contains("burst of 2 queued at once through the daemon's worker (max_batch 4)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -141,6 +173,7 @@ fn bench_refuses_bad_arguments_with_one_clear_line() {
         (&["bench", "-n", "0"][..], "--iterations"),
         (&["bench", "-m", "smell"][..], "unknown modality"),
         (&["bench", "-b", "0"][..], "positive"),
+        (&["bench", "-j", "0"][..], "positive"),
         (
             &["bench", "-m", "vision", "--image", "no/such.jpg"][..],
             "no/such.jpg",

@@ -16,6 +16,7 @@ mod daemon;
 mod encoders;
 mod fuzz_corpus;
 mod image_words;
+mod in_flight;
 mod layers;
 mod malformed;
 mod multilingual;
