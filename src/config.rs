@@ -403,7 +403,7 @@ fn default_models_dir() -> PathBuf {
 pub struct EncodersConfig {
     /// tract threads per model run (one rayon pool shared by every model); 1 runs on the
     /// calling thread; `"auto"`: the CPUs available. Set at start only.
-    #[serde(default = "auto")]
+    #[serde(default = "one_core")]
     pub threads: Cores,
     /// Batches each modality's worker runs at once, each with its own tract state over the one
     /// optimised plan, so a burst keeps every core busy; `"auto"`: the CPUs available.
@@ -604,6 +604,9 @@ pub struct AudioConfig {
 fn yes() -> bool {
     true
 }
+fn one_core() -> Cores {
+    Cores::Count(1)
+}
 fn auto() -> Cores {
     Cores::Auto
 }
@@ -611,7 +614,7 @@ fn auto() -> Cores {
 impl Default for EncodersConfig {
     fn default() -> Self {
         EncodersConfig {
-            threads: Cores::Auto,
+            threads: Cores::Count(1),
             runs_in_flight: Cores::Auto,
             text: TextConfig::default(),
             vision: VisionConfig::default(),
@@ -1432,9 +1435,12 @@ modalities = ["text"]
     }
 
     #[test]
-    fn threads_and_runs_in_flight_default_to_auto_take_numbers_and_are_range_checked() {
+    fn threads_default_to_one_runs_in_flight_to_auto_take_numbers_and_are_range_checked() {
         let e = Config::builtin().encoders;
-        assert_eq!((e.threads, e.runs_in_flight), (Cores::Auto, Cores::Auto));
+        assert_eq!(
+            (e.threads, e.runs_in_flight),
+            (Cores::Count(1), Cores::Auto)
+        );
         // `auto` is what the machine offers, never 0.
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(Cores::Auto.get(), cpus.min(components::MAX_CORES));
