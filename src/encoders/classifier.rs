@@ -5,14 +5,13 @@
 //! `(x - 127) / 128` is mean = 127/255, std = 128/255 over `x / 255`.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::registry::{Encoder, Role, Schedule};
 use super::vision::ImageBatches;
 use super::ModelCache;
-use super::{ms, LoadedModel, Timings};
+use super::{LoadedModel, Timings};
 use crate::config::{ClassifierConfig, EncodersConfig};
 use crate::error::{InputError, ModelError};
 use crate::manifest::{read_verified, Manifest};
@@ -178,13 +177,14 @@ impl ClassifierEncoder {
     /// Classify encoded images (JPEG, PNG, WebP); a bad image fails only itself.
     pub fn classify(&self, images: &[&[u8]]) -> Vec<Result<Classification, InputError>> {
         let batches = ImageBatches {
+            model: &self.model,
             params: &self.params,
             max_pixels: self.max_pixels,
             max_batch: self.max_batch,
         };
         batches.run(
             images,
-            |data, n, crop| self.run(data, n, crop),
+            |flat, n| self.rows(flat, n),
             |probabilities, timings| Classification {
                 top: self.top_classes(&probabilities, self.top_k),
                 probabilities,
@@ -205,14 +205,8 @@ impl ClassifierEncoder {
             .collect()
     }
 
-    fn run(
-        &self,
-        data: &[f32],
-        n: usize,
-        crop: usize,
-    ) -> Result<(Vec<Vec<f32>>, f64, f64), InputError> {
-        let (flat, infer_ms) = self.model.run_images(data, n, crop)?;
-        let t2 = Instant::now();
+    /// Class probabilities per image from the model's flat logits.
+    fn rows(&self, flat: &[f32], n: usize) -> Result<Vec<Vec<f32>>, InputError> {
         let classes = self.labels.len();
         if flat.len() != n * classes {
             return Err(InputError::Inference(format!(
@@ -220,11 +214,10 @@ impl ClassifierEncoder {
                 flat.len()
             )));
         }
-        let rows = flat
+        Ok(flat
             .chunks_exact(classes)
             .map(|l| softmax(l, 1.0))
-            .collect();
-        Ok((rows, infer_ms, ms(t2)))
+            .collect())
     }
 }
 

@@ -67,20 +67,24 @@ impl VisionEncoder {
 
     /// Embed encoded images (JPEG, PNG, WebP, …); a bad image fails only itself.
     pub fn embed(&self, images: &[&[u8]]) -> Vec<ItemResult> {
-        let batches = ImageBatches {
-            params: &self.params,
-            max_pixels: self.max_pixels,
-            max_batch: self.max_batch,
-        };
-        batches.run(
+        self.batches().run(
             images,
-            |data, n, crop| self.run(data, n, crop),
+            |flat, n| Ok(self.rows(flat, n)),
             |vector, timings| Embedding {
                 vector,
                 blocks: None,
                 timings,
             },
         )
+    }
+
+    fn batches(&self) -> ImageBatches<'_> {
+        ImageBatches {
+            model: &self.model,
+            params: &self.params,
+            max_pixels: self.max_pixels,
+            max_batch: self.max_batch,
+        }
     }
 
     /// The model inputs of one encoded image, exactly as `embed` builds them (for profiling
@@ -93,17 +97,10 @@ impl VisionEncoder {
         ])
     }
 
-    fn run(
-        &self,
-        data: &[f32],
-        n: usize,
-        crop: usize,
-    ) -> Result<(Vec<Vec<f32>>, f64, f64), InputError> {
-        let (flat, infer_ms) = self.model.run_images(data, n, crop)?;
-        let t2 = Instant::now();
+    /// One embedding per image from the model's flat output, normalised if the model says so.
+    fn rows(&self, flat: &[f32], n: usize) -> Vec<Vec<f32>> {
         let dim = flat.len() / n.max(1);
-        let vectors = flat
-            .chunks_exact(dim.max(1))
+        flat.chunks_exact(dim.max(1))
             .map(|row| {
                 let mut v = row.to_vec();
                 if self.params.normalize {
@@ -111,8 +108,7 @@ impl VisionEncoder {
                 }
                 v
             })
-            .collect();
-        Ok((vectors, infer_ms, ms(t2)))
+            .collect()
     }
 }
 
@@ -120,20 +116,19 @@ impl VisionEncoder {
 /// fails only itself), the good ones run `max_batch` at a time. Shared by the vision encoder and
 /// the image classifier, which differ only in what a row of output means.
 pub(super) struct ImageBatches<'a> {
+    pub model: &'a LoadedModel,
     pub params: &'a ImagePreprocess,
     pub max_pixels: u64,
     pub max_batch: usize,
 }
 
-/// One batch's output rows, its inference and postprocess time in ms.
-type BatchOutput = Result<(Vec<Vec<f32>>, f64, f64), InputError>;
-
 impl ImageBatches<'_> {
-    /// `run(data, n, crop)` runs `n` preprocessed images; `item(row, timings)` makes one result.
+    /// `rows(flat, n)` splits the model's output for `n` images into one row each;
+    /// `item(row, timings)` makes one result.
     pub fn run<T>(
         &self,
         images: &[&[u8]],
-        run: impl Fn(&[f32], usize, usize) -> BatchOutput,
+        rows: impl Fn(&[f32], usize) -> Result<Vec<Vec<f32>>, InputError>,
         mut item: impl FnMut(Vec<f32>, Timings) -> T,
     ) -> Vec<Result<T, InputError>> {
         let crop = self.params.crop as usize;
@@ -155,7 +150,14 @@ impl ImageBatches<'_> {
             chunk
                 .iter()
                 .for_each(|(_, buf, _)| data.extend_from_slice(buf));
-            match run(&data, n, crop) {
+            let output = self
+                .model
+                .run_images(&data, n, crop)
+                .and_then(|(flat, infer_ms)| {
+                    let t2 = Instant::now();
+                    rows(&flat, n).map(|r| (r, infer_ms, ms(t2)))
+                });
+            match output {
                 Ok((rows, infer_ms, post_ms)) => {
                     for ((i, _, pre_ms), row) in chunk.iter().zip(rows) {
                         let timings = Timings {
