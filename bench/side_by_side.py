@@ -6,11 +6,15 @@ shared machine falls on every contender alike:
 
 * edgefuse end to end: `edgefuse run` on a mosquitto broker on loopback; the driver publishes
   one input to `edgefuse/bench/in/<m>` and waits for `embedding/<m>`, one item at a time
-  (latency), and a burst of items at once (throughput);
+  (latency), and a burst of items at once (throughput). Two edgefuse daemons: one at equal
+  work and quality (the fp32 originals the peer runs, nothing else: no image classifier or
+  shared space), and one at its shipped defaults (compressed models, classifier, shared
+  space), as a user runs it;
 * the Python peer (bench/python_peer.py: onnxruntime + paho-mqtt, same models, same
   preprocessing) on the same broker, the same way;
 * raw onnxruntime: `session.run` on the preprocessed input, 1 intra-op thread and default;
-* raw tract: `edgefuse bench --json` (inference stage, batch 1, 1 thread) on the same input.
+* raw tract: `edgefuse bench --json` (inference stage, batch 1, 1 thread) on the same input,
+  for the fp32 originals and for the default models.
 
 Plus, per daemon: start to READY (edgefuse: sd_notify READY=1 on a NOTIFY_SOCKET; the peer:
 its `READY` line), RSS (VmRSS and VmHWM) after the run, and CPU used while idle with an
@@ -51,6 +55,9 @@ TEXT = "A man is playing a guitar on the stage."
 IMAGE = REPO / "tests/fixtures/images/chelsea.jpg"
 WAV = REPO / "tests/fixtures/audio/speech_fox.wav"
 MODALITIES = ["text", "vision", "audio"]
+# The two edgefuse daemons, by topic prefix: equal work (fp32 originals, embeddings only) and
+# the shipped defaults.
+DAEMONS = {"edgefuse": "fp32 originals, embeddings only", "edgefused": "shipped defaults"}
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -200,43 +207,55 @@ def main() -> None:
             f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")
         static = tmp / "static-images"
         static.mkdir()
-        (tmp / "edgefuse.toml").write_text(
+        def config_text(prefix: str, state: str) -> str:
             # A fresh state directory: the first start compiles the models (NNEF cache), the
             # later ones start from the compiled form, as a service does after its first start.
-            f'device_id = "bench"\nstate_dir = "{tmp}/state"\n[mqtt]\nbroker = "mqtt://127.0.0.1:{port}"\n'
-            f'topic_prefix = "edgefuse"\n[stats]\ninterval_s = 0\n'
-            f'[sources.image_dir]\nenabled = true\npath = "{static}"\n'
-            # The very files the peer and raw onnxruntime run: the fp32 originals, so the
-            # comparison is of runtimes, not of compression (docs/models.md has the variants).
+            return (f'device_id = "bench"\nstate_dir = "{tmp}/{state}"\n'
+                    f'[mqtt]\nbroker = "mqtt://127.0.0.1:{port}"\ntopic_prefix = "{prefix}"\n'
+                    f'[stats]\ninterval_s = 0\n'
+                    f'[sources.image_dir]\nenabled = true\npath = "{static}"\n')
+
+        configs = {name: tmp / f"{name}.toml" for name in DAEMONS}
+        configs["edgefuse"].write_text(
+            # The very files the peer and raw onnxruntime run, and only those: the fp32
+            # originals, no image classifier, no shared space, so the comparison is of runtimes
+            # doing the same work, not of compression (docs/models.md has the variants).
+            config_text("edgefuse", "state")
             + "".join(f'[encoders.{m}]\nmodel = "{m}"\n' for m in ("text", "vision", "audio"))
+            + "[encoders.classifier]\nenabled = false\n[semantic]\nenabled = false\n"
+            + "[shared_space]\nenabled = false\n"
         )
+        # As shipped (configs/default.toml): compressed models, image classifier, shared space.
+        configs["edgefused"].write_text(config_text("edgefused", "state-defaults"))
         broker = subprocess.Popen(["mosquitto", "-c", str(tmp / "mosquitto.conf")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         procs: list[subprocess.Popen] = []
-        res: dict = {"machine": machine, "modalities": {}}
+        shipped = tomllib.loads((REPO / "configs/default.toml").read_text())["encoders"]
+        res: dict = {"machine": machine, "modalities": {},
+                     "default_models": [shipped[m]["model"] for m in (*MODALITIES, "classifier")]}
         try:
-            ready_ef, ready_peer = [], []
-            ef = peer = None
+            ready: dict[str, list[float]] = {name: [] for name in (*DAEMONS, "peer")}
+            daemons: dict[str, subprocess.Popen] = {}
             for i in range(args.starts):
-                if ef:
-                    stop(ef)
-                if peer:
-                    stop(peer)
-                ef, t = start_edgefuse(args.edgefuse, tmp / "edgefuse.toml", ref_models, tmp, timeout=120)
-                procs = [ef]  # stopped in `finally` if anything below fails
-                ready_ef.append(t)
-                peer, t = start_peer(sys.executable, port, ref_models, args.peer_threads)
-                procs = [ef, peer]
-                ready_peer.append(t)
-                log(f"start {i + 1}: edgefuse READY in {ready_ef[-1]:.2f} s, peer {ready_peer[-1]:.2f} s")
-            procs = [ef, peer]
+                for p in daemons.values():
+                    stop(p)
+                daemons = {}
+                for name in DAEMONS:
+                    daemons[name], t = start_edgefuse(args.edgefuse, configs[name], ref_models, tmp, timeout=300)
+                    procs = list(daemons.values())  # stopped in `finally` if anything below fails
+                    ready[name].append(t)
+                daemons["peer"], t = start_peer(sys.executable, port, ref_models, args.peer_threads)
+                procs = list(daemons.values())
+                ready["peer"].append(t)
+                log(f"start {i + 1}: READY in " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in ready.items()))
             echo, _ = start_peer(sys.executable, port, ref_models, None, echo=True)
             procs.append(echo)
-            res["ready_s"] = {"edgefuse": ready_ef, "peer": ready_peer}
-            drv = Driver(port, ["edgefuse", "peer", "echo"], "bench-driver")
+            res["ready_s"] = ready
+            contenders = (*DAEMONS, "peer", "echo")
+            drv = Driver(port, list(contenders), "bench-driver")
             for m in modalities:
-                for prefix in ("edgefuse", "peer", "echo"):
+                for prefix in contenders:
                     drv.one(prefix, m, payloads[m])  # warm-up
             for m in modalities:
                 feeds = ort_inputs(m, specs)
@@ -247,33 +266,35 @@ def main() -> None:
                     "1": ort.InferenceSession(str(path), o1, providers=["CPUExecutionProvider"]),
                     "default": ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]),
                 }
-                r = {"edgefuse": [], "peer": [], "echo": [], "ort1": [], "ortd": [], "tract": [], "tract_pre": [],
-                     "tract_post": [], "burst_edgefuse": [], "burst_peer": []}
+                r: dict[str, list[float]] = {k: [] for k in (
+                    *contenders, "ort1", "ortd", "tract", "tract_pre", "tract_post", "tract_defaults",
+                    *(f"burst_{c}" for c in (*DAEMONS, "peer")))}
                 for rnd in range(args.rounds):
                     for _ in range(args.per_round):
-                        r["edgefuse"].append(drv.one("edgefuse", m, payloads[m]))
-                        r["peer"].append(drv.one("peer", m, payloads[m]))
-                        r["echo"].append(drv.one("echo", m, payloads[m]))
+                        for c in contenders:
+                            r[c].append(drv.one(c, m, payloads[m]))
                     r["ort1"] += time_ort(sessions["1"], feeds, args.per_round)
                     r["ortd"] += time_ort(sessions["default"], feeds, args.per_round)
-                    tb = tract_bench(args.edgefuse, tmp / "edgefuse.toml", ref_models, m, args.per_round)["modalities"][0]["runs"][0]
+                    tb = tract_bench(args.edgefuse, configs["edgefuse"], ref_models, m, args.per_round)["modalities"][0]["runs"][0]
                     r["tract"].append(tb["inference_ms"]["p50"])
                     r["tract_pre"].append(tb["preprocess_ms"]["p50"])
                     r["tract_post"].append(tb["postprocess_ms"]["p50"])
-                    r["burst_edgefuse"].append(drv.burst("edgefuse", m, payloads[m], args.burst))
-                    r["burst_peer"].append(drv.burst("peer", m, payloads[m], args.burst))
-                    log(f"{m} round {rnd + 1}: edgefuse {med(r['edgefuse'][-args.per_round:]):.1f} ms, "
-                        f"peer {med(r['peer'][-args.per_round:]):.1f} ms, tract {r['tract'][-1]:.1f} ms, "
+                    tb = tract_bench(args.edgefuse, configs["edgefused"], ref_models, m, args.per_round)["modalities"][0]["runs"][0]
+                    r["tract_defaults"].append(tb["inference_ms"]["p50"])
+                    for c in (*DAEMONS, "peer"):
+                        r[f"burst_{c}"].append(drv.burst(c, m, payloads[m], args.burst))
+                    log(f"{m} round {rnd + 1}: " + ", ".join(
+                        f"{c} {med(r[c][-args.per_round:]):.1f} ms" for c in (*DAEMONS, "peer"))
+                        + f", tract {r['tract'][-1]:.1f} / {r['tract_defaults'][-1]:.1f} ms, "
                         f"ORT 1t {med(r['ort1'][-args.per_round:]):.1f} ms")
                 res["modalities"][m] = r
             time.sleep(2)
-            idle = {}
-            c0 = {name: cpu_seconds(p.pid) for name, p in zip(("edgefuse", "peer"), procs)}
+            named = [(name, daemons[name]) for name in (*DAEMONS, "peer")]
+            c0 = {name: cpu_seconds(p.pid) for name, p in named}
             time.sleep(args.idle_seconds)
-            for name, p in zip(("edgefuse", "peer"), procs):
-                idle[name] = (cpu_seconds(p.pid) - c0[name]) / args.idle_seconds * 100
-            res["idle_cpu_percent"] = idle
-            res["rss_bytes"] = {name: proc_status(p.pid) for name, p in zip(("edgefuse", "peer"), procs)}
+            res["idle_cpu_percent"] = {
+                name: (cpu_seconds(p.pid) - c0[name]) / args.idle_seconds * 100 for name, p in named}
+            res["rss_bytes"] = {name: proc_status(p.pid) for name, p in named}
             drv.c.loop_stop()
         finally:
             for p in procs:
@@ -295,70 +316,82 @@ def markdown(res: dict, specs: dict, args: argparse.Namespace) -> str:
     m = res["machine"]
     f = lambda x: f"{x:.3f}" if x < 1 else f"{x:.2f}" if x < 100 else f"{x:.1f}"  # noqa: E731
     cell = lambda xs: f"{f(med(xs))} / {f(p95(xs))}"  # noqa: E731
+    default_models = ", ".join(f"`{d}`" for d in res.get("default_models", [])) or "see configs/default.toml"
     lines = [
         f"Measured {m['date']} by `bench/run` ({m['wall_s']:.0f} s wall for this part); "
         f"{args.rounds} interleaved rounds × {args.per_round} items per contender and modality, "
         f"bursts of {args.burst}.",
         "",
-        f"- CPU: {m['cpu']}, {m['cpus']} logical CPUs, shared with other jobs (load average "
+        f"- CPU: {m['cpu']}, {m['cpus']} logical CPUs (load average "
         f"{m['load_before']} before, {m['load_after']} after): read the ratios, not the absolute times.",
-        f"- {m['kernel']}; edgefuse {m['edgefuse']}; tract-onnx {m['tract']} (1 thread); "
+        f"- {m['kernel']}; edgefuse {m['edgefuse']}; tract-onnx {m['tract']}; "
         f"onnxruntime {m['onnxruntime']}; Python {m['python']}; {m['mosquitto']}.",
-        "- Models: the fp32 originals (`text`, `vision`, `audio` of models/manifest.toml) for every "
-        "contender, edgefuse included; its compressed defaults are compared in docs/models.md.",
+        "- edgefuse runs at its default `encoders.threads` and `encoders.runs_in_flight`, twice: "
+        "**equal work** (the fp32 originals `text`, `vision`, `audio` of models/manifest.toml, the "
+        "very files the peer runs, and nothing else: image classifier and shared space off) and "
+        f"**as shipped** (configs/default.toml: {default_models}, plus the image classifier on every "
+        "photo and the shared space; mean cosine ≥ 0.98 to the fp32 originals, docs/models.md).",
         f"- Python peer: onnxruntime with "
-        f"{f'{args.peer_threads} intra-op thread(s)' if args.peer_threads else 'its default thread count'}.",
+        f"{f'{args.peer_threads} intra-op thread(s)' if args.peer_threads else 'its default thread count'}, "
+        "the fp32 originals.",
         "",
         "Per item, milliseconds as median / p95. End to end = publish the input → receive its "
-        "`embedding/<m>` (driver, daemon and mosquitto on one machine). Floor = the same round "
+        "`embedding/<m>` (driver, daemons and mosquitto on one machine). Floor = the same round "
         "trip to a responder that computes nothing (`python_peer.py --echo`); e2e − floor is "
-        "what the daemon itself spends. Raw = the model alone on the preprocessed sample "
-        "(tract: `edgefuse bench` inference stage; median of the per-round medians).",
+        "what the daemon itself spends. Raw tract = the same model alone on the preprocessed "
+        "sample (`edgefuse bench` inference stage, batch 1, 1 thread; median of the per-round "
+        "medians). ORT = raw onnxruntime on the fp32 file.",
         "",
-        "| modality | edgefuse e2e | Python peer e2e | peer / edgefuse | floor | raw tract "
+        "| modality | edgefuse | edgefuse e2e | Python peer e2e | peer / edgefuse | floor | raw tract "
         "| e2e / raw tract | (e2e − floor) / raw tract | ORT 1 thread | ORT default "
         "| tract / ORT 1t | tract / ORT default |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mod, r in res["modalities"].items():
-        t = med(r["tract"])
-        e, fl = med(r["edgefuse"]), med(r["echo"])
-        lines.append(
-            f"| {mod} | {cell(r['edgefuse'])} | {cell(r['peer'])} | {med(r['peer']) / e:.2f} "
-            f"| {f(fl)} | {f(t)} | {e / t:.2f} | {(e - fl) / t:.2f} | {cell(r['ort1'])} "
-            f"| {cell(r['ortd'])} | {t / med(r['ort1']):.2f} | {t / med(r['ortd']):.2f} |"
-        )
+        fl, peer = med(r["echo"]), med(r["peer"])
+        for name, raw, label in (("edgefuse", "tract", "equal work"), ("edgefused", "tract_defaults", "as shipped")):
+            t, e = med(r[raw]), med(r[name])
+            ort_cells = (f"{cell(r['ort1'])} | {cell(r['ortd'])} | {t / med(r['ort1']):.2f} "
+                         f"| {t / med(r['ortd']):.2f}") if raw == "tract" else "| | |"
+            lines.append(
+                f"| {mod} | {label} | {cell(r[name])} | {cell(r['peer'])} | {peer / e:.2f} "
+                f"| {f(fl)} | {f(t)} | {e / t:.2f} | {(e - fl) / t:.2f} | {ort_cells} |"
+            )
     lines += [
         "",
         f"Throughput, bursts of {args.burst} items published at once, items/s (median of rounds), "
-        "and edgefuse's own stages in `edgefuse bench` (batch 1, 1 thread, ms):",
+        "and edgefuse's own stages for the fp32 originals in `edgefuse bench` (batch 1, 1 thread, ms):",
         "",
-        "| modality | edgefuse items/s | peer items/s | edgefuse / peer | preprocess | inference | postprocess |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| modality | edgefuse equal work | edgefuse as shipped | peer | equal work / peer "
+        "| as shipped / peer | preprocess | inference | postprocess |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mod, r in res["modalities"].items():
-        be, bp = med(r["burst_edgefuse"]), med(r["burst_peer"])
-        lines.append(f"| {mod} | {be:.2f} | {bp:.2f} | {be / bp:.2f} | {f(med(r['tract_pre']))} "
-                     f"| {f(med(r['tract']))} | {f(med(r['tract_post']))} |")
+        be, bd, bp = med(r["burst_edgefuse"]), med(r["burst_edgefused"]), med(r["burst_peer"])
+        lines.append(f"| {mod} | {be:.2f} | {bd:.2f} | {bp:.2f} | {be / bp:.2f} | {bd / bp:.2f} "
+                     f"| {f(med(r['tract_pre']))} | {f(med(r['tract']))} | {f(med(r['tract_post']))} |")
     rss, idle, ready = res["rss_bytes"], res["idle_cpu_percent"], res["ready_s"]
     mb = lambda b: f"{b / 1e6:.0f} MB"  # noqa: E731
+    row = lambda title, get: (  # noqa: E731
+        f"| {title} | {get('edgefuse')} | {get('edgefused')} | {get('peer')} |")
+    ratio = lambda get: f"{get('edgefuse') / get('peer'):.2f} / {get('edgefused') / get('peer'):.2f}"  # noqa: E731
+    vm = lambda key: lambda n: rss[n][key]  # noqa: E731
+    first = lambda n: ready[n][0]  # noqa: E731
+    later = lambda n: med(ready[n][1:])  # noqa: E731
     lines += [
         "",
-        "Daemons, all three models loaded, after the run:",
+        "Daemons after the run (all three modalities loaded):",
         "",
-        "| | edgefuse | Python peer | edgefuse / peer |",
-        "|---|---:|---:|---:|",
-        f"| RSS (VmRSS) | {mb(rss['edgefuse']['VmRSS'])} | {mb(rss['peer']['VmRSS'])} "
-        f"| {rss['edgefuse']['VmRSS'] / rss['peer']['VmRSS']:.2f} |",
-        f"| peak RSS (VmHWM) | {mb(rss['edgefuse']['VmHWM'])} | {mb(rss['peer']['VmHWM'])} "
-        f"| {rss['edgefuse']['VmHWM'] / rss['peer']['VmHWM']:.2f} |",
-        f"| start to READY, first start (models from ONNX, then compiled), s | {ready['edgefuse'][0]:.2f} "
-        f"| {ready['peer'][0]:.2f} | {ready['edgefuse'][0] / ready['peer'][0]:.2f} |",
-        f"| start to READY, later starts (compiled models), s (median of {len(ready['edgefuse']) - 1}) "
-        f"| {med(ready['edgefuse'][1:]):.2f} | {med(ready['peer'][1:]):.2f} "
-        f"| {med(ready['edgefuse'][1:]) / med(ready['peer'][1:]):.2f} |",
-        f"| idle CPU over {args.idle_seconds:.0f} s (edgefuse with a static `image_dir` source) "
-        f"| {idle['edgefuse']:.2f} % | {idle['peer']:.2f} % | |",
+        "| | edgefuse equal work | edgefuse as shipped | Python peer | equal work / peer, as shipped / peer |",
+        "|---|---:|---:|---:|---:|",
+        row("RSS (VmRSS)", lambda n: mb(vm("VmRSS")(n)))[:-1] + f"| {ratio(vm('VmRSS'))} |",
+        row("peak RSS (VmHWM)", lambda n: mb(vm("VmHWM")(n)))[:-1] + f"| {ratio(vm('VmHWM'))} |",
+        row("start to READY, first start (models from ONNX, then compiled), s",
+            lambda n: f"{first(n):.2f}")[:-1] + f"| {ratio(first)} |",
+        row(f"start to READY, later starts (compiled models), s (median of {len(ready['peer']) - 1})",
+            lambda n: f"{later(n):.2f}")[:-1] + f"| {ratio(later)} |",
+        row(f"idle CPU over {args.idle_seconds:.0f} s (edgefuse with a static `image_dir` source)",
+            lambda n: f"{idle[n]:.2f} %") + " |",
     ]
     return "\n".join(lines) + "\n"
 

@@ -157,6 +157,11 @@ pub async fn run(
     service.status("starting the pipeline");
     let input = IntakeEnd::new(incoming);
     let mut pipeline = Pipeline::start(&link, config, encoders, input).await?;
+    // What building the class-name embeddings freed, then after every busy spell.
+    tokio::task::spawn_blocking(crate::stats::trim_heap).await?;
+    let _trim = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        crate::stats::trim_when_quiet(link.stats.clone(), Duration::from_secs(2)),
+    ));
     let max_batch = service.max_batch();
     let service = service.ready(pipeline.health(&link, max_batch));
     let inputs: Vec<String> = Modality::ALL

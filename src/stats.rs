@@ -285,6 +285,37 @@ pub fn trim_heap() {
     }
 }
 
+/// Hand freed heap back to the OS after each busy spell, once no batch has run for `quiet`.
+/// glibc keeps a burst's freed activations and im2col buffers in its per-thread arenas
+/// (docs/performance.md, "RSS"); trimming between items instead would cost the next item
+/// its page faults. Runs for the life of the daemon; one trim per quiet spell.
+pub async fn trim_when_quiet(stats: std::sync::Arc<Stats>, quiet: Duration) {
+    let mut trimmed_at = stats.heartbeat_ms.load(Ordering::Relaxed);
+    let mut tick = tokio::time::interval(quiet);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let beat = stats.heartbeat_ms.load(Ordering::Relaxed);
+        let busy = Modality::ALL.iter().any(|m| stats.busy_for(*m).is_some());
+        if should_trim(trimmed_at, beat, busy, stats.since_heartbeat(), quiet) {
+            trimmed_at = beat;
+            let _ = tokio::task::spawn_blocking(trim_heap).await;
+        }
+    }
+}
+
+/// Trim when a batch has completed since the last trim (`beat` moved), none runs now, and
+/// the last one completed at least `quiet` ago. Pure.
+fn should_trim(
+    trimmed_at: u64,
+    beat: u64,
+    busy: bool,
+    since_beat: Duration,
+    quiet: Duration,
+) -> bool {
+    beat != trimmed_at && !busy && since_beat >= quiet
+}
+
 /// Resident set size of this process in bytes (Linux), 0 where unknown.
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -299,6 +330,26 @@ pub fn rss_bytes() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_heap_is_trimmed_once_per_quiet_spell_and_never_while_a_batch_runs() {
+        let q = Duration::from_secs(2);
+        let long = Duration::from_secs(3);
+        // Work done since the last trim, nothing running, quiet long enough: trim.
+        assert!(super::should_trim(0, 500, false, long, q));
+        // Nothing done since the last trim (or ever): nothing to give back.
+        assert!(!super::should_trim(500, 500, false, long, q));
+        assert!(!super::should_trim(0, 0, false, long, q));
+        // A batch running, or one finished a moment ago (a burst may go on): wait.
+        assert!(!super::should_trim(0, 500, true, long, q));
+        assert!(!super::should_trim(
+            0,
+            500,
+            false,
+            Duration::from_millis(300),
+            q
+        ));
+    }
+
     use super::*;
 
     #[test]

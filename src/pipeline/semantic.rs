@@ -36,6 +36,20 @@ pub struct SemanticItem {
 pub trait SemanticHook: Send + Sync {
     fn semantic(&self, batch: &[Request], results: &[ItemResult]) -> Vec<Option<SemanticItem>>;
 
+    /// Whether [`SemanticHook::semantic_from_inputs`] does the work: the hook needs only the
+    /// inputs (the image classifier), so a worker with a spare core runs it beside the
+    /// encoder instead of after it.
+    fn works_from_inputs(&self) -> bool {
+        false
+    }
+
+    /// One entry per request as if every item had embedded, computed from the inputs alone;
+    /// the worker keeps the entries of the items whose embedding succeeded. `None`: the hook
+    /// needs the encoder's results ([`SemanticHook::works_from_inputs`] is false).
+    fn semantic_from_inputs(&self, _batch: &[Request]) -> Option<Vec<Option<SemanticItem>>> {
+        None
+    }
+
     /// [`SemanticHook::semantic`] with what was heard in each item (the speech hook's
     /// transcripts, published on `transcript`); no transcripts by default.
     fn semantic_heard(

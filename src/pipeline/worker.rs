@@ -143,6 +143,38 @@ fn semantic_guarded(
     }
 }
 
+/// The encoder and a hook that needs only the inputs (a photo's classifier beside its
+/// embedding), at once on two threads: used when a core would otherwise sit idle. A hook that
+/// panics, declines or answers with the wrong count costs only the semantic vectors, as in
+/// [`semantic_guarded`].
+fn embed_with_semantic_beside(
+    encoder: &EncoderRef,
+    hook: &dyn SemanticHook,
+    batch: &[Request],
+) -> (Vec<ItemResult>, Vec<Placed>) {
+    let (results, early) = std::thread::scope(|s| {
+        let early = s.spawn(|| hook.semantic_from_inputs(batch));
+        let results = embed_guarded(encoder, batch);
+        (results, early.join())
+    });
+    let semantic = match early {
+        Ok(Some(items)) if items.len() == batch.len() => items
+            .into_iter()
+            .zip(&results)
+            // Only items that embedded carry a semantic vector, as when run after the encoder.
+            .map(|(item, result)| (item.filter(|_| result.is_ok()), None))
+            .collect(),
+        Ok(None) => semantic_guarded(Some(hook), batch, &results),
+        _ => {
+            tracing::error!(
+                "the semantic hook failed on a batch; its items have no semantic vector"
+            );
+            batch.iter().map(|_| (None, None)).collect()
+        }
+    };
+    (results, semantic)
+}
+
 pub struct Worker {
     pub encoder: EncoderRef,
     pub requests: mpsc::Receiver<Request>,
@@ -157,12 +189,11 @@ pub struct Worker {
     pub semantic: Option<Arc<dyn SemanticHook>>,
 }
 
+/// An item's place in the shared space, and what was heard in it.
+type Placed = (Option<SemanticItem>, Option<Heard>);
+
 /// What a batch's blocking task hands back.
-type Ran = (
-    Vec<Request>,
-    Vec<ItemResult>,
-    Vec<(Option<SemanticItem>, Option<Heard>)>,
-);
+type Ran = (Vec<Request>, Vec<ItemResult>, Vec<Placed>);
 
 /// A batch on the blocking pool, with what its outcomes need.
 struct Running {
@@ -269,11 +300,24 @@ impl Worker {
             .iter()
             .map(|r| now.duration_since(r.received).as_secs_f64() * 1e3)
             .collect();
+        // A hook that needs only the inputs runs beside the encoder when this is the only run
+        // and nothing else is queued: a core that runs_in_flight would have used sits idle.
+        let nothing_waiting =
+            self.requests.is_empty() && self.live.as_ref().is_none_or(|q| q.is_empty());
+        let beside = free >= self.runs_in_flight.max(1) && free > 1 && nothing_waiting;
         let encoder = self.encoder.clone();
         let hook = self.semantic.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let results = embed_guarded(&encoder, &batch);
-            let semantic = semantic_guarded(hook.as_deref(), &batch, &results);
+            let (results, semantic) = match hook.as_deref() {
+                Some(h) if beside && h.works_from_inputs() => {
+                    embed_with_semantic_beside(&encoder, h, &batch)
+                }
+                h => {
+                    let results = embed_guarded(&encoder, &batch);
+                    let semantic = semantic_guarded(h, &batch, &results);
+                    (results, semantic)
+                }
+            };
             (batch, results, semantic)
         });
         Running {
@@ -372,6 +416,25 @@ mod tests {
         runs_in_flight: usize,
         encoder: impl Fn(&[Request]) -> Vec<ItemResult> + Send + Sync + 'static,
     ) -> (Vec<String>, Arc<Stats>) {
+        let (outcomes, stats) = run_with(ids, max_batch, runs_in_flight, encoder, None).await;
+        let answered = outcomes
+            .into_iter()
+            .map(|o| {
+                assert!(o.result.is_ok());
+                o.request.id
+            })
+            .collect();
+        (answered, stats)
+    }
+
+    /// [`run`] with a semantic hook; every outcome, in the order it left.
+    async fn run_with(
+        ids: &[&str],
+        max_batch: usize,
+        runs_in_flight: usize,
+        encoder: impl Fn(&[Request]) -> Vec<ItemResult> + Send + Sync + 'static,
+        semantic: Option<Arc<dyn SemanticHook>>,
+    ) -> (Vec<Outcome>, Arc<Stats>) {
         let (tx, requests) = mpsc::channel(64);
         for id in ids {
             tx.send(request(id)).await.unwrap();
@@ -387,16 +450,15 @@ mod tests {
             max_batch,
             runs_in_flight,
             stats: stats.clone(),
-            semantic: None,
+            semantic,
         }
         .run()
         .await;
-        let mut answered = Vec::new();
+        let mut outcomes = Vec::new();
         while let Ok(Event::Embedded(o)) = out.try_recv() {
-            assert!(o.result.is_ok());
-            answered.push(o.request.id);
+            outcomes.push(*o);
         }
-        (answered, stats)
+        (outcomes, stats)
     }
 
     /// A fake encoder that counts the batches inside it at once; each waits (bounded) until
@@ -503,5 +565,105 @@ mod tests {
         };
         run(&ids, 16, 1, encoder).await;
         assert_eq!(*sizes.lock().unwrap(), [8]);
+    }
+
+    /// A hook that works from the inputs alone (as the image classifier does): it records
+    /// which entry point ran and whether the encoder was running meanwhile.
+    struct FromInputs {
+        encoder_running: Arc<AtomicBool>,
+        hook_running: Arc<AtomicBool>,
+        saw_encoder: AtomicBool,
+        after_encoder: AtomicUsize,
+    }
+
+    fn item() -> Option<SemanticItem> {
+        Some(SemanticItem {
+            vector: vec![1.0],
+            parts: Vec::new(),
+        })
+    }
+
+    impl SemanticHook for FromInputs {
+        fn semantic(&self, _: &[Request], results: &[ItemResult]) -> Vec<Option<SemanticItem>> {
+            self.after_encoder.fetch_add(1, Ordering::SeqCst);
+            results
+                .iter()
+                .map(|r| r.as_ref().ok().and(item()))
+                .collect()
+        }
+
+        fn works_from_inputs(&self) -> bool {
+            true
+        }
+
+        fn semantic_from_inputs(&self, batch: &[Request]) -> Option<Vec<Option<SemanticItem>>> {
+            self.hook_running.store(true, Ordering::SeqCst);
+            let saw = wait_until(|| self.encoder_running.load(Ordering::SeqCst));
+            self.saw_encoder.store(saw, Ordering::SeqCst);
+            Some(batch.iter().map(|_| item()).collect())
+        }
+    }
+
+    /// The hook and an encoder that fails item "bad" and waits (bounded) for the hook to start.
+    fn from_inputs() -> (
+        Arc<FromInputs>,
+        impl Fn(&[Request]) -> Vec<ItemResult> + Send + Sync + 'static,
+    ) {
+        let hook = Arc::new(FromInputs {
+            encoder_running: Arc::new(AtomicBool::new(false)),
+            hook_running: Arc::new(AtomicBool::new(false)),
+            saw_encoder: AtomicBool::new(false),
+            after_encoder: AtomicUsize::new(0),
+        });
+        let (running, hook_running) = (hook.encoder_running.clone(), hook.hook_running.clone());
+        let encoder = move |batch: &[Request]| {
+            running.store(true, Ordering::SeqCst);
+            if batch.len() == 1 {
+                // Alone, so a spare core: the hook must be running meanwhile.
+                wait_until(|| hook_running.load(Ordering::SeqCst));
+            }
+            batch
+                .iter()
+                .map(|r| match r.id.as_str() {
+                    "bad" => Err(InputError::CorruptImage("not an image".into())),
+                    _ => embedding(),
+                })
+                .collect()
+        };
+        (hook, encoder)
+    }
+
+    #[tokio::test]
+    async fn with_a_spare_core_a_hook_that_needs_only_the_inputs_runs_beside_the_encoder() {
+        let (hook, encoder) = from_inputs();
+        let semantic: Arc<dyn SemanticHook> = hook.clone();
+        let (outcomes, _) = run_with(&["photo"], 4, 2, encoder, Some(semantic)).await;
+        assert!(
+            hook.saw_encoder.load(Ordering::SeqCst),
+            "ran at the same time"
+        );
+        assert_eq!(hook.after_encoder.load(Ordering::SeqCst), 0);
+        assert_eq!(outcomes.len(), 1);
+        assert!(outcomes[0].result.is_ok() && outcomes[0].semantic.is_some());
+    }
+
+    #[tokio::test]
+    async fn items_that_fail_to_embed_get_no_semantic_vector_from_a_hook_run_beside() {
+        let (hook, encoder) = from_inputs();
+        let semantic: Arc<dyn SemanticHook> = hook.clone();
+        let (outcomes, _) = run_with(&["bad"], 2, 2, encoder, Some(semantic)).await;
+        assert!(hook.saw_encoder.load(Ordering::SeqCst), "ran beside");
+        assert_eq!(outcomes.len(), 1);
+        assert!(outcomes[0].result.is_err() && outcomes[0].semantic.is_none());
+    }
+
+    #[tokio::test]
+    async fn with_one_run_in_flight_the_hook_runs_after_the_encoder() {
+        let (hook, encoder) = from_inputs();
+        let semantic: Arc<dyn SemanticHook> = hook.clone();
+        let (outcomes, _) = run_with(&["a", "b"], 2, 1, encoder, Some(semantic)).await;
+        assert_eq!(hook.after_encoder.load(Ordering::SeqCst), 1);
+        assert!(!hook.hook_running.load(Ordering::SeqCst));
+        assert!(outcomes.iter().all(|o| o.semantic.is_some()));
     }
 }

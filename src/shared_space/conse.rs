@@ -69,12 +69,20 @@ pub fn images_to_classify<'a>(
     batch: &'a [Request],
     results: &[ItemResult],
 ) -> Vec<(usize, &'a [u8])> {
+    images_to_embed(batch)
+        .into_iter()
+        .filter(|(i, _)| matches!(results.get(*i), Some(Ok(_))))
+        .collect()
+}
+
+/// The images of a batch that are to be embedded (and so classified), with their bytes,
+/// before the encoder has run. Pure.
+pub fn images_to_embed(batch: &[Request]) -> Vec<(usize, &[u8])> {
     batch
         .iter()
-        .zip(results)
         .enumerate()
-        .filter_map(|(i, (r, res))| match (&r.purpose, &r.body, res) {
-            (Purpose::Embed, Body::Encoded(b), Ok(_)) if r.modality == Modality::Vision => {
+        .filter_map(|(i, r)| match (&r.purpose, &r.body) {
+            (Purpose::Embed, Body::Encoded(b)) if r.modality == Modality::Vision => {
                 Some((i, b.as_ref()))
             }
             _ => None,
@@ -82,10 +90,13 @@ pub fn images_to_classify<'a>(
         .collect()
 }
 
-impl SemanticHook for VisionConse {
-    fn semantic(&self, batch: &[Request], results: &[ItemResult]) -> Vec<Option<SemanticItem>> {
+impl VisionConse {
+    fn classify_picked(
+        &self,
+        batch: &[Request],
+        picked: &[(usize, &[u8])],
+    ) -> Vec<Option<SemanticItem>> {
         let mut out: Vec<Option<SemanticItem>> = batch.iter().map(|_| None).collect();
-        let picked = images_to_classify(batch, results);
         if picked.is_empty() {
             return out;
         }
@@ -99,6 +110,21 @@ impl SemanticHook for VisionConse {
             }
         }
         out
+    }
+}
+
+impl SemanticHook for VisionConse {
+    fn semantic(&self, batch: &[Request], results: &[ItemResult]) -> Vec<Option<SemanticItem>> {
+        self.classify_picked(batch, &images_to_classify(batch, results))
+    }
+
+    // The classifier reads the image bytes, not the embedding: it can run beside DINOv2.
+    fn works_from_inputs(&self) -> bool {
+        true
+    }
+
+    fn semantic_from_inputs(&self, batch: &[Request]) -> Option<Vec<Option<SemanticItem>>> {
+        Some(self.classify_picked(batch, &images_to_embed(batch)))
     }
 }
 
