@@ -212,6 +212,8 @@ def main() -> None:
             # later ones start from the compiled form, as a service does after its first start.
             return (f'device_id = "bench"\nstate_dir = "{tmp}/{state}"\n'
                     f'[mqtt]\nbroker = "mqtt://127.0.0.1:{port}"\ntopic_prefix = "{prefix}"\n'
+                    # Two daemons with one device id: their client ids must differ.
+                    f'client_id = "{prefix}-bench"\n'
                     f'[stats]\ninterval_s = 0\n'
                     f'[sources.image_dir]\nenabled = true\npath = "{static}"\n')
 
