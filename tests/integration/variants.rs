@@ -293,15 +293,17 @@ fn calibration_and_evaluation_inputs_are_distinct() {
 }
 
 /// configs/small-board.toml (a 512 MB board, docs/performance.md): a valid config with every
-/// modality and the classifier on, whose text and vision models keep their matmul weights as
-/// 4-bit blocks, each model key naming a model of the manifest, and batches of one item (the
-/// activations of a batch are what the board cannot afford).
+/// modality on and the image classifier off (its ~40 MiB would take the peak past 150 MB; the
+/// file says how to turn it on, and its model key must still be right), whose text and vision
+/// models keep their matmul weights as 4-bit blocks, each model key naming a model of the
+/// manifest, and batches of one item (the activations of a batch are what the board cannot
+/// afford).
 #[test]
 fn small_board_config_is_valid_and_names_compressed_models() {
     let path = repo().join("configs/small-board.toml");
     let c = edgefuse::config::Config::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
     let e = &c.encoders;
-    assert!(e.text.enabled && e.vision.enabled && e.audio.enabled && e.classifier.enabled);
+    assert!(e.text.enabled && e.vision.enabled && e.audio.enabled && !e.classifier.enabled);
     let m = manifest();
     for (modality, key) in [
         ("text", &e.text.model),
