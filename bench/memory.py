@@ -28,7 +28,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from mqtt_driver import Driver, free_port, start_edgefuse, stop
+from mqtt_driver import Driver, start_edgefuse, start_mosquitto, stop
 
 REPO = Path(__file__).resolve().parent.parent
 PAYLOADS = {
@@ -94,11 +94,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgefuse-mem-") as tmps:
         tmp = Path(tmps)
-        port = free_port()
-        (tmp / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")
-        broker = subprocess.Popen(["mosquitto", "-c", str(tmp / "mosquitto.conf")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+        broker, port = start_mosquitto(tmp)
         cfg = tmp / "edgefuse.toml"
         cfg.write_text(local_config(args.config, port, tmp / "state"))
         modalities = enabled(cfg.read_text())

@@ -28,6 +28,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_mosquitto(tmp: Path) -> tuple[subprocess.Popen, int]:
+    """mosquitto on a free loopback port, config in `tmp`; returns it and the port. Without
+    TCP_NODELAY mosquitto holds small packets for the peer's delayed ACK (Nagle): ~40 ms per
+    hop on loopback, more than the text model itself."""
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return broker, port
+
+
 def med(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 

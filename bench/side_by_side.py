@@ -47,7 +47,7 @@ import paho.mqtt.client as mqtt
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "golden"))
 import make_reference as ref  # noqa: E402
-from mqtt_driver import Driver, free_port, med, start_edgefuse, stop  # noqa: E402
+from mqtt_driver import Driver, med, start_edgefuse, start_mosquitto, stop  # noqa: E402
 
 BEGIN = "<!-- side-by-side:begin -->"
 END = "<!-- side-by-side:end -->"
@@ -200,13 +200,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="edgefuse-sbs-") as tmps:
         tmp = Path(tmps)
-        port = free_port()
-        (tmp / "mosquitto.conf").write_text(
-            # Without TCP_NODELAY, mosquitto holds small packets for the peer's delayed ACK (Nagle):
-            # ~40 ms per hop on loopback, more than the text model itself.
-            f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")
+        broker, port = start_mosquitto(tmp)
         static = tmp / "static-images"
         static.mkdir()
+
         def config_text(prefix: str, state: str) -> str:
             # A fresh state directory: the first start compiles the models (NNEF cache), the
             # later ones start from the compiled form, as a service does after its first start.
@@ -229,9 +226,6 @@ def main() -> None:
         )
         # As shipped (configs/default.toml): compressed models, image classifier, shared space.
         configs["edgefused"].write_text(config_text("edgefused", "state-defaults"))
-        broker = subprocess.Popen(["mosquitto", "-c", str(tmp / "mosquitto.conf")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
         procs: list[subprocess.Popen] = []
         shipped = tomllib.loads((REPO / "configs/default.toml").read_text())["encoders"]
         res: dict = {"machine": machine, "modalities": {},

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mqtt_driver import IN_TOPIC, Driver, free_port, med, start_edgefuse, stop
+from mqtt_driver import IN_TOPIC, Driver, med, start_edgefuse, start_mosquitto, stop
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "A man is playing a guitar on the stage."
@@ -74,11 +74,7 @@ def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgefuse-spool-", dir=args.state) as tmps:
         tmp = Path(tmps)
-        port = free_port()
-        (tmp / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")
-        broker = subprocess.Popen(["mosquitto", "-c", str(tmp / "mosquitto.conf")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+        broker, port = start_mosquitto(tmp)
         procs: dict[str, subprocess.Popen] = {}
         configs: dict[str, Path] = {}
         try:
