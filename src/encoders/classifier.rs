@@ -7,15 +7,17 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use tract_onnx::prelude::{tvec, TValue, TVec};
 
 use super::registry::{Encoder, Role, Schedule};
+use super::runtime::image_batch;
 use super::vision::ImageBatches;
 use super::ModelCache;
 use super::{LoadedModel, Timings};
 use crate::config::{ClassifierConfig, EncodersConfig};
 use crate::error::{InputError, ModelError};
 use crate::manifest::{read_verified, Manifest};
-use crate::preprocess::image::ImagePreprocess;
+use crate::preprocess::image::{preprocess, ImagePreprocess};
 
 /// The class-name files of `[models.<classifier>.preprocess]` (beside the image constants).
 #[derive(Debug, Clone, Deserialize)]
@@ -191,6 +193,16 @@ impl ClassifierEncoder {
                 timings,
             },
         )
+    }
+
+    /// The model inputs for one image, as `classify` builds them (for `edgefuse bench
+    /// --profile`).
+    pub fn model_inputs(&self, image: &[u8]) -> Result<TVec<TValue>, InputError> {
+        let mut buf = Vec::new();
+        preprocess(image, &self.params, self.max_pixels, &mut buf)?;
+        Ok(tvec![
+            image_batch(&buf, 1, self.params.crop as usize)?.into()
+        ])
     }
 
     /// The `k` most probable classes, best first (ties by class index).

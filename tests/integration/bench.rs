@@ -131,6 +131,19 @@ fn bench_json_reports_every_modality_batch_and_thread_count_consistently() {
             );
         }
     }
+    // The image classifier is on by default, so it is measured beside vision, and `--profile`
+    // profiles it too (its convolutions are where a photo's time goes as shipped).
+    let c = &r["classifier"];
+    assert_eq!(c["runs"].as_array().map(Vec::len), Some(2), "{c}");
+    let profile = c["profile"]
+        .as_array()
+        .expect("--profile profiles the classifier");
+    let share: f64 = profile.iter().map(|op| f(&op["percent"])).sum();
+    assert!(
+        (share - 100.0).abs() < 0.01,
+        "classifier shares sum to {share}"
+    );
+    assert!(profile.iter().any(|op| op["op"] == "OptMatMul"), "{c}");
 }
 
 #[test]

@@ -29,6 +29,9 @@ pub struct ClassifierReport {
     /// Per thread count, batch 1: the vision encoder alone, the classifier and the ConSE
     /// projection, timed in turn on the same image in one loop, so load changes hit all three.
     pub runs: Vec<ClassifierRun>,
+    /// With `--profile`: the classifier's time per tract op (batch 1, 1 thread).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<OpTime>>,
 }
 
 #[derive(Serialize)]
@@ -279,17 +282,7 @@ pub(super) fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<(
             }
         }
         if let Some(profile) = &mr.profile {
-            writeln!(
-                out,
-                "  profile (batch 1, 1 thread), time per model run by tract op:"
-            )?;
-            for op in profile.iter().take(10) {
-                writeln!(
-                    out,
-                    "    {:<28} {:>4} nodes {:>10.3} ms {:>5.1} %",
-                    op.op, op.nodes, op.ms, op.percent
-                )?;
-            }
+            print_profile(out, profile)?;
         }
     }
     if let Some(c) = &r.classifier {
@@ -324,6 +317,25 @@ pub(super) fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<(
                 run.ratio
             )?;
         }
+        if let Some(profile) = &c.profile {
+            print_profile(out, profile)?;
+        }
+    }
+    Ok(())
+}
+
+/// The ten op types that take the most time in one model run.
+fn print_profile(out: &mut impl Write, profile: &[OpTime]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "  profile (batch 1, 1 thread), time per model run by tract op:"
+    )?;
+    for op in profile.iter().take(10) {
+        writeln!(
+            out,
+            "    {:<28} {:>4} nodes {:>10.3} ms {:>5.1} %",
+            op.op, op.nodes, op.ms, op.percent
+        )?;
     }
     Ok(())
 }
