@@ -7,17 +7,16 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use tract_onnx::prelude::{tvec, TValue, TVec};
+use tract_onnx::prelude::{TValue, TVec};
 
 use super::registry::{Encoder, Role, Schedule};
-use super::runtime::image_batch;
 use super::vision::ImageBatches;
 use super::ModelCache;
 use super::{LoadedModel, Timings};
 use crate::config::{ClassifierConfig, EncodersConfig};
 use crate::error::{InputError, ModelError};
 use crate::manifest::{read_verified, Manifest};
-use crate::preprocess::image::{preprocess, ImagePreprocess};
+use crate::preprocess::image::ImagePreprocess;
 
 /// The class-name files of `[models.<classifier>.preprocess]` (beside the image constants).
 #[derive(Debug, Clone, Deserialize)]
@@ -176,15 +175,18 @@ impl ClassifierEncoder {
         self.top_k
     }
 
-    /// Classify encoded images (JPEG, PNG, WebP); a bad image fails only itself.
-    pub fn classify(&self, images: &[&[u8]]) -> Vec<Result<Classification, InputError>> {
-        let batches = ImageBatches {
+    fn batches(&self) -> ImageBatches<'_> {
+        ImageBatches {
             model: &self.model,
             params: &self.params,
             max_pixels: self.max_pixels,
             max_batch: self.max_batch,
-        };
-        batches.run(
+        }
+    }
+
+    /// Classify encoded images (JPEG, PNG, WebP); a bad image fails only itself.
+    pub fn classify(&self, images: &[&[u8]]) -> Vec<Result<Classification, InputError>> {
+        self.batches().run(
             images,
             |flat, n| self.rows(flat, n),
             |probabilities, timings| Classification {
@@ -198,11 +200,7 @@ impl ClassifierEncoder {
     /// The model inputs for one image, as `classify` builds them (for `edgefuse bench
     /// --profile`).
     pub fn model_inputs(&self, image: &[u8]) -> Result<TVec<TValue>, InputError> {
-        let mut buf = Vec::new();
-        preprocess(image, &self.params, self.max_pixels, &mut buf)?;
-        Ok(tvec![
-            image_batch(&buf, 1, self.params.crop as usize)?.into()
-        ])
+        self.batches().model_inputs(image)
     }
 
     /// The `k` most probable classes, best first (ties by class index).

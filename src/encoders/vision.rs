@@ -90,11 +90,7 @@ impl VisionEncoder {
     /// The model inputs of one encoded image, exactly as `embed` builds them (for profiling
     /// the model alone).
     pub fn model_inputs(&self, image: &[u8]) -> Result<TVec<TValue>, InputError> {
-        let mut buf = Vec::new();
-        preprocess(image, &self.params, self.max_pixels, &mut buf)?;
-        Ok(tvec![
-            image_batch(&buf, 1, self.params.crop as usize)?.into()
-        ])
+        self.batches().model_inputs(image)
     }
 
     /// One embedding per image from the model's flat output, normalised if the model says so.
@@ -123,6 +119,15 @@ pub(super) struct ImageBatches<'a> {
 }
 
 impl ImageBatches<'_> {
+    /// The model inputs of one encoded image, as `run` builds them for a batch of one.
+    pub fn model_inputs(&self, image: &[u8]) -> Result<TVec<TValue>, InputError> {
+        let mut buf = Vec::new();
+        preprocess(image, self.params, self.max_pixels, &mut buf)?;
+        Ok(tvec![
+            image_batch(&buf, 1, self.params.crop as usize)?.into()
+        ])
+    }
+
     /// `rows(flat, n)` splits the model's output for `n` images into one row each;
     /// `item(row, timings)` makes one result.
     pub fn run<T>(
