@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Minimal reproductions of the tract kernels that hold edgefuse back (docs/performance.md,
-"Upstream reports"), as one would attach them to a tract issue: three one-op-family ONNX graphs
+"Upstream reports"), as one would attach them to a tract issue: one-op-family ONNX graphs
 with random weights and the real layer shapes, timed in onnxruntime (1 thread) here and in
 tract by `cargo run --example kernel_repro -- DIR` (models/kernel_repro.rs), interleaved by
 the wrapper `models/kernel_repro`.
@@ -10,6 +10,8 @@ the wrapper `models/kernel_repro`.
   layernorm.onnx   a decomposed LayerNorm as exported by PyTorch (ReduceMean, Sub, Pow,
                    ReduceMean, Add, Sqrt, Div, Mul, Add) on DINOv2's [1,257,384]
   softmax.onnx     Softmax over the last axis of DINOv2's attention scores [1,6,257,257]
+  relu6.onnx       Clip(0, 6) (ReLU6, min/max as constant inputs as PyTorch exports it) on
+                   EfficientNet-Lite0's first activation [1,32,112,112]
 
 Usage: kernel_repro.py OUT_DIR [--reps N]   (writes the graphs, prints ORT medians as JSON)
 """
@@ -81,7 +83,18 @@ def softmax() -> tuple[onnx.ModelProto, dict]:
         "x": [1, 6, 257, 257]}
 
 
-GRAPHS = {"conv3x3": conv3x3, "layernorm": layernorm, "softmax": softmax}
+def relu6() -> tuple[onnx.ModelProto, dict]:
+    g = helper.make_graph(
+        [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], "relu6",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 112, 112])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 112, 112])],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+         numpy_helper.from_array(np.array(6.0, np.float32), "hi")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]), {
+        "x": [1, 32, 112, 112]}
+
+
+GRAPHS = {"conv3x3": conv3x3, "layernorm": layernorm, "softmax": softmax, "relu6": relu6}
 
 
 def ort_median_ms(path: Path, shapes: dict, reps: int) -> float:
