@@ -188,21 +188,8 @@ impl Stats {
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Workers call this just before a batch goes to inference.
-    pub fn batch_started(&self, m: Modality) {
-        let now = self.started.elapsed().as_millis() as u64 + 1;
-        self.per[index(m)]
-            .busy_since_ms
-            .store(now, Ordering::Relaxed);
-    }
-
-    /// Workers call this when a batch's inference has returned (or failed).
-    pub fn batch_finished(&self, m: Modality) {
-        self.per[index(m)].busy_since_ms.store(0, Ordering::Relaxed);
-    }
-
-    /// Workers with several batches in inference call this when their oldest one changes:
-    /// when it started, or `None` when none is running.
+    /// Workers call this when their oldest batch in inference changes: when it started, or
+    /// `None` when none is running (the watchdog reads it through `busy_for`).
     pub fn busy_since(&self, m: Modality, oldest: Option<Instant>) {
         let at = oldest.map_or(0, |t| {
             t.saturating_duration_since(self.started).as_millis() as u64 + 1
@@ -330,27 +317,21 @@ pub fn rss_bytes() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_heap_is_trimmed_once_per_quiet_spell_and_never_while_a_batch_runs() {
         let q = Duration::from_secs(2);
         let long = Duration::from_secs(3);
         // Work done since the last trim, nothing running, quiet long enough: trim.
-        assert!(super::should_trim(0, 500, false, long, q));
+        assert!(should_trim(0, 500, false, long, q));
         // Nothing done since the last trim (or ever): nothing to give back.
-        assert!(!super::should_trim(500, 500, false, long, q));
-        assert!(!super::should_trim(0, 0, false, long, q));
+        assert!(!should_trim(500, 500, false, long, q));
+        assert!(!should_trim(0, 0, false, long, q));
         // A batch running, or one finished a moment ago (a burst may go on): wait.
-        assert!(!super::should_trim(0, 500, true, long, q));
-        assert!(!super::should_trim(
-            0,
-            500,
-            false,
-            Duration::from_millis(300),
-            q
-        ));
+        assert!(!should_trim(0, 500, true, long, q));
+        assert!(!should_trim(0, 500, false, Duration::from_millis(300), q));
     }
-
-    use super::*;
 
     #[test]
     fn percentiles_of_a_known_series() {

@@ -505,7 +505,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         fake.drain();
 
-        stats.batch_started(Modality::Vision);
+        stats.busy_since(Modality::Vision, Some(tokio::time::Instant::now()));
         // Within the bound the batch is merely slow: pings go on.
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert_eq!(count(&fake.drain(), "WATCHDOG=1"), 4);
@@ -522,7 +522,7 @@ mod tests {
             "{stuck:?}"
         );
 
-        stats.batch_finished(Modality::Vision);
+        stats.busy_since(Modality::Vision, None);
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(count(&fake.drain(), "WATCHDOG=1") >= 2);
     }
