@@ -20,6 +20,7 @@ pub mod mqtt;
 pub mod pipeline;
 pub mod preprocess;
 pub mod reload;
+pub mod samples;
 pub mod semantic;
 pub mod shared_space;
 pub mod signals;

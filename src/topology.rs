@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::encoders::{Modality, ModelInfo, TextEncoder};
 use crate::fusion::{Fusion, LabelLimits, LabelStore};
 use crate::mqtt::{MqttHandle, Topics};
+use crate::pipeline::lone_run::{self, Candidate, RunsOnMachine};
 use crate::pipeline::queue::DropOldest;
 use crate::pipeline::worker::{EncoderRef, Worker};
 use crate::pipeline::{Event, Queues};
@@ -170,6 +171,34 @@ impl Pipeline {
             semantic_hooks.insert(Modality::Audio, hook);
         }
 
+        // A run alone on the machine may use every core, for the models measured faster so.
+        let lone = {
+            let candidates: Vec<Candidate> = worker_inputs
+                .iter()
+                .filter_map(|(encoder, _, _)| {
+                    let l = encoders.model(encoder.modality())?;
+                    Some(Candidate {
+                        encoder: encoder.clone(),
+                        model_id: format!(
+                            "{} {} {}",
+                            l.key,
+                            l.spec.sha256,
+                            l.input_facts.join(";")
+                        ),
+                    })
+                })
+                .collect();
+            let e = &config.encoders;
+            let (threads, wanted) = (e.threads.get(), e.lone_run_threads);
+            let state_dir = config.state_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                lone_run::plan(&candidates, threads, wanted, &state_dir)
+            })
+            .await
+            .context("lone-run measurement task failed")?
+        };
+        let machine = Arc::new(RunsOnMachine::default());
+
         // Workers, publisher.
         let mut workers = Vec::new();
         for (encoder, max_batch, requests) in worker_inputs {
@@ -183,6 +212,8 @@ impl Pipeline {
                 runs_in_flight: config.encoders.runs_in_flight.get(),
                 stats: link.stats.clone(),
                 semantic: semantic_hooks.get(&m).cloned(),
+                machine: machine.clone(),
+                lone: lone.executors.get(&m).cloned(),
             };
             workers.push((m, tokio::spawn(worker.run())));
         }

@@ -1,6 +1,7 @@
 //! The pipeline between sources and sinks: per-modality queues, micro-batching workers that
 //! run inference off the async runtime, and the events they hand to the publisher.
 
+pub mod lone_run;
 pub mod queue;
 pub mod semantic;
 pub mod worker;

@@ -9,6 +9,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
+
+use super::lone_run::RunsOnMachine;
 use super::queue::DropOldest;
 use super::semantic::{Heard, SemanticHook, SemanticItem};
 use super::{Body, Event, Outcome, Request};
@@ -143,6 +146,31 @@ fn semantic_guarded(
     }
 }
 
+/// One batch on its blocking thread: the encoder and the hook, beside it or after it, on
+/// `lone`'s threads when given.
+fn run_batch(
+    encoder: &EncoderRef,
+    hook: Option<&dyn SemanticHook>,
+    batch: &[Request],
+    beside: bool,
+    lone: Option<Executor>,
+) -> (Vec<ItemResult>, Vec<Placed>) {
+    match hook {
+        Some(h) if beside && h.works_from_inputs() => embed_with_semantic_beside(encoder, h, batch),
+        h => {
+            let run = || {
+                let results = embed_guarded(encoder, batch);
+                let semantic = semantic_guarded(h, batch, &results);
+                (results, semantic)
+            };
+            match lone {
+                Some(executor) => multithread_tract_scope(executor, run),
+                None => run(),
+            }
+        }
+    }
+}
+
 /// The encoder and a hook that needs only the inputs (a photo's classifier beside its
 /// embedding), at once on two threads: used when a core would otherwise sit idle. A hook that
 /// panics, declines or answers with the wrong count costs only the semantic vectors, as in
@@ -187,6 +215,11 @@ pub struct Worker {
     pub stats: Arc<Stats>,
     /// Places this modality's items in the shared text space (run on the blocking pool).
     pub semantic: Option<Arc<dyn SemanticHook>>,
+    /// The runs in flight over every modality's worker (shared).
+    pub machine: Arc<RunsOnMachine>,
+    /// This model's executor for a run alone on the machine, where every core makes it
+    /// sooner ([`super::lone_run`]); `None`: one thread.
+    pub lone: Option<Executor>,
 }
 
 /// An item's place in the shared space, and what was heard in it.
@@ -305,19 +338,33 @@ impl Worker {
         let nothing_waiting =
             self.requests.is_empty() && self.live.as_ref().is_none_or(|q| q.is_empty());
         let beside = free >= self.runs_in_flight.max(1) && free > 1 && nothing_waiting;
+        // Alone on the machine with nothing queued behind: the other cores would sit idle.
+        let (alone, counted) = self.machine.enter();
+        let lone = self.lone.clone().filter(|_| alone && nothing_waiting);
         let encoder = self.encoder.clone();
         let hook = self.semantic.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let (results, semantic) = match hook.as_deref() {
-                Some(h) if beside && h.works_from_inputs() => {
-                    embed_with_semantic_beside(&encoder, h, &batch)
-                }
-                h => {
-                    let results = embed_guarded(&encoder, &batch);
-                    let semantic = semantic_guarded(h, &batch, &results);
-                    (results, semantic)
-                }
-            };
+            let _counted = counted;
+            let ran = catch_unwind(AssertUnwindSafe(|| {
+                run_batch(&encoder, hook.as_deref(), &batch, beside, lone)
+            }));
+            // The guards inside answer a panicking model; this catches what they do not wrap
+            // (a hook's `works_from_inputs`, a thread that cannot start), so no batch is lost
+            // unanswered and no ack is released for an input that was never processed.
+            let (results, semantic) = ran.unwrap_or_else(|_| {
+                tracing::error!(modality = %encoder.modality(), "a batch failed outside the encoder's guard; its items get an error");
+                batch
+                    .iter()
+                    .map(|_| {
+                        (
+                            Err(InputError::Inference(
+                                "internal error: the batch could not be run".into(),
+                            )),
+                            (None, None),
+                        )
+                    })
+                    .unzip()
+            });
             (batch, results, semantic)
         });
         Running {

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Harness, T, TEXT_ONLY};
+use crate::util::{wait_for, Harness, T, TEXT_ONLY};
 
 /// More inputs than the Receive Maximum the daemon announces (128): were an ack lost or sent
 /// out of order, the broker would stop sending before the end.
@@ -68,4 +68,61 @@ fn a_burst_with_three_runs_in_flight_gets_every_answer_in_order_and_every_ack() 
         v["modalities"]["text"]["items"] == INPUTS && v["mqtt"]["unacked_inputs"] == 0
     });
     assert_eq!(stats.json()["modalities"]["text"]["errors"], 0);
+}
+
+/// `encoders.lone_run_threads = "auto"`: at first start each model is timed on one thread and on
+/// every core, the result is kept in the state directory, and the next start reads it back
+/// instead of measuring again; the daemon answers as usual either way.
+#[test]
+fn lone_run_threads_are_measured_once_per_model_and_kept() {
+    let mut h = Harness::new(
+        "[encoders]\nlone_run_threads = \"auto\"\n[encoders.vision]\nenabled = false\n",
+        "",
+    );
+    let kept = h.dir.path().join("state/lone-threads.json");
+    let mut sub = h.sub("edgefuse/test/embedding/#");
+    h.start();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores == 1 {
+        assert!(!kept.exists(), "one core: nothing to measure");
+        return;
+    }
+    // `online` comes at connect; the measurement follows, before `ready`.
+    let read = || -> serde_json::Value {
+        let bytes = wait_for("lone-threads.json", T, Duration::from_millis(50), || {
+            std::fs::read(&kept).ok()
+        });
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let first = read();
+    let entries = first.as_object().unwrap();
+    assert_eq!(entries.len(), 2, "text and audio: {first}");
+    for (key, m) in entries {
+        assert!(key.contains("tract"), "{key}");
+        assert_eq!(m["threads"], cores, "{key}");
+        for t in ["one_thread_ms", "all_threads_ms"] {
+            let ms = m[t].as_f64().unwrap();
+            assert!(ms > 0.0 && ms < 60_000.0, "{key}: {t} = {ms}");
+        }
+    }
+    h.publish(
+        "edgefuse/test/in/text",
+        &["-m", r#"{"id":"t1","text":"a lone sentence"}"#],
+    );
+    let m = sub.expect("/embedding/text", T, |m| m.json()["id"] == "t1");
+    assert_eq!(m.json()["vector"].as_array().map(Vec::len), Some(384));
+    assert!(h.stop().success());
+
+    h.start();
+    h.publish(
+        "edgefuse/test/in/text",
+        &["-m", r#"{"id":"t2","text":"once more"}"#],
+    );
+    sub.expect("/embedding/text", T, |m| m.json()["id"] == "t2");
+    assert_eq!(
+        read(),
+        first,
+        "read back at the next start, not measured again"
+    );
+    assert!(h.stop().success());
 }

@@ -149,6 +149,9 @@ impl Burst<'_> {
             runs_in_flight: self.runs_in_flight,
             stats: std::sync::Arc::new(crate::stats::Stats::default()),
             semantic: None,
+            machine: Default::default(),
+            // The burst's threads are the executor's under test.
+            lone: None,
         };
         let worker = tokio::spawn(worker.run());
         let mut item_ms = Vec::with_capacity(self.items);

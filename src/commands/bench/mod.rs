@@ -22,9 +22,7 @@ use crate::pipeline::worker::EncoderRef;
 use crate::pipeline::Body;
 use crate::stats::rss_bytes;
 
-const SAMPLE_IMAGE: &[u8] = include_bytes!("../../../tests/fixtures/images/chelsea.jpg");
-const SAMPLE_WAV: &[u8] = include_bytes!("../../../tests/fixtures/audio/speech_fox.wav");
-const SAMPLE_TEXT: &str = "A man is playing a guitar on the stage.";
+use crate::samples;
 
 mod measure;
 mod report;
@@ -380,8 +378,12 @@ fn load_samples(args: &BenchArgs) -> anyhow::Result<Vec<Sample>> {
         }
     };
     Ok(vec![
-        Sample::Text(args.text.clone().unwrap_or_else(|| SAMPLE_TEXT.to_owned())),
-        Sample::Bytes(read(&args.image, SAMPLE_IMAGE)?),
-        Sample::Bytes(read(&args.audio, SAMPLE_WAV)?),
+        Sample::Text(
+            args.text
+                .clone()
+                .unwrap_or_else(|| samples::TEXT.to_owned()),
+        ),
+        Sample::Bytes(read(&args.image, samples::IMAGE)?),
+        Sample::Bytes(read(&args.audio, samples::WAV)?),
     ])
 }

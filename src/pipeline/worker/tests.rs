@@ -70,6 +70,29 @@ async fn run_with(
     encoder: impl Fn(&[Request]) -> Vec<ItemResult> + Send + Sync + 'static,
     semantic: Option<Arc<dyn SemanticHook>>,
 ) -> (Vec<Outcome>, Arc<Stats>) {
+    let machine = Arc::default();
+    run_on(
+        ids,
+        max_batch,
+        runs_in_flight,
+        encoder,
+        semantic,
+        machine,
+        None,
+    )
+    .await
+}
+
+/// [`run_with`] on a given machine count, with a lone-run executor.
+async fn run_on(
+    ids: &[&str],
+    max_batch: usize,
+    runs_in_flight: usize,
+    encoder: impl Fn(&[Request]) -> Vec<ItemResult> + Send + Sync + 'static,
+    semantic: Option<Arc<dyn SemanticHook>>,
+    machine: Arc<RunsOnMachine>,
+    lone: Option<Executor>,
+) -> (Vec<Outcome>, Arc<Stats>) {
     let (tx, requests) = mpsc::channel(64);
     for id in ids {
         tx.send(request(id)).await.unwrap();
@@ -86,6 +109,8 @@ async fn run_with(
         runs_in_flight,
         stats: stats.clone(),
         semantic,
+        machine,
+        lone,
     }
     .run()
     .await;
@@ -300,4 +325,98 @@ async fn with_one_run_in_flight_the_hook_runs_after_the_encoder() {
     assert_eq!(hook.after_encoder.load(Ordering::SeqCst), 1);
     assert!(!hook.hook_running.load(Ordering::SeqCst));
     assert!(outcomes.iter().all(|o| o.semantic.is_some()));
+}
+
+/// A hook that panics before any guard (in `works_from_inputs`).
+struct PanicsEarly;
+
+impl SemanticHook for PanicsEarly {
+    fn semantic(&self, _: &[Request], _: &[ItemResult]) -> Vec<Option<SemanticItem>> {
+        Vec::new()
+    }
+
+    fn works_from_inputs(&self) -> bool {
+        panic!("a bug outside the guards")
+    }
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_outside_the_guards_is_still_answered_item_by_item() {
+    let semantic: Arc<dyn SemanticHook> = Arc::new(PanicsEarly);
+    let (outcomes, _) = run_with(
+        &["a"],
+        4,
+        2,
+        |b| b.iter().map(|_| embedding()).collect(),
+        Some(semantic),
+    )
+    .await;
+    let ids: Vec<&str> = outcomes.iter().map(|o| o.request.id.as_str()).collect();
+    assert_eq!(ids, ["a"], "answered, not dropped");
+    let err = outcomes[0].result.as_ref().unwrap_err().to_string();
+    assert!(err.contains("internal error"), "{err}");
+}
+
+/// Per batch, whether it ran on tract's thread pool.
+type Seen = Arc<std::sync::Mutex<Vec<bool>>>;
+
+/// An encoder that records, per batch, whether it ran on tract's thread pool; each batch waits
+/// (bounded) until `overlap` batches have been seen.
+fn pool_recorder(
+    overlap: usize,
+) -> (
+    Seen,
+    impl Fn(&[Request]) -> Vec<ItemResult> + Send + Sync + 'static,
+) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let encoder = move |batch: &[Request]| {
+        let pool = matches!(
+            tract_linalg::multithread::current_tract_executor(),
+            Executor::MultiThread(_)
+        );
+        log.lock().unwrap().push(pool);
+        wait_until(|| log.lock().unwrap().len() >= overlap);
+        batch.iter().map(|_| embedding()).collect()
+    };
+    (seen, encoder)
+}
+
+#[tokio::test]
+async fn a_run_alone_on_the_machine_uses_the_lone_executor() {
+    let (seen, encoder) = pool_recorder(1);
+    let lone = Some(Executor::multithread(2));
+    let (outcomes, _) = run_on(&["a"], 4, 2, encoder, None, Arc::default(), lone).await;
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(*seen.lock().unwrap(), [true]);
+}
+
+#[tokio::test]
+async fn a_run_beside_another_modalitys_run_keeps_one_thread() {
+    let (seen, encoder) = pool_recorder(1);
+    let machine = Arc::new(RunsOnMachine::default());
+    // Another worker's run is in flight for the whole test.
+    let (_, _other) = machine.enter();
+    let lone = Some(Executor::multithread(2));
+    run_on(&["a"], 4, 2, encoder, None, machine.clone(), lone).await;
+    assert_eq!(*seen.lock().unwrap(), [false]);
+    assert_eq!(machine.now(), 1, "the worker's own run was counted out");
+}
+
+#[tokio::test]
+async fn a_burst_shared_over_runs_keeps_one_thread_per_run() {
+    let (seen, encoder) = pool_recorder(2);
+    let lone = Some(Executor::multithread(2));
+    // Four items over two runs of two: the first sees the rest queued, the second another run.
+    run_on(
+        &["a", "b", "c", "d"],
+        2,
+        2,
+        encoder,
+        None,
+        Arc::default(),
+        lone,
+    )
+    .await;
+    assert_eq!(*seen.lock().unwrap(), [false, false]);
 }
