@@ -50,6 +50,7 @@ class Driver:
     `embedding/<modality>` (or `error`) by id."""
 
     def __init__(self, port: int, prefixes: list[str], client_id: str) -> None:
+        self.last_timings: dict | None = None
         self.waiting: dict[str, tuple[threading.Event, list]] = {}
         self.lock = threading.Lock()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -98,6 +99,8 @@ class Driver:
         t1, topic, obj = box[0]
         if not topic.endswith(f"embedding/{modality}"):
             raise RuntimeError(f"{prefix}: {modality} item {item_id} failed: {obj}")
+        # The answer's own stage timings (edgefuse's `timings_ms`), for attributing the e2e time.
+        self.last_timings = obj.get("timings_ms")
         return (t1 - t0) * 1e3
 
     def burst(self, prefix: str, modality: str, payload: bytes, n: int, timeout: float = 600) -> float:

@@ -269,6 +269,8 @@ def main() -> None:
                     for _ in range(args.per_round):
                         for c in contenders:
                             r[c].append(drv.one(c, m, payloads[m]))
+                            if c in DAEMONS and drv.last_timings:
+                                r.setdefault(f"inside_{c}", []).append(drv.last_timings)
                     r["ort1"] += time_ort(sessions["1"], feeds, args.per_round)
                     r["ortd"] += time_ort(sessions["default"], feeds, args.per_round)
                     tb = tract_bench(args.edgefuse, configs["edgefuse"], ref_models, m, args.per_round)["modalities"][0]["runs"][0]
@@ -353,6 +355,29 @@ def markdown(res: dict, specs: dict, args: argparse.Namespace) -> str:
                 f"| {mod} | {label} | {cell(r[name])} | {cell(r['peer'])} | {peer / e:.2f} "
                 f"| {f(fl)} | {f(t)} | {e / t:.2f} | {(e - fl) / t:.2f} | {ort_cells} |"
             )
+    lines += [
+        "",
+        "Where edgefuse's end to end goes, per item (medians, ms): inside = the answer's own "
+        "`timings_ms.total` (received → result leaves the worker: queue, preprocessing, model, "
+        "postprocessing, image classifier); the model = its `timings_ms.inference`; outside = "
+        "e2e − inside − floor (fusion, JSON, the spool's group commit and the publish). The daemon's "
+        "own cost beside the model is inside − model + outside.",
+        "",
+        "| modality | edgefuse | e2e | floor | inside | of it the model | outside | daemon beside the model |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mod, r in res["modalities"].items():
+        fl = med(r["echo"])
+        for name, label in (("edgefuse", "equal work"), ("edgefused", "as shipped")):
+            inside = r.get(f"inside_{name}") or []
+            if not inside:
+                continue
+            e = med(r[name])
+            tot = med([t["total"] for t in inside])
+            inf = med([t["inference"] for t in inside])
+            out = e - tot - fl
+            lines.append(f"| {mod} | {label} | {f(e)} | {f(fl)} | {f(tot)} | {f(inf)} | {f(out)} "
+                         f"| {f(tot - inf + out)} |")
     lines += [
         "",
         f"Throughput, bursts of {args.burst} items published at once, items/s (median of rounds), "

@@ -30,6 +30,12 @@ pub const MIN_GAIN: f64 = 0.9;
 /// neither side.
 const ROUNDS: usize = 3;
 
+/// Other processes' CPU use during a measurement (in cores) above which it is not kept as
+/// final: a busy machine understates what a second thread gains, so the next start measures
+/// again, up to [`MAX_ATTEMPTS`] starts in all.
+const BUSY_CORES: f64 = 0.25;
+const MAX_ATTEMPTS: u32 = 3;
+
 /// The model runs in flight on the machine, over every modality's worker.
 #[derive(Debug, Default)]
 pub struct RunsOnMachine(AtomicUsize);
@@ -65,12 +71,28 @@ pub struct Measured {
     pub all_threads_ms: f64,
     /// When (RFC 3339).
     pub measured: String,
+    /// CPU the rest of the machine used meanwhile, in cores (Linux; absent where unknown).
+    #[serde(default)]
+    pub others_busy_cores: Option<f64>,
+    /// Starts that measured this model so far.
+    #[serde(default = "one")]
+    pub attempts: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Measured {
     /// Whether a lone run of this model uses `threads`.
     pub fn gains(&self) -> bool {
         self.threads > 1 && self.all_threads_ms <= MIN_GAIN * self.one_thread_ms
+    }
+
+    /// Whether the next start should measure again: the machine was busy this time, and the
+    /// attempts are not used up.
+    pub fn provisional(&self) -> bool {
+        self.others_busy_cores.is_some_and(|c| c > BUSY_CORES) && self.attempts < MAX_ATTEMPTS
     }
 }
 
@@ -92,8 +114,18 @@ pub struct Candidate {
 /// `encoders.threads`, `wanted` is `encoders.lone_run_threads`; `state_dir` keeps the
 /// measurements. A measurement that fails costs only the gain: that model keeps one thread.
 pub fn plan(candidates: &[Candidate], threads: usize, wanted: Cores, state_dir: &Path) -> LoneRuns {
-    plan_with_cores(candidates, threads, wanted, wanted.get(), state_dir)
+    plan_with_cores(
+        candidates,
+        threads,
+        wanted,
+        wanted.get(),
+        state_dir,
+        CpuUse::now,
+    )
 }
+
+/// Reads the CPU time used so far ([`CpuUse::now`]; tests put in their own).
+type CpuProbe = fn() -> Option<CpuUse>;
 
 /// [`plan`] with `n` threads for a lone run (what `wanted` comes to on this machine).
 fn plan_with_cores(
@@ -102,6 +134,7 @@ fn plan_with_cores(
     wanted: Cores,
     n: usize,
     state_dir: &Path,
+    probe: CpuProbe,
 ) -> LoneRuns {
     if n <= threads || candidates.is_empty() {
         return LoneRuns::default();
@@ -126,10 +159,14 @@ fn plan_with_cores(
     for c in candidates {
         let m = c.encoder.modality();
         let key = machine_key(&c.model_id, n);
-        let measured = match kept.get(&key) {
+        let before = kept.get(&key);
+        let measured = match before.filter(|k| !k.provisional()) {
             Some(k) => Some(k.clone()),
-            None => match measure(&c.encoder, &executor, n) {
-                Ok(k) => Some(k),
+            None => match measure(&c.encoder, &executor, n, probe) {
+                Ok(k) => Some(Measured {
+                    attempts: before.map_or(1, |b| b.attempts + 1),
+                    ..k
+                }),
                 Err(e) => {
                     tracing::warn!(%m, "could not measure a lone run on {n} threads ({e}); one thread");
                     None
@@ -139,7 +176,7 @@ fn plan_with_cores(
         let Some(measured) = measured else { continue };
         tracing::info!(
             %m,
-            "lone run: {:.1} ms at 1 thread, {:.1} ms at {}: {}",
+            "lone run: {:.1} ms at 1 thread, {:.1} ms at {}: {}{}",
             measured.one_thread_ms,
             measured.all_threads_ms,
             measured.threads,
@@ -147,6 +184,11 @@ fn plan_with_cores(
                 "uses every core when alone"
             } else {
                 "keeps one thread"
+            },
+            if measured.provisional() {
+                " (other processes were busy: measured again at the next start)"
+            } else {
+                ""
             }
         );
         if measured.gains() {
@@ -194,7 +236,12 @@ fn machine_key(model_id: &str, threads: usize) -> String {
 }
 
 /// Time the modality's built-in sample at one thread and on `executor`, alternating.
-fn measure(encoder: &EncoderRef, executor: &Executor, threads: usize) -> Result<Measured, String> {
+fn measure(
+    encoder: &EncoderRef,
+    executor: &Executor,
+    threads: usize,
+    probe: CpuProbe,
+) -> Result<Measured, String> {
     let batch = [sample_request(encoder.modality())];
     let time = |ex: &Executor| -> Result<f64, String> {
         let t0 = Instant::now();
@@ -207,6 +254,7 @@ fn measure(encoder: &EncoderRef, executor: &Executor, threads: usize) -> Result<
         }
     };
     let one = Executor::SingleThread;
+    let cpu_before = probe();
     time(&one)?;
     time(executor)?;
     let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -219,7 +267,65 @@ fn measure(encoder: &EncoderRef, executor: &Executor, threads: usize) -> Result<
         threads,
         all_threads_ms: median(&mut b),
         measured: crate::mqtt::payload::now_rfc3339(),
+        others_busy_cores: cpu_before.and_then(|b| b.others_since(probe()?)),
+        attempts: 1,
     })
+}
+
+/// The CPU time the whole machine and this process have used, and when (Linux).
+#[derive(Clone, Copy)]
+struct CpuUse {
+    machine_s: f64,
+    own_s: f64,
+    at: Instant,
+}
+
+impl CpuUse {
+    fn now() -> Option<CpuUse> {
+        Some(CpuUse {
+            machine_s: machine_cpu_s()?,
+            own_s: own_cpu_s()?,
+            at: Instant::now(),
+        })
+    }
+
+    /// Cores the rest of the machine kept busy on average from `self` to `now`.
+    fn others_since(self, now: CpuUse) -> Option<f64> {
+        let wall = now.at.duration_since(self.at).as_secs_f64();
+        (wall > 0.0)
+            .then(|| ((now.machine_s - self.machine_s) - (now.own_s - self.own_s)).max(0.0) / wall)
+    }
+}
+
+/// Busy CPU seconds of every CPU since boot: `/proc/stat`'s user, nice, system, irq, softirq
+/// and steal (not idle or iowait).
+fn machine_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let busy: f64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
+    // SAFETY: sysconf only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| busy / ticks as f64)
+}
+
+/// This process's user + system CPU seconds.
+fn own_cpu_s() -> Option<f64> {
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return None;
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Some(s(u.ru_utime) + s(u.ru_stime))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -287,6 +393,8 @@ mod tests {
             threads,
             all_threads_ms: all,
             measured: String::new(),
+            others_busy_cores: None,
+            attempts: 1,
         };
         assert!(m(100.0, 85.0, 2).gains());
         assert!(m(100.0, 90.0, 2).gains());
@@ -330,13 +438,13 @@ mod tests {
         let candidates = [fake(Modality::Vision, calls.clone())];
         let wanted = Cores::Count(2);
         // A number is taken as given: no measurement.
-        let given = plan(&candidates, 1, wanted, dir.path());
+        let given = plan_with_cores(&candidates, 1, wanted, 2, dir.path(), quiet);
         assert!(given.executors.contains_key(&Modality::Vision));
         assert_eq!(calls.load(Ordering::SeqCst), 0);
         assert!(!dir.path().join("lone-threads.json").exists());
 
         // "auto" on a 1-core machine, or threads already at the count: nothing to decide.
-        let none = plan(&candidates, 2, Cores::Count(2), dir.path());
+        let none = plan_with_cores(&candidates, 2, Cores::Count(2), 2, dir.path(), quiet);
         assert!(none.executors.is_empty());
 
         // "auto": measured (2 warm-ups + 2 × ROUNDS), kept, and read back at the next start.
@@ -373,8 +481,80 @@ mod tests {
         assert!(out.executors.is_empty() && out.measured.is_empty());
     }
 
-    /// [`plan`] with `"auto"` as if the machine had `cores` CPUs.
+    #[test]
+    fn a_measurement_on_a_busy_machine_is_taken_again_a_bounded_number_of_times() {
+        let m = |busy, attempts| Measured {
+            one_thread_ms: 100.0,
+            threads: 2,
+            all_threads_ms: 100.0,
+            measured: String::new(),
+            others_busy_cores: busy,
+            attempts,
+        };
+        assert!(!m(None, 1).provisional(), "unknown counts as quiet");
+        assert!(!m(Some(0.1), 1).provisional());
+        assert!(m(Some(1.3), 1).provisional());
+        assert!(m(Some(1.3), MAX_ATTEMPTS - 1).provisional());
+        assert!(
+            !m(Some(1.3), MAX_ATTEMPTS).provisional(),
+            "attempts used up"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn other_processes_cpu_is_measured_apart_from_our_own() {
+        let before = CpuUse::now().expect("Linux has /proc/stat and getrusage");
+        // Busy on this thread only: our own use, not the others'.
+        let t0 = Instant::now();
+        let mut x = 0u64;
+        while t0.elapsed() < std::time::Duration::from_millis(200) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let others = before.others_since(CpuUse::now().unwrap()).unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!((0.0..=cores).contains(&others), "{others}");
+        assert!(
+            own_cpu_s().unwrap() - before.own_s >= 0.15,
+            "our spin counted as ours"
+        );
+    }
+
+    /// [`plan`] with `"auto"` as if the machine had `cores` CPUs, with nothing else running.
     fn plan_auto(candidates: &[Candidate], dir: &Path, cores: usize) -> LoneRuns {
-        plan_with_cores(candidates, 1, Cores::Auto, cores, dir)
+        plan_with_cores(candidates, 1, Cores::Auto, cores, dir, quiet)
+    }
+
+    fn quiet() -> Option<CpuUse> {
+        None
+    }
+
+    #[test]
+    fn a_measurement_taken_while_the_machine_was_busy_is_taken_again_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let candidates = [fake(Modality::Audio, calls.clone())];
+        let first = plan_auto(&candidates, dir.path(), 2);
+        let calls_once = calls.load(Ordering::SeqCst);
+        // As if other processes had kept 1.3 cores busy during that first measurement.
+        let path = dir.path().join("lone-threads.json");
+        let mut kept: BTreeMap<String, Measured> =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        for m in kept.values_mut() {
+            m.others_busy_cores = Some(1.3);
+        }
+        std::fs::write(&path, serde_json::to_vec(&kept).unwrap()).unwrap();
+        let again = plan_auto(&candidates, dir.path(), 2);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2 * calls_once,
+            "measured again"
+        );
+        assert_eq!(again.measured[&Modality::Audio].attempts, 2);
+        assert_eq!(first.measured[&Modality::Audio].attempts, 1);
+        // Quiet this time: kept for good.
+        plan_auto(&candidates, dir.path(), 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 2 * calls_once);
     }
 }

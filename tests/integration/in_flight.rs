@@ -119,10 +119,16 @@ fn lone_run_threads_are_measured_once_per_model_and_kept() {
         &["-m", r#"{"id":"t2","text":"once more"}"#],
     );
     sub.expect("/embedding/text", T, |m| m.json()["id"] == "t2");
-    assert_eq!(
-        read(),
-        first,
-        "read back at the next start, not measured again"
-    );
+    // Read back, not measured again; unless other processes were busy during the first
+    // measurement (tests run in parallel), which the next start takes again.
+    let second = read();
+    for (key, m) in entries {
+        let busy = m["others_busy_cores"].as_f64().is_some_and(|c| c > 0.25);
+        if busy {
+            assert_eq!(second[key]["attempts"], 2, "{key}: measured again");
+        } else {
+            assert_eq!(&second[key], m, "{key}: kept");
+        }
+    }
     assert!(h.stop().success());
 }
