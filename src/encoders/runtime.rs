@@ -25,6 +25,9 @@ pub struct LoadedModel {
     pub input_facts: Vec<String>,
     pub source: ModelSource,
     pub load_ms: f64,
+    /// The batch axis was bound to 1 at load ([`LoadedModel::load_per_image`]): `run_images`
+    /// runs a batch one image at a time.
+    pub per_image: bool,
 }
 
 /// Where a model's typed graph came from at load.
@@ -50,6 +53,29 @@ impl LoadedModel {
         manifest: &Manifest,
         key: &str,
         cache: Option<&ModelCache>,
+    ) -> Result<LoadedModel, ModelError> {
+        Self::load_inner(manifest, key, cache, false)
+    }
+
+    /// As [`LoadedModel::load_with`], with each input's symbolic batch axis (axis 0) bound to 1
+    /// before tract's optimiser, and `run_images` running a batch one image at a time. For
+    /// convolutional models: tract 0.23.9 picks its depthwise kernel only for a concrete input
+    /// shape (tract-core ops/cnn/conv/conv.rs, `codegen`), and with a symbolic batch cannot prove
+    /// an activation has more than 32 elements, so it leaves ReLU6's Max/Min generic (ops/binary.rs,
+    /// `find_most_efficient_config`). The compiled-model cache keeps the symbolic graph.
+    pub fn load_per_image(
+        manifest: &Manifest,
+        key: &str,
+        cache: Option<&ModelCache>,
+    ) -> Result<LoadedModel, ModelError> {
+        Self::load_inner(manifest, key, cache, true)
+    }
+
+    fn load_inner(
+        manifest: &Manifest,
+        key: &str,
+        cache: Option<&ModelCache>,
+        per_image: bool,
     ) -> Result<LoadedModel, ModelError> {
         let started = Instant::now();
         let spec = manifest.model(key)?.clone();
@@ -79,6 +105,11 @@ impl LoadedModel {
                 (model, ModelSource::Onnx)
             }
         };
+        let typed = if per_image {
+            bind_batch_to_one(typed, &spec).map_err(tract_err("bind the batch axis to 1"))?
+        } else {
+            typed
+        };
         let model = typed
             .into_optimized()
             .map_err(tract_err("optimise the model"))?;
@@ -104,6 +135,7 @@ impl LoadedModel {
             input_facts,
             source,
             load_ms: started.elapsed().as_secs_f64() * 1e3,
+            per_image,
         })
     }
 
@@ -120,15 +152,40 @@ impl LoadedModel {
         crop: usize,
     ) -> Result<(Vec<f32>, f64), crate::error::InputError> {
         let started = Instant::now();
-        let outputs = self
-            .run(tvec![image_batch(data, n, crop)?.into()])
-            .map_err(super::inference_error)?;
-        let infer_ms = started.elapsed().as_secs_f64() * 1e3;
-        let out = outputs[0]
-            .to_plain_array_view::<f32>()
-            .map_err(super::inference_error)?;
-        Ok((out.iter().copied().collect(), infer_ms))
+        let (runs, per_run) = if self.per_image { (n, 1) } else { (1, n) };
+        let chunk = per_run * 3 * crop * crop;
+        if data.len() != n * 3 * crop * crop {
+            // image_batch reports the shape mismatch.
+            image_batch(data, n, crop)?;
+        }
+        let mut flat = Vec::new();
+        for images in data.chunks(chunk.max(1)).take(runs) {
+            let outputs = self
+                .run(tvec![image_batch(images, per_run, crop)?.into()])
+                .map_err(super::inference_error)?;
+            let out = outputs[0]
+                .to_plain_array_view::<f32>()
+                .map_err(super::inference_error)?;
+            flat.extend(out.iter().copied());
+        }
+        Ok((flat, started.elapsed().as_secs_f64() * 1e3))
     }
+}
+
+/// `typed` with every input's symbolic axis 0 (the manifest's batch symbol) set to 1.
+fn bind_batch_to_one(typed: TypedModel, spec: &ModelSpec) -> TractResult<TypedModel> {
+    let subs: std::collections::HashMap<_, _> = spec
+        .inputs
+        .iter()
+        .filter_map(|input| match input.shape.first() {
+            Some(Dim::Symbol(s)) => Some((typed.symbols.sym(s), 1.to_dim())),
+            _ => None,
+        })
+        .collect();
+    if subs.is_empty() {
+        return Ok(typed);
+    }
+    typed.set_symbols(&subs)
 }
 
 /// `n` preprocessed NCHW crops of `crop`×`crop` as one input tensor.
