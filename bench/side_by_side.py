@@ -293,6 +293,12 @@ def main() -> None:
             res["idle_cpu_percent"] = {
                 name: (cpu_seconds(p.pid) - c0[name]) / args.idle_seconds * 100 for name, p in named}
             res["rss_bytes"] = {name: proc_status(p.pid) for name, p in named}
+            # What each daemon measured at its first start for a lone run (encoders.lone_run_threads).
+            res["lone_runs"] = {}
+            for name, state in (("edgefuse", "state"), ("edgefused", "state-defaults")):
+                kept = tmp / state / "lone-threads.json"
+                if kept.exists():
+                    res["lone_runs"][name] = json.loads(kept.read_text())
             drv.c.loop_stop()
         finally:
             for p in procs:
@@ -414,6 +420,27 @@ def markdown(res: dict, specs: dict, args: argparse.Namespace) -> str:
         row(f"idle CPU over {args.idle_seconds:.0f} s (edgefuse with a static `image_dir` source)",
             lambda n: f"{idle[n]:.2f} %") + " |",
     ]
+    lone = res.get("lone_runs") or {}
+    if lone:
+        lines += [
+            "",
+            "A lone run on every core (`encoders.lone_run_threads = \"auto\"`): what each daemon "
+            "measured at its first start on the built-in samples (median ms at 1 thread and at "
+            "all threads; every core is used when alone at ≤ 0.9×; \"busy\" = other processes' "
+            "CPU meanwhile, in cores):",
+            "",
+            "| daemon | model | 1 thread | all threads | ratio | threads | busy | lone run uses |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for name, label in (("edgefuse", "equal work"), ("edgefused", "as shipped")):
+            for key, m in sorted((lone.get(name) or {}).items()):
+                one, every = m["one_thread_ms"], m["all_threads_ms"]
+                busy = m.get("others_busy_cores")
+                gains = m["threads"] > 1 and every <= 0.9 * one
+                lines.append(
+                    f"| {label} | `{key.split()[0]}` | {f(one)} | {f(every)} | {every / one:.2f} "
+                    f"| {m['threads']} | {'' if busy is None else f'{busy:.2f}'} "
+                    f"| {'every core' if gains else 'one thread'} |")
     return "\n".join(lines) + "\n"
 
 

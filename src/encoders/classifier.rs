@@ -118,7 +118,7 @@ impl ClassifierEncoder {
     ) -> Result<ClassifierEncoder, ModelError> {
         // One image at a time with the batch axis bound to 1: tract's depthwise kernel and fused
         // ReLU6, ~4x faster per image than the symbolic-batch plan (docs/performance.md).
-        let model = LoadedModel::load_per_image(manifest, key, cache)?;
+        let model = LoadedModel::load_per_item(manifest, key, cache)?;
         let params: ImagePreprocess = model.spec.preprocess()?;
         let files: ClassFiles = model.spec.preprocess()?;
         let bad = |path: &PathBuf, message: String| ModelError::Manifest {

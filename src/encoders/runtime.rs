@@ -25,9 +25,9 @@ pub struct LoadedModel {
     pub input_facts: Vec<String>,
     pub source: ModelSource,
     pub load_ms: f64,
-    /// The batch axis was bound to 1 at load ([`LoadedModel::load_per_image`]): `run_images`
-    /// runs a batch one image at a time.
-    pub per_image: bool,
+    /// The batch axis was bound to 1 at load ([`LoadedModel::load_per_item`]): the encoder
+    /// runs a batch one item at a time (`run_images` does for images).
+    pub per_item: bool,
 }
 
 /// Where a model's typed graph came from at load.
@@ -58,12 +58,14 @@ impl LoadedModel {
     }
 
     /// As [`LoadedModel::load_with`], with each input's symbolic batch axis (axis 0) bound to 1
-    /// before tract's optimiser, and `run_images` running a batch one image at a time. For
-    /// convolutional models: tract 0.23.9 picks its depthwise kernel only for a concrete input
-    /// shape (tract-core ops/cnn/conv/conv.rs, `codegen`), and with a symbolic batch cannot prove
-    /// an activation has more than 32 elements, so it leaves ReLU6's Max/Min generic (ops/binary.rs,
-    /// `find_most_efficient_config`). The compiled-model cache keeps the symbolic graph.
-    pub fn load_per_image(
+    /// and every other symbol asserted >= 1 before tract's optimiser; the encoder then runs a
+    /// batch one item at a time. tract 0.23.9 picks its depthwise and lazy-im2col convolutions
+    /// only for a concrete input shape (tract-core ops/cnn/conv/conv.rs, `codegen`), and with a
+    /// symbolic batch cannot prove an activation big enough for its by-scalar and unicast
+    /// element-wise kernels (ops/binary.rs, `find_most_efficient_config`): the image classifier
+    /// runs 4× faster bound, one text 0.7–0.8× (docs/performance.md). The compiled-model cache
+    /// keeps the symbolic graph.
+    pub fn load_per_item(
         manifest: &Manifest,
         key: &str,
         cache: Option<&ModelCache>,
@@ -75,7 +77,7 @@ impl LoadedModel {
         manifest: &Manifest,
         key: &str,
         cache: Option<&ModelCache>,
-        per_image: bool,
+        per_item: bool,
     ) -> Result<LoadedModel, ModelError> {
         let started = Instant::now();
         let spec = manifest.model(key)?.clone();
@@ -105,7 +107,7 @@ impl LoadedModel {
                 (model, ModelSource::Onnx)
             }
         };
-        let typed = if per_image {
+        let typed = if per_item {
             bind_batch_to_one(typed, &spec).map_err(tract_err("bind the batch axis to 1"))?
         } else {
             typed
@@ -135,7 +137,7 @@ impl LoadedModel {
             input_facts,
             source,
             load_ms: started.elapsed().as_secs_f64() * 1e3,
-            per_image,
+            per_item,
         })
     }
 
@@ -152,7 +154,7 @@ impl LoadedModel {
         crop: usize,
     ) -> Result<(Vec<f32>, f64), crate::error::InputError> {
         let started = Instant::now();
-        let (runs, per_run) = if self.per_image { (n, 1) } else { (1, n) };
+        let (runs, per_run) = if self.per_item { (n, 1) } else { (1, n) };
         let chunk = per_run * 3 * crop * crop;
         if data.len() != n * 3 * crop * crop {
             // image_batch reports the shape mismatch.
@@ -172,20 +174,39 @@ impl LoadedModel {
     }
 }
 
-/// `typed` with every input's symbolic axis 0 (the manifest's batch symbol) set to 1.
+/// `typed` with every input's symbolic axis 0 (the manifest's batch symbol) set to 1, and the
+/// other symbols (a text's `sequence`) asserted to be at least 1.
 fn bind_batch_to_one(typed: TypedModel, spec: &ModelSpec) -> TractResult<TypedModel> {
-    let subs: std::collections::HashMap<_, _> = spec
+    let batch: std::collections::HashSet<&str> = spec
         .inputs
         .iter()
         .filter_map(|input| match input.shape.first() {
-            Some(Dim::Symbol(s)) => Some((typed.symbols.sym(s), 1.to_dim())),
+            Some(Dim::Symbol(s)) => Some(s.as_str()),
             _ => None,
         })
         .collect();
-    if subs.is_empty() {
-        return Ok(typed);
+    let subs: std::collections::HashMap<_, _> = batch
+        .iter()
+        .map(|s| (typed.symbols.sym(s), 1.to_dim()))
+        .collect();
+    let typed = if subs.is_empty() {
+        typed
+    } else {
+        typed.set_symbols(&subs)?
+    };
+    let others: std::collections::BTreeSet<&str> = spec
+        .inputs
+        .iter()
+        .flat_map(|input| input.shape.iter())
+        .filter_map(|d| match d {
+            Dim::Symbol(s) if !batch.contains(s.as_str()) => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    for s in others {
+        typed.symbols.add_assertion(format!("{s}>=1"))?;
     }
-    typed.set_symbols(&subs)
+    Ok(typed)
 }
 
 /// `n` preprocessed NCHW crops of `crop`×`crop` as one input tensor.

@@ -266,7 +266,7 @@ fn measure(
         one_thread_ms: median(&mut a),
         threads,
         all_threads_ms: median(&mut b),
-        measured: crate::mqtt::payload::now_rfc3339(),
+        measured: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         others_busy_cores: cpu_before.and_then(|b| b.others_since(probe()?)),
         attempts: 1,
     })

@@ -17,6 +17,7 @@ const LAYERS: &[&str] = &[
     "error",
     "types",
     "atomic_file",
+    "samples",
     "config",
     "manifest",
     "cpu",
