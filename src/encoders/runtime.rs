@@ -63,8 +63,8 @@ impl LoadedModel {
     /// only for a concrete input shape (tract-core ops/cnn/conv/conv.rs, `codegen`), and with a
     /// symbolic batch cannot prove an activation big enough for its by-scalar and unicast
     /// element-wise kernels (ops/binary.rs, `find_most_efficient_config`): the image classifier
-    /// runs 4× faster bound, one text 0.7–0.8× (docs/performance.md). The compiled-model cache
-    /// keeps the symbolic graph.
+    /// runs 4× faster bound (docs/performance.md; text would gain for one text but lose in
+    /// bursts, so it keeps its symbolic plan). The compiled-model cache keeps the symbolic graph.
     pub fn load_per_item(
         manifest: &Manifest,
         key: &str,
