@@ -256,7 +256,7 @@ fn bench_text(c: &mut Criterion, enc: &TextEncoder, manifest: &Manifest) {
 fn bench_vision(c: &mut Criterion, enc: &VisionEncoder, config: &Config) {
     let jpeg = fixture(IMAGE);
     let max_pixels = config.encoders.vision.max_pixels;
-    let p = &enc.params;
+    let p = &enc.image.params;
     let crop = p.crop as usize;
     let mut one = Vec::new();
     image::preprocess(&jpeg, p, max_pixels, &mut one).expect("preprocess chelsea.jpg");
@@ -281,7 +281,7 @@ fn bench_vision(c: &mut Criterion, enc: &VisionEncoder, config: &Config) {
     g.finish();
 
     let mut g = slow_group(c, "vision/infer");
-    bench_batches(&mut g, &enc.model.plan, &one, &[1, 4], |b| {
+    bench_batches(&mut g, &enc.image.model.plan, &one, &[1, 4], |b| {
         vec![b, 3, crop, crop]
     });
     let input = Tensor::from_shape(&[1, 3, crop, crop], &one).expect("image tensor");
@@ -289,7 +289,7 @@ fn bench_vision(c: &mut Criterion, enc: &VisionEncoder, config: &Config) {
     bench_plan_threads(
         &mut g,
         "b1_t2",
-        &enc.model.plan,
+        &enc.image.model.plan,
         &tvec![input.into_tvalue()],
         2,
     );

@@ -354,7 +354,7 @@ fn english_section(
         words.len(),
         text_key,
         text.model.spec.name,
-        classifier.model.spec.name,
+        classifier.image.model.spec.name,
         words.len()
     ));
     md.push_str(

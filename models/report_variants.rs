@@ -58,7 +58,7 @@ impl Enc {
     fn load_ms(&self) -> f64 {
         match self {
             Enc::Text(e) => e.model.load_ms,
-            Enc::Vision(e) => e.model.load_ms,
+            Enc::Vision(e) => e.image.model.load_ms,
             Enc::Audio(e) => e.model.load_ms,
         }
     }

@@ -9,14 +9,13 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::{TValue, TVec};
 
+use super::image_model::ImageModel;
 use super::registry::{Encoder, Role, Schedule};
-use super::vision::ImageBatches;
 use super::ModelCache;
 use super::{LoadedModel, Timings};
 use crate::config::{ClassifierConfig, EncodersConfig};
 use crate::error::{InputError, ModelError};
 use crate::manifest::{read_verified, Manifest};
-use crate::preprocess::image::ImagePreprocess;
 
 /// The class-name files of `[models.<classifier>.preprocess]` (beside the image constants).
 #[derive(Debug, Clone, Deserialize)]
@@ -58,8 +57,7 @@ pub struct Classification {
 }
 
 pub struct ClassifierEncoder {
-    pub model: LoadedModel,
-    pub params: ImagePreprocess,
+    pub image: ImageModel,
     labels: Vec<String>,
     descriptions: Vec<ClassDescription>,
     /// sha256 of the class-name file: part of the key of cached class-name embeddings.
@@ -67,8 +65,6 @@ pub struct ClassifierEncoder {
     /// sha256 of the descriptions file, when the manifest names one.
     pub descriptions_sha256: Option<String>,
     top_k: usize,
-    max_batch: usize,
-    max_pixels: u64,
 }
 
 /// The classifier serves images: it loads after the vision encoder, on its thread, and only
@@ -102,7 +98,7 @@ impl Encoder for ClassifierEncoder {
         )
     }
     fn model(&self) -> &LoadedModel {
-        &self.model
+        &self.image.model
     }
 }
 
@@ -118,8 +114,8 @@ impl ClassifierEncoder {
     ) -> Result<ClassifierEncoder, ModelError> {
         // One image at a time with the batch axis bound to 1: tract's depthwise kernel and fused
         // ReLU6, ~4x faster per image than the symbolic-batch plan (docs/performance.md).
-        let model = LoadedModel::load_per_item(manifest, key, cache)?;
-        let params: ImagePreprocess = model.spec.preprocess()?;
+        let image = ImageModel::load(manifest, key, cache, (max_batch, max_pixels), true)?;
+        let model = &image.model;
         let files: ClassFiles = model.spec.preprocess()?;
         let bad = |path: &PathBuf, message: String| ModelError::Manifest {
             path: path.clone(),
@@ -151,15 +147,12 @@ impl ClassifierEncoder {
             }
         }
         Ok(ClassifierEncoder {
-            model,
-            params,
+            image,
             labels,
             descriptions,
             labels_sha256: files.labels_sha256,
             descriptions_sha256: files.descriptions_sha256,
             top_k: top_k.clamp(1, classes.max(1)),
-            max_batch: max_batch.max(1),
-            max_pixels,
         })
     }
 
@@ -177,18 +170,9 @@ impl ClassifierEncoder {
         self.top_k
     }
 
-    fn batches(&self) -> ImageBatches<'_> {
-        ImageBatches {
-            model: &self.model,
-            params: &self.params,
-            max_pixels: self.max_pixels,
-            max_batch: self.max_batch,
-        }
-    }
-
     /// Classify encoded images (JPEG, PNG, WebP); a bad image fails only itself.
     pub fn classify(&self, images: &[&[u8]]) -> Vec<Result<Classification, InputError>> {
-        self.batches().run(
+        self.image.run(
             images,
             |flat, n| self.rows(flat, n),
             |probabilities, timings| Classification {
@@ -202,7 +186,7 @@ impl ClassifierEncoder {
     /// The model inputs for one image, as `classify` builds them (for `edgefuse bench
     /// --profile`).
     pub fn model_inputs(&self, image: &[u8]) -> Result<TVec<TValue>, InputError> {
-        self.batches().model_inputs(image)
+        self.image.model_inputs(image)
     }
 
     /// The `k` most probable classes, best first (ties by class index).

@@ -5,6 +5,7 @@
 pub mod audio;
 pub mod classifier;
 pub mod compiled;
+pub mod image_model;
 pub mod quality;
 pub mod registry;
 pub mod runtime;

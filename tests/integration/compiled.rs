@@ -46,7 +46,7 @@ fn compiled_models_embed_like_their_onnx_files() {
     let key = e.vision.model.as_str();
     let first = VisionEncoder::load(m, key, Some(&cache), 2, 40_000_000).unwrap();
     let second = VisionEncoder::load(m, key, Some(&cache), 2, 40_000_000).unwrap();
-    assert_eq!(second.model.source, ModelSource::Compiled);
+    assert_eq!(second.image.model.source, ModelSource::Compiled);
     let images = [
         fixture("tests/fixtures/images/chelsea.jpg"),
         fixture("tests/fixtures/images/coffee.png"),
@@ -170,7 +170,7 @@ fn requantized_variants_round_trip_through_the_cache() {
     let key = "vision-w8-q4";
     let first = VisionEncoder::load(m, key, Some(&cache), 1, 40_000_000).unwrap();
     let second = VisionEncoder::load(m, key, Some(&cache), 1, 40_000_000).unwrap();
-    assert_eq!(second.model.source, ModelSource::Compiled);
+    assert_eq!(second.image.model.source, ModelSource::Compiled);
     let image = fixture("tests/fixtures/images/chelsea.jpg");
     let a = first.embed(&[image.as_slice()]).remove(0).unwrap();
     let b = second.embed(&[image.as_slice()]).remove(0).unwrap();

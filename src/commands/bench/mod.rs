@@ -319,13 +319,17 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 let inputs = enc
                     .model_inputs(image)
                     .context("classifier: building the profiling inputs")?;
-                Some(profile_plan(&enc.model.plan, inputs, args.iterations)?)
+                Some(profile_plan(
+                    &enc.image.model.plan,
+                    inputs,
+                    args.iterations,
+                )?)
             } else {
                 None
             };
             Some(ClassifierReport {
-                model: ModelInfo::of(&enc.model),
-                load_ms: enc.model.load_ms,
+                model: ModelInfo::of(&enc.image.model),
+                load_ms: enc.image.model.load_ms,
                 rss_load_bytes: rss_load,
                 runs,
                 profile,
