@@ -511,10 +511,20 @@ fn early_subscribers_on_the_embedded_broker_never_see_offline() {
             !seen.iter().any(|l| l.ends_with(" offline")),
             "start {start}: a subscriber saw offline: {seen:?}\ndaemon log:\n{log}"
         );
+        // A flap would bring `offline` (the will) before a second `online`. A second `online`
+        // alone is the embedded broker handing a subscription made while the daemon's one
+        // publish was in flight both the retained copy and the live one (seen once in 2026-12,
+        // with one connection in the daemon log).
         assert!(
-            later.is_empty() && !sub.seen.iter().any(|l| l.ends_with("|offline")),
+            later.iter().all(|p| p == "online")
+                && !sub.seen.iter().any(|l| l.ends_with("|offline")),
             "start {start}: {:?} then {later:?}\ndaemon log:\n{log}",
             sub.seen
+        );
+        assert_eq!(
+            log.matches(": connected to the MQTT broker").count(),
+            1,
+            "start {start}: one connection, no flap\ndaemon log:\n{log}"
         );
         assert!(
             seen.iter().any(|l| l == "edgefuse/test/available online"),
