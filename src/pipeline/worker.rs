@@ -155,18 +155,23 @@ fn run_batch(
     beside: bool,
     lone: Option<Executor>,
 ) -> (Vec<ItemResult>, Vec<Placed>) {
+    let on_lone = |f: &dyn Fn() -> Vec<ItemResult>| match lone.clone() {
+        Some(executor) => multithread_tract_scope(executor, f),
+        None => f(),
+    };
     match hook {
-        Some(h) if beside && h.works_from_inputs() => embed_with_semantic_beside(encoder, h, batch),
+        Some(h) if beside && h.works_from_inputs() => {
+            embed_with_semantic_beside(&|| on_lone(&|| embed_guarded(encoder, batch)), h, batch)
+        }
         h => {
-            let run = || {
-                let results = embed_guarded(encoder, batch);
-                let semantic = semantic_guarded(h, batch, &results);
-                (results, semantic)
+            let results = on_lone(&|| embed_guarded(encoder, batch));
+            let semantic = match lone {
+                Some(executor) => {
+                    multithread_tract_scope(executor, || semantic_guarded(h, batch, &results))
+                }
+                None => semantic_guarded(h, batch, &results),
             };
-            match lone {
-                Some(executor) => multithread_tract_scope(executor, run),
-                None => run(),
-            }
+            (results, semantic)
         }
     }
 }
@@ -176,13 +181,13 @@ fn run_batch(
 /// panics, declines or answers with the wrong count costs only the semantic vectors, as in
 /// [`semantic_guarded`].
 fn embed_with_semantic_beside(
-    encoder: &EncoderRef,
+    embed: &dyn Fn() -> Vec<ItemResult>,
     hook: &dyn SemanticHook,
     batch: &[Request],
 ) -> (Vec<ItemResult>, Vec<Placed>) {
     let (results, early) = std::thread::scope(|s| {
         let early = s.spawn(|| hook.semantic_from_inputs(batch));
-        let results = embed_guarded(encoder, batch);
+        let results = embed();
         (results, early.join())
     });
     let semantic = match early {

@@ -420,3 +420,22 @@ async fn a_burst_shared_over_runs_keeps_one_thread_per_run() {
     .await;
     assert_eq!(*seen.lock().unwrap(), [false, false]);
 }
+
+#[tokio::test]
+async fn a_lone_photo_runs_its_encoder_on_every_core_with_the_hook_beside() {
+    let (hook, encoder) = from_inputs();
+    let (seen, recorder) = pool_recorder(1);
+    let both = move |batch: &[Request]| {
+        recorder(batch);
+        encoder(batch)
+    };
+    let semantic: Arc<dyn SemanticHook> = hook.clone();
+    let lone = Some(Executor::multithread(2));
+    let (outcomes, _) = run_on(&["photo"], 4, 2, both, Some(semantic), Arc::default(), lone).await;
+    assert!(
+        hook.saw_encoder.load(Ordering::SeqCst),
+        "the hook ran beside"
+    );
+    assert_eq!(*seen.lock().unwrap(), [true], "the encoder ran on the pool");
+    assert!(outcomes[0].result.is_ok() && outcomes[0].semantic.is_some());
+}
