@@ -155,24 +155,25 @@ fn run_batch(
     beside: bool,
     lone: Option<Executor>,
 ) -> (Vec<ItemResult>, Vec<Placed>) {
-    let on_lone = |f: &dyn Fn() -> Vec<ItemResult>| match lone.clone() {
-        Some(executor) => multithread_tract_scope(executor, f),
-        None => f(),
-    };
     match hook {
-        Some(h) if beside && h.works_from_inputs() => {
-            embed_with_semantic_beside(&|| on_lone(&|| embed_guarded(encoder, batch)), h, batch)
-        }
-        h => {
-            let results = on_lone(&|| embed_guarded(encoder, batch));
-            let semantic = match lone {
-                Some(executor) => {
-                    multithread_tract_scope(executor, || semantic_guarded(h, batch, &results))
-                }
-                None => semantic_guarded(h, batch, &results),
-            };
+        Some(h) if beside && h.works_from_inputs() => embed_with_semantic_beside(
+            &|| on_lone(&lone, || embed_guarded(encoder, batch)),
+            h,
+            batch,
+        ),
+        h => on_lone(&lone, || {
+            let results = embed_guarded(encoder, batch);
+            let semantic = semantic_guarded(h, batch, &results);
             (results, semantic)
-        }
+        }),
+    }
+}
+
+/// `f` on the lone-run executor when there is one, else on this thread.
+fn on_lone<R>(lone: &Option<Executor>, f: impl FnOnce() -> R) -> R {
+    match lone {
+        Some(executor) => multithread_tract_scope(executor.clone(), f),
+        None => f(),
     }
 }
 
