@@ -12,7 +12,7 @@ use tract_onnx::prelude::{TValue, TVec};
 use super::image_model::ImageModel;
 use super::registry::{Encoder, Role, Schedule};
 use super::ModelCache;
-use super::{LoadedModel, Timings};
+use super::{BatchPlan, LoadedModel, Timings};
 use crate::config::{ClassifierConfig, EncodersConfig};
 use crate::error::{InputError, ModelError};
 use crate::manifest::{read_verified, Manifest};
@@ -114,7 +114,13 @@ impl ClassifierEncoder {
     ) -> Result<ClassifierEncoder, ModelError> {
         // One image at a time with the batch axis bound to 1: tract's depthwise kernel and fused
         // ReLU6, ~4x faster per image than the symbolic-batch plan (docs/performance.md).
-        let image = ImageModel::load(manifest, key, cache, (max_batch, max_pixels), true)?;
+        let image = ImageModel::load(
+            manifest,
+            key,
+            cache,
+            (max_batch, max_pixels),
+            BatchPlan::PerItem,
+        )?;
         let model = &image.model;
         let files: ClassFiles = model.spec.preprocess()?;
         let bad = |path: &PathBuf, message: String| ModelError::Manifest {

@@ -7,7 +7,7 @@ use tract_onnx::prelude::{tvec, TValue, TVec};
 
 use super::runtime::image_batch;
 use super::ModelCache;
-use super::{ms, LoadedModel, Timings};
+use super::{ms, BatchPlan, LoadedModel, Timings};
 use crate::error::{InputError, ModelError};
 use crate::manifest::Manifest;
 use crate::preprocess::image::{preprocess, ImagePreprocess};
@@ -24,20 +24,16 @@ pub struct ImageModel {
 }
 
 impl ImageModel {
-    /// Load `models.<key>` and its preprocessing constants. `per_item`: the plan is bound to one
-    /// image per run ([`LoadedModel::load_per_item`]).
+    /// Load `models.<key>` and its preprocessing constants, its batch axis planned as `batch`
+    /// asks.
     pub fn load(
         manifest: &Manifest,
         key: &str,
         cache: Option<&ModelCache>,
         limits: (usize, u64),
-        per_item: bool,
+        batch: BatchPlan,
     ) -> Result<ImageModel, ModelError> {
-        let model = if per_item {
-            LoadedModel::load_per_item(manifest, key, cache)?
-        } else {
-            LoadedModel::load_with(manifest, key, cache)?
-        };
+        let model = LoadedModel::load_planned(manifest, key, cache, batch)?;
         let params: ImagePreprocess = model.spec.preprocess()?;
         let (max_batch, max_pixels) = limits;
         Ok(ImageModel {

@@ -17,7 +17,7 @@ pub use audio::AudioEncoder;
 pub use classifier::ClassifierEncoder;
 pub use compiled::ModelCache;
 pub use registry::{Change, Encoder, Encoders, Role};
-pub use runtime::{LoadedModel, ModelSource};
+pub use runtime::{BatchPlan, LoadedModel, ModelSource, SharedConstants};
 pub use speech::Transcriber;
 pub use text::{TextEncoder, TextRole};
 pub use vision::VisionEncoder;

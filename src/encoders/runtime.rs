@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use tract_linalg::mmm::MMMInputValue;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
 
 use super::compiled::ModelCache;
 use crate::error::ModelError;
@@ -25,9 +26,43 @@ pub struct LoadedModel {
     pub input_facts: Vec<String>,
     pub source: ModelSource,
     pub load_ms: f64,
-    /// The batch axis was bound to 1 at load ([`LoadedModel::load_per_item`]): the encoder
-    /// runs a batch one item at a time (`run_images` does for images).
+    /// The batch axis was bound to 1 at load ([`BatchPlan::PerItem`]): the encoder runs a
+    /// batch one item at a time (`run_images` does for images).
     pub per_item: bool,
+    /// A second plan bound to batch 1 that [`LoadedModel::run`] uses for a run of one item
+    /// ([`BatchPlan::SymbolicAndSingle`]); its constants are the symbolic plan's.
+    single: Option<Arc<TypedRunnableModel>>,
+    /// How much of the single-item plan's constant bytes are shared with the main plan.
+    pub single_plan_constants: Option<SharedConstants>,
+}
+
+/// How a model's batch axis is planned at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchPlan {
+    /// One plan with the symbolic batch axis: a batch is one run.
+    Symbolic,
+    /// One plan with the batch axis bound to 1 (and every other symbol asserted >= 1); the
+    /// encoder runs a batch one item at a time. tract 0.23.9 picks its depthwise and
+    /// lazy-im2col convolutions only for a concrete input shape (tract-core
+    /// ops/cnn/conv/conv.rs, `codegen`), and with a symbolic batch cannot prove an activation
+    /// big enough for its by-scalar and unicast element-wise kernels (ops/binary.rs,
+    /// `find_most_efficient_config`): the image classifier runs 4× faster bound
+    /// (docs/performance.md).
+    PerItem,
+    /// Both: the symbolic plan for batches and a bound plan for a run of one item, the second
+    /// holding the first's weights (not a copy). Text: one text runs 0.7–0.8× on the bound
+    /// plan, but the symbolic plan is cheaper per text in batches of 4 (docs/performance.md).
+    SymbolicAndSingle,
+}
+
+/// Constants of a second plan pointed at the equal constants of the first
+/// ([`share_constants`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SharedConstants {
+    /// Bytes the second plan reads from the first plan's constants.
+    pub shared_bytes: usize,
+    /// Bytes of constants only the second plan has (different packing, or its own folds).
+    pub own_bytes: usize,
 }
 
 /// Where a model's typed graph came from at load.
@@ -54,30 +89,16 @@ impl LoadedModel {
         key: &str,
         cache: Option<&ModelCache>,
     ) -> Result<LoadedModel, ModelError> {
-        Self::load_inner(manifest, key, cache, false)
+        Self::load_planned(manifest, key, cache, BatchPlan::Symbolic)
     }
 
-    /// As [`LoadedModel::load_with`], with each input's symbolic batch axis (axis 0) bound to 1
-    /// and every other symbol asserted >= 1 before tract's optimiser; the encoder then runs a
-    /// batch one item at a time. tract 0.23.9 picks its depthwise and lazy-im2col convolutions
-    /// only for a concrete input shape (tract-core ops/cnn/conv/conv.rs, `codegen`), and with a
-    /// symbolic batch cannot prove an activation big enough for its by-scalar and unicast
-    /// element-wise kernels (ops/binary.rs, `find_most_efficient_config`): the image classifier
-    /// runs 4× faster bound (docs/performance.md; text would gain for one text but lose in
-    /// bursts, so it keeps its symbolic plan). The compiled-model cache keeps the symbolic graph.
-    pub fn load_per_item(
+    /// As [`LoadedModel::load_with`], with the batch axis planned as `batch` asks. The
+    /// compiled-model cache always keeps the symbolic graph; binding happens after it.
+    pub fn load_planned(
         manifest: &Manifest,
         key: &str,
         cache: Option<&ModelCache>,
-    ) -> Result<LoadedModel, ModelError> {
-        Self::load_inner(manifest, key, cache, true)
-    }
-
-    fn load_inner(
-        manifest: &Manifest,
-        key: &str,
-        cache: Option<&ModelCache>,
-        per_item: bool,
+        batch: BatchPlan,
     ) -> Result<LoadedModel, ModelError> {
         let started = Instant::now();
         let spec = manifest.model(key)?.clone();
@@ -107,15 +128,45 @@ impl LoadedModel {
                 (model, ModelSource::Onnx)
             }
         };
-        let typed = if per_item {
-            bind_batch_to_one(typed, &spec).map_err(tract_err("bind the batch axis to 1"))?
-        } else {
-            typed
+        let bound = |typed: TypedModel| {
+            bind_batch_to_one(typed, &spec)
+                .map_err(tract_err("bind the batch axis to 1"))?
+                .into_optimized()
+                .map_err(tract_err("optimise the model bound to batch 1"))
         };
-        let model = typed
-            .into_optimized()
-            .map_err(tract_err("optimise the model"))?;
-        let kernels = matmul_kernels(&model);
+        let single_typed = match batch {
+            BatchPlan::SymbolicAndSingle => Some(typed.clone()),
+            BatchPlan::Symbolic | BatchPlan::PerItem => None,
+        };
+        let model = match batch {
+            BatchPlan::PerItem => bound(typed)?,
+            BatchPlan::Symbolic | BatchPlan::SymbolicAndSingle => typed
+                .into_optimized()
+                .map_err(tract_err("optimise the model"))?,
+        };
+        let mut kernels = matmul_kernels(&model);
+        let (single, single_plan_constants) = match single_typed {
+            Some(typed) => {
+                let mut single = bound(typed)?;
+                let shared = share_constants(&model, &mut single)
+                    .map_err(tract_err("share the weights of the single-item plan"))?;
+                tracing::debug!(
+                    "{}: single-item plan shares {:.1} MB of constants with the batch plan, \
+                     holds {:.1} MB of its own",
+                    spec.name,
+                    shared.shared_bytes as f64 / 1e6,
+                    shared.own_bytes as f64 / 1e6
+                );
+                kernels.extend(matmul_kernels(&single));
+                kernels.sort();
+                kernels.dedup();
+                let plan = single
+                    .into_runnable()
+                    .map_err(tract_err("build the single-item plan"))?;
+                (Some(plan), Some(shared))
+            }
+            None => (None, None),
+        };
         let input_facts = model
             .input_outlets()
             .map(|outlets| {
@@ -137,12 +188,21 @@ impl LoadedModel {
             input_facts,
             source,
             load_ms: started.elapsed().as_secs_f64() * 1e3,
-            per_item,
+            per_item: batch == BatchPlan::PerItem,
+            single,
+            single_plan_constants,
         })
     }
 
+    /// Run the model; a run of one item (axis 0 of every input is 1) takes the single-item
+    /// plan when there is one.
     pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        self.plan.run(inputs)
+        match &self.single {
+            Some(single) if inputs.iter().all(|i| i.shape().first() == Some(&1)) => {
+                single.run(inputs)
+            }
+            _ => self.plan.run(inputs),
+        }
     }
 
     /// Run an image model on `n` preprocessed NCHW crops of `crop`×`crop`: its first output,
@@ -207,6 +267,122 @@ fn bind_batch_to_one(typed: TypedModel, spec: &ModelSpec) -> TractResult<TypedMo
         typed.symbols.add_assertion(format!("{s}>=1"))?;
     }
     Ok(typed)
+}
+
+/// Point every constant of `model` that equals one of `donor`'s at the donor's copy, so two
+/// plans of one model (symbolic and bound to batch 1) hold their weights once: graph constants
+/// (a `Const` node, e.g. the word table) and the packed weights tract bakes into each
+/// `OptMatMul`. Both plans are optimised from the same graph, so a weight packed for the same
+/// kernel is byte-identical; one packed differently (another kernel picked) stays the plan's own.
+fn share_constants(donor: &TypedModel, model: &mut TypedModel) -> TractResult<SharedConstants> {
+    use std::collections::HashMap;
+    use tract_onnx::tract_core::ops::konst::Const;
+    let mut tensors: HashMap<(DatumType, TVec<usize>), Vec<&Arc<Tensor>>> = HashMap::new();
+    let mut packed: HashMap<(usize, usize), Vec<&dyn MMMInputValue>> = HashMap::new();
+    for node in donor.nodes() {
+        if let Some(c) = node.op_as::<Const>() {
+            let t = c.val();
+            tensors
+                .entry((t.datum_type(), t.shape().into()))
+                .or_default()
+                .push(t);
+        }
+        for value in node
+            .op_as::<OptMatMul>()
+            .into_iter()
+            .flat_map(baked_operands)
+        {
+            packed
+                .entry((value.k(), value.mn()))
+                .or_default()
+                .push(value);
+        }
+    }
+    let mut shared = SharedConstants::default();
+    for node in model.nodes_mut() {
+        if let Some(c) = node.op_as::<Const>() {
+            let t = c.val();
+            let bytes = constant_bytes(t);
+            let found = tensors
+                .get(&(t.datum_type(), t.shape().into()))
+                .and_then(|same_shape| same_shape.iter().find(|d| ****d == **t));
+            let Some(&donor_tensor) = found else {
+                shared.own_bytes += bytes;
+                continue;
+            };
+            let konst = Const::new_with_opt_exotic_fact(
+                Arc::clone(donor_tensor),
+                c.exotic_fact()
+                    .map(tract_onnx::tract_core::dyn_clone::clone_box),
+            )?;
+            if let Some(output) = node.outputs.first_mut() {
+                output.fact.konst = Some(Arc::clone(donor_tensor));
+            }
+            node.op = Box::new(konst);
+            shared.shared_bytes += bytes;
+        } else if let Some(op) = node.op_as_mut::<OptMatMul>() {
+            for spec in &mut op.micro_ops {
+                let ProtoFusedSpec::AddMatMul { a, b, .. } = spec else {
+                    continue;
+                };
+                for operand in [a, b] {
+                    let MatMulOperand::Const(value) = operand else {
+                        continue;
+                    };
+                    let bytes = packed_bytes(&**value);
+                    let found = packed
+                        .get(&(value.k(), value.mn()))
+                        .and_then(|same_shape| same_shape.iter().find(|d| ***d == **value));
+                    match found {
+                        Some(donor_value) => {
+                            *value = tract_onnx::tract_core::dyn_clone::clone_box(*donor_value);
+                            shared.shared_bytes += bytes;
+                        }
+                        None => shared.own_bytes += bytes,
+                    }
+                }
+            }
+        }
+    }
+    Ok(shared)
+}
+
+/// The packed weights tract baked into a matmul (operands that were constants).
+fn baked_operands(op: &OptMatMul) -> impl Iterator<Item = &dyn MMMInputValue> {
+    op.micro_ops.iter().flat_map(|spec| match spec {
+        ProtoFusedSpec::AddMatMul { a, b, .. } => [a, b]
+            .into_iter()
+            .filter_map(|operand| match operand {
+                MatMulOperand::Const(value) => Some(&**value),
+                MatMulOperand::Input(_) => None,
+            })
+            .collect::<Vec<_>>(),
+        _ => Vec::new(),
+    })
+}
+
+/// The bytes a constant tensor holds: plain data or quantized blocks (packed weights are baked
+/// into the matmuls, [`packed_bytes`]).
+fn constant_bytes(t: &Tensor) -> usize {
+    use tract_linalg::block_quant::BlockQuantStorage;
+    use tract_onnx::prelude::tract_data::prelude::TensorStorage;
+    if t.is_plain() {
+        return t.len() * t.datum_type().size_of();
+    }
+    t.storage_as::<BlockQuantStorage>()
+        .map_or(0, |b| b.byte_len())
+}
+
+/// The bytes of one packed matmul operand (plain panels, or panels a extractor widens).
+fn packed_bytes(value: &dyn MMMInputValue) -> usize {
+    use tract_linalg::mmm::{EagerPackedInput, PanelExtractInput};
+    if let Some(eager) = value.downcast_ref::<EagerPackedInput>() {
+        eager.packed.len()
+    } else if let Some(extract) = value.downcast_ref::<PanelExtractInput>() {
+        extract.data.packed.len()
+    } else {
+        0
+    }
 }
 
 /// `n` preprocessed NCHW crops of `crop`×`crop` as one input tensor.

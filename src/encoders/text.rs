@@ -6,7 +6,9 @@ use tract_onnx::prelude::*;
 
 use super::registry::{Encoder, Role, Schedule};
 use super::ModelCache;
-use super::{inference_error, l2_normalize, ms, Embedding, ItemResult, LoadedModel, Timings};
+use super::{
+    inference_error, l2_normalize, ms, BatchPlan, Embedding, ItemResult, LoadedModel, Timings,
+};
 use crate::config::{EncodersConfig, TextConfig};
 use crate::error::{InputError, ModelError};
 use crate::manifest::{read_verified, Manifest};
@@ -58,7 +60,9 @@ impl TextEncoder {
         max_length: Option<usize>,
         max_batch: usize,
     ) -> Result<TextEncoder, ModelError> {
-        let model = LoadedModel::load_with(manifest, key, cache)?;
+        // One text alone runs on a plan bound to batch 1 (0.7–0.8× here), batches on the
+        // symbolic plan (cheaper per text at 4 texts a run); the two share their weights.
+        let model = LoadedModel::load_planned(manifest, key, cache, BatchPlan::SymbolicAndSingle)?;
         let pre: TextPreprocess = model.spec.preprocess()?;
         let tok_path = manifest.path_of(&pre.tokenizer);
         let tok_bytes = read_verified(&tok_path, &pre.tokenizer_sha256)?;

@@ -5,7 +5,7 @@ use tract_onnx::prelude::{TValue, TVec};
 use super::image_model::ImageModel;
 use super::registry::{Encoder, Role, Schedule};
 use super::ModelCache;
-use super::{l2_normalize, Embedding, ItemResult, LoadedModel};
+use super::{l2_normalize, BatchPlan, Embedding, ItemResult, LoadedModel};
 use crate::config::{EncodersConfig, VisionConfig};
 use crate::error::{InputError, ModelError};
 use crate::manifest::Manifest;
@@ -50,7 +50,13 @@ impl VisionEncoder {
         max_pixels: u64,
     ) -> Result<VisionEncoder, ModelError> {
         Ok(VisionEncoder {
-            image: ImageModel::load(manifest, key, cache, (max_batch, max_pixels), false)?,
+            image: ImageModel::load(
+                manifest,
+                key,
+                cache,
+                (max_batch, max_pixels),
+                BatchPlan::Symbolic,
+            )?,
         })
     }
 

@@ -53,6 +53,37 @@ fn text_batching_does_not_change_results() {
 }
 
 #[test]
+fn each_text_alone_matches_onnxruntime_reference() {
+    // One text a run takes the plan bound to batch 1, a batch the symbolic plan.
+    let r = reference();
+    for item in &r.text {
+        let v = &embed_text(&[&item.input])[0];
+        let c = cosine(v, &item.vector);
+        assert!(
+            c >= TEXT_AUDIO_MIN_COSINE,
+            "{:?} alone: cosine {c}",
+            item.input
+        );
+    }
+}
+
+#[test]
+fn the_single_text_plan_holds_no_second_copy_of_the_weights() {
+    let enc = encoders().get::<TextEncoder>().unwrap();
+    let shared = enc
+        .model
+        .single_plan_constants
+        .expect("the text model has a single-item plan");
+    // The fp32 file is, to within a few kB, its weights.
+    let file = std::fs::metadata(&enc.model.path).unwrap().len() as usize;
+    assert!(
+        shared.shared_bytes as f64 >= 0.95 * file as f64,
+        "{shared:?} against a {file}-byte model file"
+    );
+    assert!(shared.own_bytes * 100 < file, "{shared:?}");
+}
+
+#[test]
 fn vision_matches_onnxruntime_reference() {
     let r = reference();
     let paths: Vec<&str> = r.vision.iter().map(|i| i.input.as_str()).collect();
