@@ -120,7 +120,8 @@ impl TensorSpec {
     }
 }
 
-/// The values of `weights_in_memory` (`src/encoders/runtime.rs` applies them).
+/// The values of `weights_in_memory` (`src/encoders/runtime.rs` applies them); unset holds large
+/// lookup tables as f16 and every other weight as f32.
 pub const WEIGHTS_IN_MEMORY: [&str; 2] = ["f32", "q4_0"];
 
 impl Manifest {

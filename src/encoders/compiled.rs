@@ -165,7 +165,8 @@ fn edgefuse_registry() -> Registry {
 /// 16 hex digits of sha256 over everything the compiled graph depends on.
 fn key(spec: &ModelSpec) -> String {
     let mut h = Sha256::new();
-    h.update(b"edgefuse compiled model v1\n");
+    // v2: large lookup tables held as f16 by default (runtime.rs, `weights_in_memory`).
+    h.update(b"edgefuse compiled model v2\n");
     h.update(TRACT_VERSION.as_bytes());
     h.update(b"\n");
     h.update(spec.sha256.to_ascii_lowercase().as_bytes());

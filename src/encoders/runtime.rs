@@ -499,15 +499,22 @@ fn decode_compressed_weights(model: &mut TypedModel) -> TractResult<()> {
     model.compact()
 }
 
-/// The in-memory weight format the manifest asks for (`weights_in_memory`). `q4_0` runs tract's
-/// `block_quant` transform: every constant 2-D matmul operand becomes Q4_0 blocks (32 weights,
-/// 4 bits each, one f16 scale: 4.5 bits a weight) that the matmul unpacks panel by panel.
-/// Lookup tables become f16 (`quantize_lookup_tables`). Applied before the compiled-model
-/// cache, which stores the requantized graph (NNEF has both block formats): a later start reads
-/// the small graph and never holds the f32 weights.
+/// The in-memory weight format the manifest asks for (`weights_in_memory`). By default large
+/// lookup tables are held as f16 (`quantize_lookup_tables`: half the memory of MiniLM's word
+/// table, a `Gather` reads only a text's rows) and everything else as f32; `f32` keeps the
+/// tables f32 too. `q4_0` also runs tract's `block_quant` transform: every constant 2-D matmul
+/// operand becomes Q4_0 blocks (32 weights, 4 bits each, one f16 scale: 4.5 bits a weight) that
+/// the matmul unpacks panel by panel. Applied before the compiled-model cache, which stores the
+/// requantized graph (NNEF has both block formats): a later start reads the small graph and
+/// never holds the f32 weights.
 fn weights_in_memory(model: TypedModel, spec: &ModelSpec) -> TractResult<TypedModel> {
     match spec.weights_in_memory.as_deref() {
-        None | Some("f32") => Ok(model),
+        Some("f32") => Ok(model),
+        None => {
+            let mut model = model;
+            quantize_lookup_tables(&mut model)?;
+            Ok(model)
+        }
         Some("q4_0") => {
             let transform = tract_onnx::tract_core::transform::get_transform("block_quant")?
                 .ok_or_else(|| anyhow::anyhow!("tract has no block_quant transform"))?;
@@ -522,7 +529,9 @@ fn weights_in_memory(model: TypedModel, spec: &ModelSpec) -> TractResult<TypedMo
 /// Lookup tables (a `Gather` on axis 0 of a large f32 constant, e.g. MiniLM's 30522 × 384 word
 /// table) held as f16: the `Gather` reads f16 rows and only those are cast to f32. (tract's
 /// Q8_1 blocks would be smaller, but tract-nnef 0.23.9 writes them and cannot read them back,
-/// which would defeat the compiled-model cache.) Tables under 1 Mi values stay f32.
+/// which would defeat the compiled-model cache.) Tables under 1 Mi values stay f32, and so do
+/// tables something else reads too (an output projection tied to the token table would then
+/// hold both copies).
 fn quantize_lookup_tables(model: &mut TypedModel) -> TractResult<()> {
     use tract_onnx::tract_core::ops::array::Gather;
     use tract_onnx::tract_core::ops::cast::cast;
@@ -536,7 +545,9 @@ fn quantize_lookup_tables(model: &mut TypedModel) -> TractResult<()> {
             continue;
         };
         let t = table.val();
+        let table_readers = model.node(node.inputs[0].node).outputs[0].successors.len();
         if gather.output_type.is_some()
+            || table_readers != 1
             || t.datum_type() != f32::datum_type()
             || !t.is_plain()
             || t.len() < 1 << 20
