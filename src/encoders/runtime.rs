@@ -50,7 +50,7 @@ pub enum BatchPlan {
     /// (docs/performance.md).
     PerItem,
     /// Both: the symbolic plan for batches and a bound plan for a run of one item, the second
-    /// holding the first's weights (not a copy). Text: one text runs 0.7–0.8× on the bound
+    /// holding the first's weights (not a copy). Text: one text runs 0.76–0.91× on the bound
     /// plan, but the symbolic plan is cheaper per text in batches of 4 (docs/performance.md).
     SymbolicAndSingle,
 }

@@ -60,7 +60,7 @@ impl TextEncoder {
         max_length: Option<usize>,
         max_batch: usize,
     ) -> Result<TextEncoder, ModelError> {
-        // One text alone runs on a plan bound to batch 1 (0.7–0.8× here), batches on the
+        // One text alone runs on a plan bound to batch 1 (0.76–0.91× here), batches on the
         // symbolic plan (cheaper per text at 4 texts a run); the two share their weights.
         let model = LoadedModel::load_planned(manifest, key, cache, BatchPlan::SymbolicAndSingle)?;
         let pre: TextPreprocess = model.spec.preprocess()?;
