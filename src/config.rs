@@ -578,6 +578,10 @@ pub struct TextConfig {
     /// anyway; this bounds the work spent on a huge one).
     #[serde(default = "default_max_text_bytes")]
     pub max_bytes: usize,
+    /// A second tract plan bound to one text for a text that runs alone (its weights shared
+    /// with the batch plan); off saves its run buffers on a memory-tight board.
+    #[serde(default = "yes")]
+    pub single_text_plan: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -665,6 +669,7 @@ impl Default for TextConfig {
             max_length: None,
             max_batch: 16,
             max_bytes: default_max_text_bytes(),
+            single_text_plan: true,
         }
     }
 }

@@ -44,7 +44,18 @@ impl Encoder for TextEncoder {
         s: &TextConfig,
         cache: Option<&ModelCache>,
     ) -> Result<Self, ModelError> {
-        TextEncoder::load(manifest, &s.model, cache, s.max_length, s.max_batch)
+        let batch = if s.single_text_plan {
+            BatchPlan::SymbolicAndSingle
+        } else {
+            BatchPlan::Symbolic
+        };
+        TextEncoder::load_planned(
+            manifest,
+            &s.model,
+            cache,
+            (s.max_length, s.max_batch),
+            batch,
+        )
     }
     fn model(&self) -> &LoadedModel {
         &self.model
@@ -52,7 +63,9 @@ impl Encoder for TextEncoder {
 }
 
 impl TextEncoder {
-    /// Load `models.<key>`; `cache` is the compiled-model cache, if one is used.
+    /// Load `models.<key>`; `cache` is the compiled-model cache, if one is used. One text alone
+    /// runs on a plan bound to batch 1 (0.76–0.91× here), batches on the symbolic plan (cheaper
+    /// per text at 4 texts a run); the two share their weights.
     pub fn load(
         manifest: &Manifest,
         key: &str,
@@ -60,9 +73,21 @@ impl TextEncoder {
         max_length: Option<usize>,
         max_batch: usize,
     ) -> Result<TextEncoder, ModelError> {
-        // One text alone runs on a plan bound to batch 1 (0.76–0.91× here), batches on the
-        // symbolic plan (cheaper per text at 4 texts a run); the two share their weights.
-        let model = LoadedModel::load_planned(manifest, key, cache, BatchPlan::SymbolicAndSingle)?;
+        let limits = (max_length, max_batch);
+        Self::load_planned(manifest, key, cache, limits, BatchPlan::SymbolicAndSingle)
+    }
+
+    /// As [`TextEncoder::load`], with the model's plans as `batch` asks;
+    /// `limits` = (max_length, max_batch).
+    pub fn load_planned(
+        manifest: &Manifest,
+        key: &str,
+        cache: Option<&ModelCache>,
+        limits: (Option<usize>, usize),
+        batch: BatchPlan,
+    ) -> Result<TextEncoder, ModelError> {
+        let (max_length, max_batch) = limits;
+        let model = LoadedModel::load_planned(manifest, key, cache, batch)?;
         let pre: TextPreprocess = model.spec.preprocess()?;
         let tok_path = manifest.path_of(&pre.tokenizer);
         let tok_bytes = read_verified(&tok_path, &pre.tokenizer_sha256)?;
