@@ -6,6 +6,7 @@ pub mod audio;
 pub mod classifier;
 pub mod compiled;
 pub mod image_model;
+mod plan_sharing;
 pub mod quality;
 pub mod registry;
 pub mod runtime;
