@@ -185,6 +185,11 @@ impl LoadedModel {
         })
     }
 
+    /// The plan a run of one item takes: the single-item plan when there is one.
+    pub fn plan_for_one(&self) -> &Arc<TypedRunnableModel> {
+        self.single.as_ref().unwrap_or(&self.plan)
+    }
+
     /// Run the model; a run of one item (axis 0 of every input is 1) takes the single-item
     /// plan when there is one.
     pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {

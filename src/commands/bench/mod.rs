@@ -256,7 +256,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         let profile = if args.profile {
             let inputs = model_inputs(&set, m, &samples)
                 .with_context(|| format!("{m}: building the profiling inputs"))?;
-            Some(profile_plan(&model.plan, inputs, args.iterations)?)
+            Some(profile_plan(model.plan_for_one(), inputs, args.iterations)?)
         } else {
             None
         };
@@ -268,6 +268,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             load_compiled_ms,
             rss_load_bytes: rss_load,
             kernels: model.kernels.clone(),
+            single_plan: model.single_plan_constants,
             runs,
             bursts,
             profile,

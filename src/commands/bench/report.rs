@@ -99,6 +99,9 @@ pub struct ModalityReport {
     /// RSS growth while this model loaded.
     pub rss_load_bytes: u64,
     pub kernels: Vec<String>,
+    /// A second plan for one item whose weights are the batch plan's (text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub single_plan: Option<crate::encoders::SharedConstants>,
     /// One row per (batch, threads) combination, in the order measured.
     pub runs: Vec<Run>,
     /// One row per (threads, runs in flight): a burst through the daemon's worker.
@@ -240,6 +243,14 @@ pub(super) fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<(
             mb(mr.rss_load_bytes),
             mr.kernels.join(" ")
         )?;
+        if let Some(shared) = mr.single_plan {
+            writeln!(
+                out,
+                "  one item runs on a plan bound to batch 1: {:.1} MB of its weights are the batch plan's, {:.1} MB its own",
+                shared.shared_bytes as f64 / 1e6,
+                shared.own_bytes as f64 / 1e6
+            )?;
+        }
         writeln!(
             out,
             "  {:>5} {:>7} {:>17} {:>17} {:>17} {:>19} {:>9}",
