@@ -561,10 +561,20 @@ fn labels_follow_every_fused_record_and_stats_come_at_connect() {
     let config = write_config_stats(dir.path(), broker.port, 3600);
     let mut sub = Sub::start(broker.port, "edgefuse/test/#");
     let daemon = Daemon::start(&config);
-    sub.expect("available", T, |m| m.payload == "online");
-    let s = sub
-        .expect("/stats", std::time::Duration::from_secs(20), |_| true)
-        .json();
+    // Both come at connect, in either order (two tasks publish them).
+    let (mut stats, mut online) = (None, false);
+    while stats.is_none() || !online {
+        let m = sub.expect("", std::time::Duration::from_secs(20), |m| {
+            m.topic.ends_with("/stats")
+                || (m.topic.ends_with("/available") && m.payload == "online")
+        });
+        if m.topic.ends_with("/stats") {
+            stats = Some(m.json());
+        } else {
+            online = true;
+        }
+    }
+    let s = stats.unwrap();
     assert!(s["uptime_s"].as_f64().unwrap() < 60.0, "{s}");
     assert_eq!(s["fusion"]["labels"], 0, "{s}");
 
