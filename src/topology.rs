@@ -179,11 +179,17 @@ impl Pipeline {
                     let l = encoders.model(encoder.modality())?;
                     Some(Candidate {
                         encoder: encoder.clone(),
+                        // The plan one item runs on is part of what was measured.
                         model_id: format!(
-                            "{} {} {}",
+                            "{} {} {}{}",
                             l.key,
                             l.spec.sha256,
-                            l.input_facts.join(";")
+                            l.input_facts.join(";"),
+                            if l.single_plan_constants.is_some() {
+                                " single-item plan"
+                            } else {
+                                ""
+                            }
                         ),
                     })
                 })
