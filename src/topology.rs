@@ -185,7 +185,7 @@ impl Pipeline {
                             l.key,
                             l.spec.sha256,
                             l.input_facts.join(";"),
-                            if l.single_plan_constants.is_some() {
+                            if l.single_plan_constants().is_some() {
                                 " single-item plan"
                             } else {
                                 ""

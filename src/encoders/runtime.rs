@@ -31,10 +31,8 @@ pub struct LoadedModel {
     /// batch one item at a time (`run_images` does for images).
     pub per_item: bool,
     /// A second plan bound to batch 1 that [`LoadedModel::run`] uses for a run of one item
-    /// ([`BatchPlan::SymbolicAndSingle`]); its constants are the symbolic plan's.
-    single: Option<Arc<TypedRunnableModel>>,
-    /// How much of the single-item plan's constant bytes are shared with the main plan.
-    pub single_plan_constants: Option<SharedConstants>,
+    /// ([`BatchPlan::SymbolicAndSingle`]), and how much of its constants are the main plan's.
+    single: Option<(Arc<TypedRunnableModel>, SharedConstants)>,
 }
 
 /// How a model's batch axis is planned at load.
@@ -136,7 +134,7 @@ impl LoadedModel {
                 .map_err(tract_err("optimise the model"))?,
         };
         let mut kernels = matmul_kernels(&model);
-        let (single, single_plan_constants) = match single_typed {
+        let single = match single_typed {
             Some(typed) => {
                 let mut single = bound(typed)?;
                 let shared = share_constants(&model, &mut single)
@@ -154,9 +152,9 @@ impl LoadedModel {
                 let plan = single
                     .into_runnable()
                     .map_err(tract_err("build the single-item plan"))?;
-                (Some(plan), Some(shared))
+                Some((plan, shared))
             }
-            None => (None, None),
+            None => None,
         };
         let input_facts = model
             .input_outlets()
@@ -181,20 +179,24 @@ impl LoadedModel {
             load_ms: started.elapsed().as_secs_f64() * 1e3,
             per_item: batch == BatchPlan::PerItem,
             single,
-            single_plan_constants,
         })
     }
 
     /// The plan a run of one item takes: the single-item plan when there is one.
     pub fn plan_for_one(&self) -> &Arc<TypedRunnableModel> {
-        self.single.as_ref().unwrap_or(&self.plan)
+        self.single.as_ref().map_or(&self.plan, |(plan, _)| plan)
+    }
+
+    /// With a single-item plan: how much of its constants are the main plan's.
+    pub fn single_plan_constants(&self) -> Option<SharedConstants> {
+        self.single.as_ref().map(|(_, shared)| *shared)
     }
 
     /// Run the model; a run of one item (axis 0 of every input is 1) takes the single-item
     /// plan when there is one.
     pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         match &self.single {
-            Some(single) if inputs.iter().all(|i| i.shape().first() == Some(&1)) => {
+            Some((single, _)) if inputs.iter().all(|i| i.shape().first() == Some(&1)) => {
                 single.run(inputs)
             }
             _ => self.plan.run(inputs),

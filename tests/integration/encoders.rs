@@ -72,7 +72,7 @@ fn the_single_text_plan_holds_no_second_copy_of_the_weights() {
     let enc = encoders().get::<TextEncoder>().unwrap();
     let shared = enc
         .model
-        .single_plan_constants
+        .single_plan_constants()
         .expect("the text model has a single-item plan");
     // The fp32 file is, to within a few kB, its weights; in memory the word table (half of
     // them) is f16, the rest f32.

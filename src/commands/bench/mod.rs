@@ -268,7 +268,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             load_compiled_ms,
             rss_load_bytes: rss_load,
             kernels: model.kernels.clone(),
-            single_plan: model.single_plan_constants,
+            single_plan: model.single_plan_constants(),
             runs,
             bursts,
             profile,
