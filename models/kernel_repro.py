@@ -7,6 +7,10 @@ the wrapper `models/kernel_repro`.
 
   conv3x3.onnx     aiSFX's second convolution: Conv 64->64, 3x3, pad 1, on [1,64,100,96],
                    then Relu (354 M MACs; tract lowers it to Im2col + a GEMM)
+  conv3x3_concat.onnx, conv3x3_sum.onnx
+                   the same layer without a 3x3 kernel (pad, nine shifted slices, then one 1x1
+                   convolution over their concatenation, or nine summed): a load-time rewrite
+                   that would route it to tract's plain GEMM, timed against the original
   layernorm.onnx   a decomposed LayerNorm as exported by PyTorch (ReduceMean, Sub, Pow,
                    ReduceMean, Add, Sqrt, Div, Mul, Add) on DINOv2's [1,257,384]
   softmax.onnx     Softmax over the last axis of DINOv2's attention scores [1,6,257,257]
@@ -45,6 +49,51 @@ def conv3x3() -> tuple[onnx.ModelProto, dict]:
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]), {
         "x": [1, 64, 100, 96]}
+
+
+def _conv3x3_rewritten(name: str, summed: bool) -> tuple[onnx.ModelProto, dict]:
+    """conv3x3's layer (same weights) without a 3x3 kernel: zero-pad, nine shifted slices, then
+    either one 1x1 convolution over their concatenation (an explicit im2col, K = 9 * 64) or nine
+    1x1 convolutions summed. A possible load-time workaround, timed against the original."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((64, 64, 3, 3)) * 0.05).astype(np.float32)
+    h, wd = 100, 96
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["xp"])]
+    inits = [numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "axes")]
+    shifted = []
+    for kh in range(3):
+        for kw in range(3):
+            k = f"{kh}{kw}"
+            inits += [numpy_helper.from_array(np.array([kh, kw], np.int64), f"st{k}"),
+                      numpy_helper.from_array(np.array([kh + h, kw + wd], np.int64), f"en{k}")]
+            nodes.append(helper.make_node("Slice", ["xp", f"st{k}", f"en{k}", "axes"], [f"s{k}"]))
+            shifted.append((k, w[:, :, kh, kw]))
+    if summed:
+        for k, wk in shifted:
+            inits.append(numpy_helper.from_array(wk.reshape(64, 64, 1, 1).copy(), f"w{k}"))
+            nodes.append(helper.make_node("Conv", [f"s{k}", f"w{k}"], [f"c{k}"]))
+        nodes.append(helper.make_node("Sum", [f"c{k}" for k, _ in shifted], ["c"]))
+    else:
+        nodes.append(helper.make_node("Concat", [f"s{k}" for k, _ in shifted], ["cat"], axis=1))
+        wcat = np.concatenate([wk for _, wk in shifted], axis=1).reshape(64, 9 * 64, 1, 1)
+        inits.append(numpy_helper.from_array(wcat.astype(np.float32), "wcat"))
+        nodes.append(helper.make_node("Conv", ["cat", "wcat"], ["c"]))
+    nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    g = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, h, wd])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, h, wd])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]), {
+        "x": [1, 64, h, wd]}
+
+
+def conv3x3_concat() -> tuple[onnx.ModelProto, dict]:
+    return _conv3x3_rewritten("conv3x3_concat", summed=False)
+
+
+def conv3x3_sum() -> tuple[onnx.ModelProto, dict]:
+    return _conv3x3_rewritten("conv3x3_sum", summed=True)
 
 
 def layernorm() -> tuple[onnx.ModelProto, dict]:
@@ -94,7 +143,8 @@ def relu6() -> tuple[onnx.ModelProto, dict]:
         "x": [1, 32, 112, 112]}
 
 
-GRAPHS = {"conv3x3": conv3x3, "layernorm": layernorm, "softmax": softmax, "relu6": relu6}
+GRAPHS = {"conv3x3": conv3x3, "conv3x3_concat": conv3x3_concat, "conv3x3_sum": conv3x3_sum,
+          "layernorm": layernorm, "softmax": softmax, "relu6": relu6}
 
 
 def ort_median_ms(path: Path, shapes: dict, reps: int) -> float:

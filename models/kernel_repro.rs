@@ -10,8 +10,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tract_onnx::prelude::*;
 
-const GRAPHS: [(&str, &[usize]); 4] = [
+const GRAPHS: [(&str, &[usize]); 6] = [
     ("conv3x3", &[1, 64, 100, 96]),
+    ("conv3x3_concat", &[1, 64, 100, 96]),
+    ("conv3x3_sum", &[1, 64, 100, 96]),
     ("layernorm", &[1, 257, 384]),
     ("softmax", &[1, 6, 257, 257]),
     ("relu6", &[1, 32, 112, 112]),

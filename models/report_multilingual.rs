@@ -212,7 +212,7 @@ fn vm_hwm_mb() -> Result<f64> {
 fn child(manifest: &Manifest, key: &str, fx: &Fixture) -> Result<()> {
     let enc = TextEncoder::load(manifest, key, None, None, BATCHES[1])?;
     ms_per_sentence(&enc, &fx.all_sentences(), BATCHES[1])?;
-    edgefuse::stats::trim_heap();
+    edgefuse::cpu::trim_heap();
     let steady = edgefuse::stats::rss_bytes() as f64 / (1024.0 * 1024.0);
     println!("{} {} {steady}", enc.model.load_ms, vm_hwm_mb()?);
     Ok(())

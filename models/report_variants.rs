@@ -230,13 +230,13 @@ fn status_kb(field: &str) -> f64 {
 fn memory(models: &Path, key: &str, modality: Modality, repo: &Path) -> Result<()> {
     let m = Manifest::load(&models.join("manifest.toml"))?;
     let inp = inputs(repo)?;
-    edgefuse::stats::trim_heap();
+    edgefuse::cpu::trim_heap();
     let start = status_kb("VmRSS:");
     let enc = Enc::load(&m, key, modality)?;
-    edgefuse::stats::trim_heap();
+    edgefuse::cpu::trim_heap();
     let loaded = status_kb("VmRSS:");
     enc.time_batch(&inp, 1)?;
-    edgefuse::stats::trim_heap();
+    edgefuse::cpu::trim_heap();
     let after = status_kb("VmRSS:");
     let hwm = status_kb("VmHWM:");
     println!(

@@ -33,14 +33,14 @@ pub async fn run(
         || "built-in default".to_owned(),
         |p| p.display().to_string(),
     );
+    // Listen before the (long) model load, so a SIGHUP meanwhile is not fatal.
+    let mut signals = Signals::new(shutdown)?;
     tracing::info!(
         "edgefuse {} starting: device id {device_id}, config {config_name}, state in {}",
         env!("CARGO_PKG_VERSION"),
         config.state_dir.display()
     );
     let service = crate::systemd::Service::from_env(&config.watchdog);
-    // Subscribe before the (long) model load, so a SIGHUP meanwhile is not fatal.
-    let mut signals = Signals::new(shutdown)?;
 
     // 1. Models, off the runtime: loading and optimising takes seconds.
     service.status("loading models");
@@ -52,20 +52,37 @@ pub async fn run(
             tract_linalg::multithread::Executor::multithread(threads),
         );
     }
+    let memory = crate::cpu::total_memory();
     tracing::info!(
-        "tract: {} thread(s) per model run (encoders.threads), {} batch(es) in flight per modality (encoders.runs_in_flight)",
+        "tract: {} thread(s) per model run (encoders.threads), {} batch(es) in flight per modality (encoders.runs_in_flight); models load {} (encoders.model_loading = {}, {} of RAM)",
         config.encoders.threads,
-        config.encoders.runs_in_flight
+        config.encoders.runs_in_flight,
+        if config.encoders.model_loading.sequential(memory) {
+            "one at a time"
+        } else {
+            "in parallel"
+        },
+        config.encoders.model_loading,
+        memory.map_or_else(
+            || "unknown amount".to_owned(),
+            |m| format!("{:.1} GiB", m as f64 / f64::from(1u32 << 30))
+        )
     );
     let models_dir = source.models_dir(&config);
-    let encoders = {
+    let loading = {
         let cfg = config.clone();
         tokio::task::spawn_blocking(move || Encoders::load(&cfg, &models_dir, None))
-            .await
-            .context("model loading task failed")??
-            .0
     };
-    crate::stats::trim_heap();
+    // A stop asked while the models load (seconds; minutes for a first start on a small board,
+    // longer than systemd's stop timeout) is taken at once: nothing is connected or taken in yet.
+    // Later phases are short and end in the graceful stop below.
+    let Some(loaded) = signals.unless_shutdown(loading).await else {
+        service.stopping();
+        tracing::info!("shutdown asked while loading models: stopped before start-up finished");
+        return Ok(());
+    };
+    let encoders = loaded.context("model loading task failed")??.0;
+    crate::cpu::trim_heap();
     log_models(&encoders);
 
     // 2. Broker and MQTT connection.
@@ -158,7 +175,7 @@ pub async fn run(
     let input = IntakeEnd::new(incoming);
     let mut pipeline = Pipeline::start(&link, config, encoders, input).await?;
     // What building the class-name embeddings freed, then after every busy spell.
-    tokio::task::spawn_blocking(crate::stats::trim_heap).await?;
+    tokio::task::spawn_blocking(crate::cpu::trim_heap).await?;
     let _trim = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
         crate::stats::trim_when_quiet(link.stats.clone(), Duration::from_secs(2)),
     ));

@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 pub mod components;
 mod parse;
-pub use components::{BrokerAddr, Cores, HomeAssistantConfig, SpoolConfig, WatchdogConfig};
+pub use components::{
+    BrokerAddr, Cores, HomeAssistantConfig, ModelLoading, SpoolConfig, WatchdogConfig,
+};
 
 use crate::types::Modality;
 
@@ -414,6 +416,10 @@ pub struct EncodersConfig {
     /// measurement at first start finds at least 10 % faster so; 1: off.
     #[serde(default = "auto")]
     pub lone_run_threads: Cores,
+    /// Load the models one at a time or all at once; `"auto"`: one at a time on a machine
+    /// with less than 1.5 GiB of RAM.
+    #[serde(default = "auto_loading")]
+    pub model_loading: ModelLoading,
     #[serde(default)]
     pub text: TextConfig,
     #[serde(default)]
@@ -619,6 +625,9 @@ fn one_core() -> Cores {
 fn auto() -> Cores {
     Cores::Auto
 }
+fn auto_loading() -> ModelLoading {
+    ModelLoading::Auto
+}
 
 impl Default for EncodersConfig {
     fn default() -> Self {
@@ -626,6 +635,7 @@ impl Default for EncodersConfig {
             threads: Cores::Count(1),
             runs_in_flight: Cores::Auto,
             lone_run_threads: Cores::Auto,
+            model_loading: ModelLoading::Auto,
             text: TextConfig::default(),
             vision: VisionConfig::default(),
             audio: AudioConfig::default(),
@@ -1444,6 +1454,34 @@ modalities = ["text"]
         ] {
             assert!(msg.contains(key), "{key} in {msg}");
         }
+    }
+
+    #[test]
+    fn models_load_one_at_a_time_on_a_small_board_or_when_asked() {
+        assert_eq!(Config::builtin().encoders.model_loading, ModelLoading::Auto);
+        let (small, large) = (Some(445_000_000), Some(4 << 30));
+        assert!(ModelLoading::Auto.sequential(small));
+        assert!(!ModelLoading::Auto.sequential(large));
+        assert!(!ModelLoading::Auto.sequential(None), "unknown: in parallel");
+        assert!(ModelLoading::Sequential.sequential(large));
+        assert!(!ModelLoading::Parallel.sequential(small));
+        for (v, want) in [
+            ("auto", ModelLoading::Auto),
+            ("sequential", ModelLoading::Sequential),
+            ("parallel", ModelLoading::Parallel),
+        ] {
+            let c = Config::from_toml(&format!("[encoders]\nmodel_loading = \"{v}\"\n"), "t.toml")
+                .unwrap();
+            assert_eq!(c.encoders.model_loading, want);
+            assert_eq!(want.to_string(), format!("\"{v}\""));
+        }
+        let err = Config::from_toml("[encoders]\nmodel_loading = \"lazy\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("encoders (line 2)") && err.contains("sequential"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -260,18 +260,6 @@ pub fn percentiles(values: &VecDeque<f64>) -> Percentiles {
     }
 }
 
-/// Hand freed heap memory back to the OS. Loading a model frees more than it keeps (the ONNX
-/// bytes, the unoptimised graph), and glibc keeps most of that in its arenas: trimming once
-/// after loading lowers the RSS by about 100 MB with the three default models
-/// (docs/performance.md). A no-op outside glibc.
-pub fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and releases glibc's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Hand freed heap back to the OS after each busy spell, once no batch has run for `quiet`.
 /// glibc keeps a burst's freed activations and im2col buffers in its per-thread arenas
 /// (docs/performance.md, "RSS"); trimming between items instead would cost the next item
@@ -286,7 +274,7 @@ pub async fn trim_when_quiet(stats: std::sync::Arc<Stats>, quiet: Duration) {
         let busy = Modality::ALL.iter().any(|m| stats.busy_for(*m).is_some());
         if should_trim(trimmed_at, beat, busy, stats.since_heartbeat(), quiet) {
             trimmed_at = beat;
-            let _ = tokio::task::spawn_blocking(trim_heap).await;
+            let _ = tokio::task::spawn_blocking(crate::cpu::trim_heap).await;
         }
     }
 }

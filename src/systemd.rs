@@ -217,6 +217,12 @@ impl Service {
         self.notifier.status(status);
     }
 
+    /// `STOPPING=1` before `READY=1`: a stop asked during start-up.
+    pub fn stopping(&self) {
+        self.notifier
+            .notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+
     /// `READY=1`, then watchdog pings and periodic `STATUS=` until the handle is dropped.
     /// Call once the models are loaded and the pipeline is wired.
     pub fn ready(self, health: Health) -> Running {

@@ -18,11 +18,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         .thread_name("edgefuse")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(crate::app::run(
-        config,
-        source,
-        crate::signals::shutdown_signal(),
-    ))?;
+    let ran = runtime.block_on(async {
+        let shutdown = crate::signals::shutdown_signal()?;
+        crate::app::run(config, source, shutdown).await
+    });
+    // A model load abandoned by a shutdown during start-up is still running on a blocking
+    // thread; do not wait for it (it has no side effects).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    ran?;
     Ok(ExitCode::SUCCESS)
 }
 

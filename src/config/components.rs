@@ -190,6 +190,48 @@ impl<'de> Deserialize<'de> for Cores {
     }
 }
 
+/// How the models load, at start and on reload (`encoders.model_loading`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelLoading {
+    /// Sequential on a machine with less than [`SMALL_MEMORY_BYTES`] of RAM, parallel otherwise.
+    Auto,
+    /// One model after the other on one thread, the heap trimmed between: the peak is the
+    /// largest single load (a small board's first start: 244 instead of 392 MiB), for a
+    /// slower start (docs/performance.md, "Small board").
+    Sequential,
+    /// Every model at once (text, vision, audio and speech each on a thread of their own): the
+    /// quickest start on several cores, for a higher peak.
+    Parallel,
+}
+
+/// Below this much RAM (`MemTotal`) `"auto"` loads one model at a time: boards of 1 GB and
+/// less, where a first start in parallel peaks near 400 MiB.
+pub const SMALL_MEMORY_BYTES: u64 = 3 << 29; // 1.5 GiB
+
+impl ModelLoading {
+    /// Whether to load one model at a time on a machine with `total_memory` bytes of RAM
+    /// (`None`: unknown, then in parallel).
+    pub fn sequential(self, total_memory: Option<u64>) -> bool {
+        match self {
+            ModelLoading::Auto => total_memory.is_some_and(|m| m < SMALL_MEMORY_BYTES),
+            ModelLoading::Sequential => true,
+            ModelLoading::Parallel => false,
+        }
+    }
+}
+
+impl std::fmt::Display for ModelLoading {
+    /// As written in the config.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelLoading::Auto => "\"auto\"",
+            ModelLoading::Sequential => "\"sequential\"",
+            ModelLoading::Parallel => "\"parallel\"",
+        })
+    }
+}
+
 /// Longest label text accepted for zero-shot scoring (UTF-8 bytes).
 pub const MAX_LABEL_BYTES: usize = 256;
 

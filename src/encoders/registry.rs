@@ -2,9 +2,10 @@
 //! bench, the tests and the daemon.
 //!
 //! Each encoder module implements [`Encoder`] (its role, its config section, how it loads and
-//! when) and has one line in [`ENTRIES`]; everything else — the compiled-model cache, parallel
-//! loading, keeping unchanged encoders across a reload, the log of what changed, typed access —
-//! is written once here. Adding a model is a `Role` variant, its module and its entry.
+//! when) and has one line in [`ENTRIES`]; everything else — the compiled-model cache, loading
+//! one at a time or in parallel, keeping unchanged encoders across a reload, the log of what
+//! changed, typed access — is written once here. Adding a model is a `Role` variant, its
+//! module and its entry.
 //!
 //! A reload (SIGHUP) builds the next registry from the previous one: an encoder whose
 //! [fingerprint](fingerprint) (settings, manifest entry, file sizes and times) is unchanged is
@@ -74,10 +75,11 @@ impl std::fmt::Display for Role {
 /// When an encoder loads relative to the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
-    /// On a thread of its own, beside the other `Parallel` ones: parsing and optimising is
-    /// single-threaded in tract, so on a multi-core board this is most of the start-up saved.
+    /// A lead: when models load in parallel (`encoders.model_loading`), on a thread of its
+    /// own beside the other leads (parsing and optimising is single-threaded in tract, so on a
+    /// multi-core board that saves start-up time); else one lead after the other.
     Parallel,
-    /// On the thread of that role, after it (a model that serves it).
+    /// Right after that role, on its thread (a model that serves it).
     After(Role),
     /// Alone, after all the others (a model so large its load should overlap nothing).
     Last,
@@ -189,32 +191,37 @@ impl Encoders {
             manifest: &manifest,
             how,
         };
-        let mut outcomes: BTreeMap<Role, Outcome> = BTreeMap::new();
-        std::thread::scope(|scope| {
-            let lanes: Vec<_> = ENTRIES
-                .iter()
-                .filter(|e| e.schedule == Schedule::Parallel)
-                .map(|lead| {
-                    let ctx = &ctx;
-                    scope.spawn(move || {
-                        let mut done = vec![(lead.role, (lead.load)(ctx))];
-                        for e in ENTRIES {
-                            if e.schedule == Schedule::After(lead.role) {
-                                done.push((e.role, (e.load)(ctx)));
-                            }
-                        }
-                        done
-                    })
-                })
-                .collect();
-            for lane in lanes {
-                // A panic while loading stays a panic (a bug, not bad input).
-                let done = lane
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                outcomes.extend(done);
+        // A lead and the encoders that load after it, on one thread.
+        let lane = |lead: &Entry| {
+            let mut done = vec![(lead.role, (lead.load)(&ctx))];
+            for e in ENTRIES {
+                if e.schedule == Schedule::After(lead.role) {
+                    done.push((e.role, (e.load)(&ctx)));
+                }
             }
-        });
+            done
+        };
+        let leads = ENTRIES.iter().filter(|e| e.schedule == Schedule::Parallel);
+        let mut outcomes: BTreeMap<Role, Outcome> = BTreeMap::new();
+        if config.model_loading.sequential(crate::cpu::total_memory()) {
+            // One model at a time on this thread, each load's garbage (ONNX bytes, f32 weights
+            // before requantizing) handed back before the next: the peak is one load's.
+            for lead in leads {
+                outcomes.extend(lane(lead));
+                crate::cpu::trim_heap();
+            }
+        } else {
+            std::thread::scope(|scope| {
+                let lanes: Vec<_> = leads.map(|lead| scope.spawn(move || lane(lead))).collect();
+                for lane in lanes {
+                    // A panic while loading stays a panic (a bug, not bad input).
+                    let done = lane
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    outcomes.extend(done);
+                }
+            });
+        }
         let mut slots = BTreeMap::new();
         let mut changes = Vec::new();
         let mut collect = |role: Role, outcome: Outcome| -> Result<(), ModelError> {

@@ -96,11 +96,11 @@ impl Measured {
     }
 }
 
-/// Each modality's executor for a lone run; absent: one thread.
+/// Each modality's executor for a lone run; absent: one thread. (What was measured is in
+/// the log and in `<state_dir>/lone-threads.json`.)
 #[derive(Clone, Default)]
 pub struct LoneRuns {
     pub executors: BTreeMap<Modality, Executor>,
-    pub measured: BTreeMap<Modality, Measured>,
 }
 
 /// A model to decide for: its worker's encoder and what identifies the model's speed on this
@@ -139,16 +139,19 @@ fn plan_with_cores(
     if n <= threads || candidates.is_empty() {
         return LoneRuns::default();
     }
-    let Some(executor) = pool(n) else {
-        return LoneRuns::default();
-    };
     let mut out = LoneRuns::default();
     if let Cores::Count(_) = wanted {
+        let Some(executor) = pool(n) else {
+            return out;
+        };
         for c in candidates {
             out.executors.insert(c.encoder.modality(), executor.clone());
         }
         return out;
     }
+    // Started only when a model measures or uses it: when every kept measurement says one
+    // thread, no pool threads are started at all.
+    let mut executor: Option<Option<Executor>> = None;
     let path = state_dir.join("lone-threads.json");
     let kept: BTreeMap<String, Measured> = std::fs::read(&path)
         .ok()
@@ -162,15 +165,18 @@ fn plan_with_cores(
         let before = kept.get(&key);
         let measured = match before.filter(|k| !k.provisional()) {
             Some(k) => Some(k.clone()),
-            None => match measure(&c.encoder, &executor, n, probe) {
-                Ok(k) => Some(Measured {
-                    attempts: before.map_or(1, |b| b.attempts + 1),
-                    ..k
-                }),
-                Err(e) => {
-                    tracing::warn!(%m, "could not measure a lone run on {n} threads ({e}); one thread");
-                    None
-                }
+            None => match executor.get_or_insert_with(|| pool(n)) {
+                None => None,
+                Some(pool) => match measure(&c.encoder, pool, n, probe) {
+                    Ok(k) => Some(Measured {
+                        attempts: before.map_or(1, |b| b.attempts + 1),
+                        ..k
+                    }),
+                    Err(e) => {
+                        tracing::warn!(%m, "could not measure a lone run on {n} threads ({e}); one thread");
+                        None
+                    }
+                },
             },
         };
         let Some(measured) = measured else { continue };
@@ -192,9 +198,10 @@ fn plan_with_cores(
             }
         );
         if measured.gains() {
-            out.executors.insert(m, executor.clone());
+            if let Some(pool) = executor.get_or_insert_with(|| pool(n)) {
+                out.executors.insert(m, pool.clone());
+            }
         }
-        out.measured.insert(m, measured.clone());
         now.insert(key, measured);
     }
     if now != kept {
@@ -452,11 +459,12 @@ mod tests {
         // "auto": measured (2 warm-ups + 2 × ROUNDS), kept, and read back at the next start.
         let auto = plan_auto(&candidates, dir.path(), 2);
         assert!(auto.executors.contains_key(&Modality::Vision));
-        let m = &auto.measured[&Modality::Vision];
+        let m = only_kept(dir.path());
         assert!(m.gains() && m.one_thread_ms >= 20.0, "{m:?}");
         assert_eq!(calls.load(Ordering::SeqCst), 2 + 2 * ROUNDS);
         let again = plan_auto(&candidates, dir.path(), 2);
-        assert_eq!(again.measured, auto.measured);
+        assert!(again.executors.contains_key(&Modality::Vision));
+        assert_eq!(only_kept(dir.path()), m);
         assert_eq!(
             calls.load(Ordering::SeqCst),
             2 + 2 * ROUNDS,
@@ -480,7 +488,11 @@ mod tests {
             model_id: "failing".into(),
         };
         let out = plan_auto(&[failing], dir.path(), 2);
-        assert!(out.executors.is_empty() && out.measured.is_empty());
+        assert!(out.executors.is_empty());
+        assert!(
+            !dir.path().join("lone-threads.json").exists(),
+            "nothing measured, nothing kept"
+        );
     }
 
     #[test]
@@ -535,12 +547,21 @@ mod tests {
         None
     }
 
+    /// The one measurement kept in `dir`.
+    fn only_kept(dir: &Path) -> Measured {
+        let kept: BTreeMap<String, Measured> =
+            serde_json::from_slice(&std::fs::read(dir.join("lone-threads.json")).unwrap()).unwrap();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        kept.into_values().next().unwrap()
+    }
+
     #[test]
     fn a_measurement_taken_while_the_machine_was_busy_is_taken_again_at_the_next_start() {
         let dir = tempfile::tempdir().unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
         let candidates = [fake(Modality::Audio, calls.clone())];
-        let first = plan_auto(&candidates, dir.path(), 2);
+        plan_auto(&candidates, dir.path(), 2);
+        assert_eq!(only_kept(dir.path()).attempts, 1);
         let calls_once = calls.load(Ordering::SeqCst);
         // As if other processes had kept 1.3 cores busy during that first measurement.
         let path = dir.path().join("lone-threads.json");
@@ -550,14 +571,13 @@ mod tests {
             m.others_busy_cores = Some(1.3);
         }
         std::fs::write(&path, serde_json::to_vec(&kept).unwrap()).unwrap();
-        let again = plan_auto(&candidates, dir.path(), 2);
+        plan_auto(&candidates, dir.path(), 2);
         assert_eq!(
             calls.load(Ordering::SeqCst),
             2 * calls_once,
             "measured again"
         );
-        assert_eq!(again.measured[&Modality::Audio].attempts, 2);
-        assert_eq!(first.measured[&Modality::Audio].attempts, 1);
+        assert_eq!(only_kept(dir.path()).attempts, 2);
         // Quiet this time: kept for good.
         plan_auto(&candidates, dir.path(), 2);
         assert_eq!(calls.load(Ordering::SeqCst), 2 * calls_once);

@@ -36,17 +36,10 @@ pub struct SemanticItem {
 pub trait SemanticHook: Send + Sync {
     fn semantic(&self, batch: &[Request], results: &[ItemResult]) -> Vec<Option<SemanticItem>>;
 
-    /// Whether [`SemanticHook::semantic_from_inputs`] does the work: the hook needs only the
-    /// inputs (the image classifier), so a worker with a spare core runs it beside the
-    /// encoder instead of after it.
-    fn works_from_inputs(&self) -> bool {
-        false
-    }
-
-    /// One entry per request as if every item had embedded, computed from the inputs alone;
-    /// the worker keeps the entries of the items whose embedding succeeded. `None`: the hook
-    /// needs the encoder's results ([`SemanticHook::works_from_inputs`] is false).
-    fn semantic_from_inputs(&self, _batch: &[Request]) -> Option<Vec<Option<SemanticItem>>> {
+    /// The same work from the inputs alone, when the hook needs nothing of the encoder's
+    /// results (the image classifier): a worker with a spare core runs it beside the encoder
+    /// instead of after it. `None` (the default): the hook needs the results.
+    fn inputs_only(&self) -> Option<&dyn SemanticFromInputs> {
         None
     }
 
@@ -62,6 +55,13 @@ pub trait SemanticHook: Send + Sync {
             .map(|s| (s, None))
             .collect()
     }
+}
+
+/// A [`SemanticHook`] that can work from the inputs alone ([`SemanticHook::inputs_only`]).
+pub trait SemanticFromInputs: Send + Sync {
+    /// One entry per request as if every item had embedded; the worker keeps the entries of
+    /// the items whose embedding succeeded.
+    fn semantic_from_inputs(&self, batch: &[Request]) -> Vec<Option<SemanticItem>>;
 }
 
 /// One transcribed stretch as published (`text` withheld for the microphone by default).

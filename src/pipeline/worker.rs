@@ -13,7 +13,7 @@ use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
 use super::lone_run::RunsOnMachine;
 use super::queue::DropOldest;
-use super::semantic::{Heard, SemanticHook, SemanticItem};
+use super::semantic::{Heard, SemanticFromInputs, SemanticHook, SemanticItem};
 use super::{Body, Event, Outcome, Request};
 use crate::encoders::{AudioEncoder, ItemResult, Modality, TextEncoder, VisionEncoder};
 use crate::error::InputError;
@@ -155,15 +155,15 @@ fn run_batch(
     beside: bool,
     lone: Option<Executor>,
 ) -> (Vec<ItemResult>, Vec<Placed>) {
-    match hook {
-        Some(h) if beside && h.works_from_inputs() => embed_with_semantic_beside(
+    match hook.filter(|_| beside).and_then(|h| h.inputs_only()) {
+        Some(early) => embed_with_semantic_beside(
             &|| on_lone(&lone, || embed_guarded(encoder, batch)),
-            h,
+            early,
             batch,
         ),
-        h => on_lone(&lone, || {
+        None => on_lone(&lone, || {
             let results = embed_guarded(encoder, batch);
-            let semantic = semantic_guarded(h, batch, &results);
+            let semantic = semantic_guarded(hook, batch, &results);
             (results, semantic)
         }),
     }
@@ -183,7 +183,7 @@ fn on_lone<R>(lone: &Option<Executor>, f: impl FnOnce() -> R) -> R {
 /// [`semantic_guarded`].
 fn embed_with_semantic_beside(
     embed: &dyn Fn() -> Vec<ItemResult>,
-    hook: &dyn SemanticHook,
+    hook: &dyn SemanticFromInputs,
     batch: &[Request],
 ) -> (Vec<ItemResult>, Vec<Placed>) {
     let (results, early) = std::thread::scope(|s| {
@@ -192,13 +192,12 @@ fn embed_with_semantic_beside(
         (results, early.join())
     });
     let semantic = match early {
-        Ok(Some(items)) if items.len() == batch.len() => items
+        Ok(items) if items.len() == batch.len() => items
             .into_iter()
             .zip(&results)
             // Only items that embedded carry a semantic vector, as when run after the encoder.
             .map(|(item, result)| (item.filter(|_| result.is_ok()), None))
             .collect(),
-        Ok(None) => semantic_guarded(Some(hook), batch, &results),
         _ => {
             tracing::error!(
                 "the semantic hook failed on a batch; its items have no semantic vector"
@@ -355,7 +354,7 @@ impl Worker {
                 run_batch(&encoder, hook.as_deref(), &batch, beside, lone)
             }));
             // The guards inside answer a panicking model; this catches what they do not wrap
-            // (a hook's `works_from_inputs`, a thread that cannot start), so no batch is lost
+            // (a hook's `inputs_only`, a thread that cannot start), so no batch is lost
             // unanswered and no ack is released for an input that was never processed.
             let (results, semantic) = ran.unwrap_or_else(|_| {
                 tracing::error!(modality = %encoder.modality(), "a batch failed outside the encoder's guard; its items get an error");

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{Component, SemanticHook, SemanticItem, TextSpace};
+use super::{Component, SemanticFromInputs, SemanticHook, SemanticItem, TextSpace};
 use crate::encoders::{ClassifierEncoder, ItemResult, Modality};
 use crate::pipeline::{Body, Purpose, Request};
 use crate::semantic::SemanticSpace;
@@ -119,12 +119,14 @@ impl SemanticHook for VisionConse {
     }
 
     // The classifier reads the image bytes, not the embedding: it can run beside DINOv2.
-    fn works_from_inputs(&self) -> bool {
-        true
+    fn inputs_only(&self) -> Option<&dyn SemanticFromInputs> {
+        Some(self)
     }
+}
 
-    fn semantic_from_inputs(&self, batch: &[Request]) -> Option<Vec<Option<SemanticItem>>> {
-        Some(self.classify_picked(batch, &images_to_embed(batch)))
+impl SemanticFromInputs for VisionConse {
+    fn semantic_from_inputs(&self, batch: &[Request]) -> Vec<Option<SemanticItem>> {
+        self.classify_picked(batch, &images_to_embed(batch))
     }
 }
 

@@ -84,7 +84,7 @@ impl TextSpace for RawTextSpace {
 
 /// The value types the pipeline carries and the hook trait its workers call are defined in
 /// [`crate::pipeline::semantic`], below this module; the hooks here implement it from above.
-pub use crate::pipeline::semantic::{Component, SemanticHook, SemanticItem};
+pub use crate::pipeline::semantic::{Component, SemanticFromInputs, SemanticHook, SemanticItem};
 
 /// Text already lives in the text space: an embedded text's semantic vector is its embedding,
 /// mapped by the space ([`TextSpace::text_vector`]).

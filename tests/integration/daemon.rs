@@ -196,6 +196,103 @@ fn last_will_says_offline_when_the_daemon_dies() {
     sub.expect("available", T, |m| m.payload == "offline");
 }
 
+/// A stop asked during start-up is a clean exit, never SIGTERM's default action (which killed
+/// the daemon when the signal came before the first `recv`): while the models load it stops at
+/// once; once connected, start-up finishes and the usual graceful stop follows.
+#[test]
+fn sigterm_during_start_up_is_a_clean_stop() {
+    let h = Harness::new("", "");
+    let started = |log_path: &std::path::Path| {
+        let log_file = std::fs::File::create(log_path).unwrap();
+        Daemon::start_with(&h.config, |c| {
+            c.stderr(log_file);
+        })
+    };
+    let log_has = |log_path: &std::path::Path, what: &str| {
+        crate::util::wait_for(
+            &format!("`{what}` in the log"),
+            T,
+            std::time::Duration::from_millis(10),
+            || {
+                std::fs::read_to_string(log_path)
+                    .ok()
+                    .filter(|l| l.contains(what))
+            },
+        )
+    };
+
+    // Start a daemon, SIGTERM it once its log says `when`: it exits 0; its log.
+    let stopped_at = |name: &str, when: &str| {
+        let path = h.dir.path().join(name);
+        let daemon = started(&path);
+        log_has(&path, when);
+        let status = daemon.terminate();
+        let log = std::fs::read_to_string(&path).unwrap();
+        assert!(status.success(), "{status}\n{log}");
+        log
+    };
+
+    // The handlers are in place when `starting` is logged; the models load after it.
+    let log = stopped_at("loading.log", "starting:");
+    assert!(log.contains("shutdown asked while loading models"), "{log}");
+    assert!(!log.contains("connected to the MQTT broker"), "{log}");
+
+    // Connected, still starting (lone runs to measure, class names to embed): a graceful stop.
+    let log = stopped_at("connected.log", "connected to the MQTT broker");
+    assert!(log.contains("stopped clean=true"), "{log}");
+}
+
+/// `encoders.model_loading = "sequential"` (what a small board gets): the models load one after
+/// the other, every one of them, and the daemon answers each modality as usual.
+#[test]
+fn models_loaded_one_at_a_time_serve_every_modality() {
+    let mut h = Harness::new("[encoders]\nmodel_loading = \"sequential\"\n", "");
+    let log_path = h.dir.path().join("daemon.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut sub = h.sub("edgefuse/test/embedding/#");
+    h.start_with(|c| {
+        c.stderr(log_file);
+    });
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("models load one at a time (encoders.model_loading = \"sequential\""),
+        "{log}"
+    );
+    for model in [
+        "text model: ",
+        "vision model: ",
+        "audio model: ",
+        "classifier model: ",
+    ] {
+        assert!(log.contains(model), "{model} missing:\n{log}");
+    }
+    h.publish(
+        "edgefuse/test/in/text",
+        &["-m", r#"{"id":"t","text":"one at a time"}"#],
+    );
+    h.publish(
+        "edgefuse/test/in/image",
+        &["-f", &fixture("tests/fixtures/images/chelsea.jpg")],
+    );
+    h.publish(
+        "edgefuse/test/in/audio",
+        &["-f", &fixture("tests/fixtures/audio/speech_fox.wav")],
+    );
+    // In whatever order they finish.
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < 3 {
+        let m = sub.expect("", T, |m| m.topic.contains("/embedding/"));
+        let n = m.json()["vector"].as_array().map_or(0, Vec::len);
+        assert!(n > 0, "{}: {}", m.topic, m.payload);
+        answered.insert(m.json()["modality"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        answered,
+        ["audio", "text", "vision"].map(String::from).into()
+    );
+    assert!(h.stop().success());
+}
+
 #[test]
 fn enrolled_labels_survive_a_restart_and_can_be_forgotten() {
     let (mut h, mut sub) = started("", "edgefuse/test/#", "available");

@@ -98,8 +98,8 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             Some(set) => set.merge(one),
             None => set = Some(one),
         }
-        // As the daemon does after loading (see `stats::trim_heap`).
-        crate::stats::trim_heap();
+        // As the daemon does after loading (see `cpu::trim_heap`).
+        crate::cpu::trim_heap();
         rss_per_model.push(rss_bytes().saturating_sub(before));
     }
     let set = set.context("no modality to measure")?;
@@ -117,7 +117,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             c.max_pixels,
         )
         .context("loading the image classifier (encoders.classifier)")?;
-        crate::stats::trim_heap();
+        crate::cpu::trim_heap();
         Some((enc, rss_bytes().saturating_sub(before)))
     } else {
         None
@@ -142,7 +142,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         load_compiled_ms.push(compiled.load_ms);
     }
     let _ = std::fs::remove_dir_all(&compiled_dir);
-    crate::stats::trim_heap();
+    crate::cpu::trim_heap();
 
     // One executor per thread count, built once: building a pool is not what we measure.
     let executors: Vec<(usize, Executor)> = threads

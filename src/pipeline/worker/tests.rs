@@ -252,15 +252,17 @@ impl SemanticHook for FromInputs {
             .collect()
     }
 
-    fn works_from_inputs(&self) -> bool {
-        true
+    fn inputs_only(&self) -> Option<&dyn SemanticFromInputs> {
+        Some(self)
     }
+}
 
-    fn semantic_from_inputs(&self, batch: &[Request]) -> Option<Vec<Option<SemanticItem>>> {
+impl SemanticFromInputs for FromInputs {
+    fn semantic_from_inputs(&self, batch: &[Request]) -> Vec<Option<SemanticItem>> {
         self.hook_running.store(true, Ordering::SeqCst);
         let saw = wait_until(|| self.encoder_running.load(Ordering::SeqCst));
         self.saw_encoder.store(saw, Ordering::SeqCst);
-        Some(batch.iter().map(|_| item()).collect())
+        batch.iter().map(|_| item()).collect()
     }
 }
 
@@ -327,7 +329,7 @@ async fn with_one_run_in_flight_the_hook_runs_after_the_encoder() {
     assert!(outcomes.iter().all(|o| o.semantic.is_some()));
 }
 
-/// A hook that panics before any guard (in `works_from_inputs`).
+/// A hook that panics before any guard (in `inputs_only`).
 struct PanicsEarly;
 
 impl SemanticHook for PanicsEarly {
@@ -335,7 +337,7 @@ impl SemanticHook for PanicsEarly {
         Vec::new()
     }
 
-    fn works_from_inputs(&self) -> bool {
+    fn inputs_only(&self) -> Option<&dyn SemanticFromInputs> {
         panic!("a bug outside the guards")
     }
 }
