@@ -4,7 +4,9 @@
 //! profile of both plans. The direct convolution is either tract 0.23.9's `DirectSpatialConv`
 //! built for each input shape at run time (`PROBE_TRACT_DIRECT=1`; tract itself only picks it
 //! for a concrete shape with rows of at least 128 points) or a register-blocked AVX2 kernel
-//! written here (4 output channels x 24 points, padded rows, no im2col). Not part of the daemon:
+//! written here (4 output channels x 24 points, padded rows, no im2col). `PROBE_BOUND=1` instead
+//! compares tract's plan with the batch axis bound to 1 (lazy im2col; run it at N=1 only).
+//! Not part of the daemon:
 //! neither was faster (the measured answer is in the docs).
 //!
 //! `CARGO_PROFILE_DEV_OPT_LEVEL=3 cargo run --example conv_probe -- models/audio/aisfx.onnx 1,4 7 [MAXK]`
@@ -253,7 +255,14 @@ fn main() -> Result<()> {
         }
     }
     eprintln!("replaced {replaced}");
-    let base = typed.into_optimized()?.into_runnable()?;
+    let base = typed.clone().into_optimized()?.into_runnable()?;
+    let direct = if std::env::var("PROBE_BOUND").is_ok() {
+        let mut subs = std::collections::HashMap::new();
+        subs.insert(typed.symbols.sym("batch"), 1.to_dim());
+        typed.set_symbols(&subs)?
+    } else {
+        direct
+    };
     let direct = direct.into_optimized()?.into_runnable()?;
     for n in ns {
         let shape = [n, 100, 96];
