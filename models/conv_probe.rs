@@ -169,6 +169,7 @@ unsafe fn tile_avx2(x: *const f32, offs: &[usize], w: *const f32, out: &mut [[f3
         let (mut a10, mut a11, mut a12) = (z, z, z);
         let (mut a20, mut a21, mut a22) = (z, z, z);
         let (mut a30, mut a31, mut a32) = (z, z, z);
+        // Unrolled by hand: the twelve accumulators must stay in registers.
         for (t, &off) in offs.iter().enumerate() {
             let p = x.add(off);
             let x0 = _mm256_loadu_ps(p);
