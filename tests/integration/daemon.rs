@@ -487,10 +487,17 @@ fn a_fresh_start_says_what_it_runs_and_shows_online_only() {
         }
     }
     sub.expect("available", T, |m| m.payload == "online");
-    // Anything else the subscriber gets within a second (a late `offline`, say) is a flap.
+    // Anything but `online` the subscriber gets within a second (a late `offline`, say) is a
+    // flap. A second `online` alone is the embedded broker handing a subscription made while
+    // the daemon's one publish was in flight both the retained copy and the live one (seen in
+    // CI on 2026-12-02 with one connection in the log; as in `early_subscribers_…` below), so
+    // the connections are counted in the log instead.
     std::thread::sleep(std::time::Duration::from_secs(1));
     let later: Vec<String> = sub.drain().into_iter().map(|m| m.payload).collect();
-    assert!(later.is_empty(), "after online: {later:?}");
+    assert!(
+        later.iter().all(|p| p == "online"),
+        "after online: {later:?}"
+    );
     assert!(
         !sub.seen.iter().any(|l| l.ends_with("|offline")),
         "{:?}",
@@ -498,6 +505,11 @@ fn a_fresh_start_says_what_it_runs_and_shows_online_only() {
     );
 
     let text = lines.join("\n");
+    assert_eq!(
+        text.matches(": connected to the MQTT broker").count(),
+        1,
+        "one connection, no flap:\n{text}"
+    );
     let want = [
         format!(
             "edgefuse {} starting: device id test",
